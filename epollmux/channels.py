@@ -1,0 +1,121 @@
+"""Where relayed bytes wait between two sockets: kernel pipes (splice) or user buffers (copy).
+
+Owns: `PipeChannel` (a pipe, moved with os.splice, the payload never enters Python),
+`BufferChannel` (a reused bytearray, moved with readv/write) and `ChannelPool`, which lends them
+out only while bytes are in flight, caps the number of pipes and falls back to buffers beyond it.
+Rules (HAProxy's pipe pool): get, put, kill; a channel that still holds bytes is never put back.
+Must not know about connections, the reactor or protocols.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+
+
+class PipeChannel:
+    __slots__ = ("r", "w", "size")
+
+    def __init__(self, size: int):
+        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            self.size = fcntl.fcntl(self.w, fcntl.F_SETPIPE_SZ, size)
+        except OSError:   # over /proc/sys/fs/pipe-max-size for this user: keep the default
+            self.size = fcntl.fcntl(self.w, fcntl.F_GETPIPE_SZ)
+
+    def fill(self, src: int) -> int:
+        """Move up to `size` bytes from src into the (empty) pipe; 0 at EOF; BlockingIOError if none."""
+        return os.splice(src, self.w, self.size, flags=SPLICE_FLAGS)
+
+    def drain(self, dst: int, pending: int) -> int:
+        return os.splice(self.r, dst, pending, flags=SPLICE_FLAGS)
+
+    def close(self) -> None:
+        os.close(self.r)
+        os.close(self.w)
+
+
+class BufferChannel:
+    __slots__ = ("buf", "view", "start", "size")
+
+    def __init__(self, size: int):
+        self.buf = bytearray(size)
+        self.view = memoryview(self.buf)
+        self.start = 0
+        self.size = size
+
+    def fill(self, src: int) -> int:
+        self.start = 0
+        return os.readv(src, (self.view,))
+
+    def drain(self, dst: int, pending: int) -> int:
+        n = os.write(dst, self.view[self.start:self.start + pending])
+        self.start += n
+        return n
+
+    def close(self) -> None:
+        self.view.release()
+
+
+class ChannelPool:
+    """Lends channels; keeps a few idle ones for reuse; never more than `max_pipes` pipes alive."""
+
+    def __init__(self, kind: str, size: int, max_pipes: int, keep_idle: int = 64):
+        self.splice = kind == "splice"
+        self.size = size
+        self.max_pipes = max_pipes if self.splice else 0
+        self.keep_idle = keep_idle
+        self._idle_pipes: list[PipeChannel] = []
+        self._idle_buffers: list[BufferChannel] = []
+        self.pipes = 0          # pipes alive (lent or idle)
+        self.lent = 0           # channels lent out now
+        self.fallbacks = 0      # times a buffer stood in for a pipe
+
+    def get(self) -> PipeChannel | BufferChannel:
+        self.lent += 1
+        if self._idle_pipes:
+            return self._idle_pipes.pop()
+        if self.pipes < self.max_pipes:
+            try:
+                pipe = PipeChannel(self.size)
+            except OSError:        # EMFILE and friends: a buffer does the job without an fd
+                self.fallbacks += 1
+            else:
+                self.pipes += 1
+                return pipe
+        elif self.splice:
+            self.fallbacks += 1
+        if self._idle_buffers:
+            return self._idle_buffers.pop()
+        return BufferChannel(self.size)
+
+    def put(self, channel) -> None:
+        """Return an empty channel."""
+        self.lent -= 1
+        if isinstance(channel, PipeChannel):
+            if len(self._idle_pipes) < self.keep_idle:
+                self._idle_pipes.append(channel)
+            else:
+                self._kill_pipe(channel)
+        elif len(self._idle_buffers) < self.keep_idle:
+            self._idle_buffers.append(channel)
+
+    def kill(self, channel) -> None:
+        """Destroy a channel that may still hold bytes."""
+        self.lent -= 1
+        if isinstance(channel, PipeChannel):
+            self._kill_pipe(channel)
+        else:
+            channel.close()
+
+    def _kill_pipe(self, pipe: PipeChannel) -> None:
+        pipe.close()
+        self.pipes -= 1
+
+    def close(self) -> None:
+        for pipe in self._idle_pipes:
+            self._kill_pipe(pipe)
+        self._idle_pipes.clear()
+        self._idle_buffers.clear()

@@ -1,0 +1,105 @@
+"""The `epollmux` command line (DESIGN §2): parse arguments, pick the mode, map outcomes to exit codes.
+
+Owns: argument parsing, the sslh-style config-free mode (flags become routes in command-line order)
+and exit codes: 0 clean stop, 1 invalid configuration or arguments, 2 runtime failure at start.
+Must not know how connections are served beyond calling the supervisor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from epollmux import __version__, config
+
+EXIT_OK, EXIT_CONFIG, EXIT_RUNTIME = 0, 1, 2
+
+
+def _prefix() -> str:
+    """PREFIX of `make install`, whose private venv is PREFIX/lib/epollmux; else /usr/local."""
+    head, tail = os.path.split(os.path.normpath(sys.prefix))
+    if tail == "epollmux" and os.path.basename(head) == "lib":
+        return os.path.dirname(head)
+    return "/usr/local"
+
+
+DEFAULT_CONFIG = os.path.join(_prefix(), "etc", "epollmux", "epollmux.conf")
+SSLH_PROBES = ("ssh", "tls", "http", "openvpn", "tinc", "xmpp", "socks5", "adb", "syslog")
+
+
+class _RouteFlag(argparse.Action):
+    """Collects --ssh/--tls/... in command-line order."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        routes = getattr(namespace, "cli_routes", None) or []
+        routes.append((self.const, values))
+        namespace.cli_routes = routes
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {message}\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="epollmux", description="Share one TCP port between many services.")
+    p.add_argument("-c", "--config", metavar="FILE", help=f"configuration file (default: {DEFAULT_CONFIG})")
+    p.add_argument("--check", action="store_true", help="validate the configuration, print every problem, exit")
+    p.add_argument("--daemon", action="store_true", help="detach (classic double fork)")
+    p.add_argument("--pidfile", metavar="P", help="with --daemon: write the PID here")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    p.add_argument("--version", action="version", version=f"epollmux {__version__}")
+    sslh = p.add_argument_group("config-free mode (sslh style): flags become routes in command-line order")
+    sslh.add_argument("--listen", action="append", metavar="ADDR", help="host:port or [v6]:port to listen on")
+    for name in SSLH_PROBES:
+        sslh.add_argument(f"--{name}", action=_RouteFlag, const=name, metavar="HOST:PORT",
+                          help=f"route {name} clients to HOST:PORT")
+    sslh.add_argument("--anyprot", action=_RouteFlag, const="any", metavar="HOST:PORT",
+                      help="route everything else to HOST:PORT (the fallback)")
+    sslh.add_argument("--on-timeout", metavar="NAME", help="route for clients that stay silent (default: ssh)")
+    sslh.add_argument("--probe-timeout", metavar="S", help="seconds a client has to reveal its protocol")
+    p.set_defaults(cli_routes=[])
+    return p
+
+
+def config_from_flags(args) -> config.Config:
+    """Build the configuration that the sslh-style flags describe."""
+    if not args.cli_routes:
+        raise config.ConfigError(["command line: --listen needs at least one route flag (--ssh, --tls, ..., --anyprot)"])
+    routes, names = {}, []
+    for probe, target in args.cli_routes:
+        name = probe if probe not in routes else f"{probe}{sum(n.startswith(probe) for n in routes) + 1}"
+        routes[name] = {"probe": probe, "backend": target}
+        names.append(name)
+    on_timeout = args.on_timeout if args.on_timeout is not None else ("ssh" if "ssh" in routes else "")
+    glob = {"on_timeout": on_timeout}
+    if args.probe_timeout is not None:
+        glob["probe_timeout"] = args.probe_timeout
+    data = {"global": glob, "listen": {"cli": {"address": args.listen}}, "routes": routes}
+    return config.load_dict("command line", data)
+
+
+def load(args) -> config.Config:
+    if args.listen:
+        if args.config:
+            raise config.ConfigError(["command line: use either -c FILE or --listen with route flags, not both"])
+        return config_from_flags(args)
+    if args.cli_routes:
+        raise config.ConfigError(["command line: route flags need --listen ADDR"])
+    return config.load_file(args.config or DEFAULT_CONFIG)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        cfg = load(args)
+    except config.ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return EXIT_CONFIG
+    if args.check:
+        print(f"{cfg.source}: OK ({len(cfg.listeners)} listeners, {len(cfg.routes)} routes)")
+        return EXIT_OK
+    from epollmux import supervisor   # imported late: --check and --version need none of it
+    return supervisor.run(cfg, args)

@@ -1,0 +1,224 @@
+"""Reads and validates the configuration file; the only module that imports configobj.
+
+Owns: the typed configuration (`Config`, `Settings`, `Listener`, `Route`), loading a file or a
+dict (the command-line mode builds one), and every error message, each in the form
+"FILE: [section] key: message". Validation is complete: all problems are reported, not the first.
+Must not open sockets or start anything.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib import resources
+from typing import Any
+
+from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_values
+from validate import Validator
+
+from epollmux import addr, probes
+
+
+class ConfigError(Exception):
+    """Raised with every problem found; str() is one problem per line."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Settings:
+    workers: int
+    probe_timeout: float
+    on_timeout: str
+    max_probe_bytes: int
+    connect_timeout: float
+    idle_timeout: float
+    drain_timeout: float
+    max_connections: int
+    relay: str
+    pipe_size: int
+    max_pipes: int
+    user: str
+    group: str
+    log_level: str
+    log_target: str
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    probe: str
+    backend: addr.Address
+    opts: dict[str, Any] = field(default_factory=dict)   # prepared probe options
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
+@dataclass(frozen=True)
+class Listener:
+    name: str
+    addresses: tuple[addr.Address, ...]
+    routes: tuple[Route, ...]
+    on_timeout: Route | None
+
+    @cached_property
+    def probe_table(self) -> tuple[tuple[str, dict], ...]:
+        """(probe, options) per route, in order: what the sniffer decides on."""
+        return tuple((r.probe, r.opts) for r in self.routes)
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    settings: Settings
+    listeners: tuple[Listener, ...]
+    routes: dict[str, Route]
+
+
+def spec_lines() -> list[str]:
+    return resources.files("epollmux").joinpath("configspec.ini").read_text().splitlines()
+
+
+def load_file(path: str) -> Config:
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text: {exc.reason}"]) from None
+    return _build(path, lines)
+
+
+def load_dict(source: str, data: dict) -> Config:
+    """Validate a configuration given as nested dicts (used by the command-line mode)."""
+    return _build(source, data)
+
+
+def _build(source: str, data) -> Config:
+    try:
+        cfg = ConfigObj(data, configspec=spec_lines(), interpolation=False, list_values=True,
+                        raise_errors=False)
+    except ConfigObjError as exc:
+        raise ConfigError([f"{source}: {_syntax_message(exc)}"]) from None
+    problems = _Problems(source)
+    result = cfg.validate(Validator(), preserve_errors=True)
+    for sections, key, error in flatten_errors(cfg, result):
+        if key is None:
+            problems.add(sections, "", "missing section")
+        else:
+            problems.add(sections, key, "is required" if error is False else str(error))
+    for sections, name in get_extra_values(cfg):
+        where = cfg
+        for s in sections:
+            where = where[s]
+        kind = "section" if isinstance(where[name], dict) else "key"
+        problems.add(sections, name, f"unknown {kind}")
+    if problems.items:
+        raise ConfigError(problems.items)
+    config = _typed(source, cfg, problems)
+    if problems.items:
+        raise ConfigError(problems.items)
+    return config
+
+
+def _syntax_message(exc: ConfigObjError) -> str:
+    errors = getattr(exc, "errors", None) or [exc]
+    return "; ".join(f"line {e.line_number}: {e.msg}" if hasattr(e, "line_number") else str(e)
+                     for e in errors)
+
+
+class _Problems:
+    def __init__(self, source: str):
+        self.source = source
+        self.items: list[str] = []
+
+    def add(self, sections, key: str, message: str) -> None:
+        section = ".".join(sections) if sections else "global"
+        self.items.append(f"{self.source}: [{section}] {key}: {message}".replace("]  :", "]:"))
+
+
+def _typed(source: str, cfg, problems: _Problems) -> Config:
+    settings = _settings(cfg["global"], problems)
+    routes = {}
+    for name, section in cfg["routes"].items():
+        route = _route(name, section, problems)
+        if route is not None:
+            routes[name] = route
+    if not cfg["routes"]:
+        problems.add(["routes"], "", "define at least one route")
+    listeners = [_listener(name, section, routes, cfg["routes"], settings, problems)
+                 for name, section in cfg["listen"].items()]
+    if not cfg["listen"]:
+        problems.add(["listen"], "", "define at least one listener")
+    if settings.on_timeout and settings.on_timeout not in cfg["routes"]:
+        problems.add(["global"], "on_timeout", f"no route named '{settings.on_timeout}'")
+    return Config(source, settings, tuple(listeners), routes)
+
+
+def _settings(section, problems: _Problems) -> Settings:
+    values = dict(section)
+    workers = values["workers"].strip().lower()
+    if workers == "auto":
+        values["workers"] = os.cpu_count() or 1
+    elif workers.isdigit() and 1 <= int(workers) <= 256:
+        values["workers"] = int(workers)
+    else:
+        problems.add(["global"], "workers", f"'{workers}' is not 'auto' or a number from 1 to 256")
+        values["workers"] = 1
+    return Settings(**values)
+
+
+def _route(name: str, section, problems: _Problems) -> Route | None:
+    where = ["routes", name]
+    probe = section["probe"]
+    spec = probes.PROBES.get(probe)
+    if spec is None:
+        problems.add(where, "probe", f"unknown probe '{probe}' (known: {', '.join(sorted(probes.PROBES))})")
+        return None
+    written = {k: v for k, v in section.items() if k not in section.defaults and k not in ("probe", "backend")}
+    for key in sorted(set(written) - spec.keys):
+        problems.add(where, key, f"does not apply to probe '{probe}'")
+    opts = {}
+    try:
+        opts = probes.prepare_options(probe, {k: v for k, v in written.items() if k in spec.keys})
+    except ValueError as exc:
+        key, message = exc.args if len(exc.args) == 2 else ("probe", str(exc))
+        problems.add(where, key, message)
+    try:
+        backend = addr.parse(section["backend"])
+    except ValueError as exc:
+        problems.add(where, "backend", str(exc))
+        return None
+    return Route(name, probe, backend, opts)
+
+
+def _listener(name, section, routes, raw_routes, settings, problems: _Problems) -> Listener:
+    where = ["listen", name]
+    addresses = []
+    for text in section["address"]:
+        try:
+            address = addr.parse(text)
+        except ValueError as exc:
+            problems.add(where, "address", str(exc))
+            continue
+        if address.family == addr.socket.AF_UNIX:
+            problems.add(where, "address", f"'{text}': listeners take host:port or [v6]:port")
+        addresses.append(address)
+    names = section["routes"] or list(raw_routes)
+    chosen = []
+    for route_name in names:
+        if route_name not in raw_routes:
+            problems.add(where, "routes", f"no route named '{route_name}'")
+        elif route_name in routes:
+            chosen.append(routes[route_name])
+    if len(set(names)) != len(names):
+        problems.add(where, "routes", "a route is named twice")
+    on_timeout = routes.get(settings.on_timeout)
+    if on_timeout is not None and on_timeout not in chosen:
+        on_timeout = None   # the listener does not carry that route: silent clients are closed
+    return Listener(name, tuple(addresses), tuple(chosen), on_timeout)

@@ -1,0 +1,134 @@
+"""Listening sockets: binding them, and accepting from them in bounded batches.
+
+Owns: `bind()` (the supervisor calls it before forking), `Acceptor` (one per listening socket in a
+worker), the per-worker connection limit, and fd exhaustion: on EMFILE/ENFILE the acceptor spends
+its reserve fd to accept and close one client politely, then pauses and re-arms after a delay,
+so it never spins. Must not know what a connection does after accept.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+
+from epollmux import addr, errors
+from epollmux.connection import Connection
+from epollmux.reactor import EXCLUSIVE, IN
+
+log = logging.getLogger("epollmux.listen")
+
+ACCEPT_BATCH = 64
+PAUSE_ON_EXHAUSTION = 0.5
+BACKLOG = 4096
+
+
+def bind(address: addr.Address) -> socket.socket:
+    """Bind and listen; raises OSError with the address in the message."""
+    sock = socket.socket(address.family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if address.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address.sockaddr)
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror}") from None
+    return sock
+
+
+class Reserve:
+    """An fd held back so that a worker out of fds can still accept and close one client."""
+
+    def __init__(self):
+        self.fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+
+    def spend(self, sock: socket.socket) -> bool:
+        """Accept one pending client and close it at once; True if one was refused."""
+        os.close(self.fd)
+        self.fd = -1
+        try:
+            client, _ = sock.accept()
+            client.close()
+            return True
+        except OSError:
+            return False
+        finally:
+            try:
+                self.fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                self.fd = -1
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Acceptor:
+    def __init__(self, ctx, listener, sock: socket.socket):
+        self.ctx = ctx
+        self.listener = listener
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.armed = False
+        self.resume_timer = None
+
+    def start(self) -> None:
+        if not self.armed:
+            self.ctx.reactor.register(self.fd, IN | EXCLUSIVE, self)
+            self.armed = True
+
+    def stop(self) -> None:
+        if self.resume_timer is not None:
+            self.resume_timer.cancel()
+            self.resume_timer = None
+        if self.armed:
+            self.ctx.reactor.unregister(self.fd)
+            self.armed = False
+
+    def _pause(self) -> None:
+        self.stop()
+        self.resume_timer = self.ctx.reactor.call_later(PAUSE_ON_EXHAUSTION, self._resume)
+
+    def _resume(self) -> None:
+        self.resume_timer = None
+        if not self.ctx.draining:
+            self.start()
+
+    def on_event(self, fd: int, events: int) -> None:
+        ctx = self.ctx
+        limit = ctx.settings.max_connections
+        for _ in range(ACCEPT_BATCH):
+            try:
+                client, sockaddr = self.sock.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if not self._accept_failed(exc):
+                    return
+                continue
+            ctx.stats.accepted += 1
+            if limit and len(ctx.connections) >= limit:
+                ctx.stats.count("refused_limit")
+                client.close()
+                continue
+            client.setblocking(False)
+            Connection(ctx, self.listener, client, addr.peer_text(client.family, sockaddr)).start()
+
+    def _accept_failed(self, exc: OSError) -> bool:
+        """Handle an accept error; True to go on accepting in this batch."""
+        if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+            return True     # that client is gone already; the next one may be fine
+        if errors.is_exhausted(exc):
+            refused = self.ctx.reserve.spend(self.sock)
+            self.ctx.stats.count("refused_exhausted" if refused else "accept_exhausted")
+            log.warning("%s: %s; refusing new clients for %.1fs", self.listener.name,
+                        os.strerror(exc.errno), PAUSE_ON_EXHAUSTION)
+        else:
+            log.error("%s: accept failed: %s", self.listener.name, exc)
+        self._pause()
+        return False

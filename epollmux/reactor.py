@@ -1,0 +1,180 @@
+"""The event loop: one `select.epoll`, fd handlers, a timer heap, deferred calls, signals.
+
+Owns: epoll registration bookkeeping, timers (heap with lazy cancellation), callbacks deferred to
+the next turn, and the signal wake-up fd. Signal handlers only record the signal; the loop
+dispatches to the callback registered with `on_signal`.
+Must not import anything that knows about connections, protocols or configuration.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import os
+import select
+import signal
+import time
+from collections import deque
+from typing import Callable, Protocol
+
+IN = select.EPOLLIN
+OUT = select.EPOLLOUT
+ERR = select.EPOLLERR
+HUP = select.EPOLLHUP
+RDHUP = select.EPOLLRDHUP
+ET = select.EPOLLET
+EXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 1 << 28)
+
+MAX_EVENTS = 256
+
+
+class Handler(Protocol):
+    def on_event(self, fd: int, events: int) -> None: ...
+
+
+class Timer:
+    """A cancellable one-shot timer; cancelled entries stay in the heap until they surface."""
+
+    __slots__ = ("deadline", "callback", "cancelled")
+
+    def __init__(self, deadline: float, callback: Callable[[], None]):
+        self.deadline = deadline
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Reactor:
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self._epoll = select.epoll()
+        self._handlers: dict[int, Handler] = {}
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self._soon: deque[Callable[[], None]] = deque()
+        self._closed_in_batch: set[int] = set()
+        self._signal_callbacks: dict[int, Callable[[], None]] = {}
+        self._signal_r = self._signal_w = -1
+        self.running = False
+
+    # --- fds -----------------------------------------------------------------------------
+    def register(self, fd: int, events: int, handler: Handler) -> None:
+        self._epoll.register(fd, events)
+        self._handlers[fd] = handler
+        self._closed_in_batch.discard(fd)
+
+    def modify(self, fd: int, events: int) -> None:
+        self._epoll.modify(fd, events)
+
+    def unregister(self, fd: int) -> None:
+        """Forget fd; call before closing it. Events for it still queued in this batch are skipped."""
+        if self._handlers.pop(fd, None) is not None:
+            try:
+                self._epoll.unregister(fd)
+            except OSError as exc:  # already closed elsewhere: the kernel dropped it with the fd
+                if exc.errno not in (errno.EBADF, errno.ENOENT):
+                    raise
+        self._closed_in_batch.add(fd)
+
+    def handler_count(self) -> int:
+        return len(self._handlers)
+
+    # --- time ----------------------------------------------------------------------------
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(self.clock() + delay, callback)
+        heapq.heappush(self._timers, (timer.deadline, next(self._seq), timer))
+        return timer
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """Run callback on the next turn of the loop, before waiting for events."""
+        self._soon.append(callback)
+
+    def _run_due_timers(self) -> None:
+        now = self.clock()
+        due = []
+        while self._timers and self._timers[0][0] <= now:
+            due.append(heapq.heappop(self._timers)[2])
+        for timer in due:  # collected first: a callback's new timers wait for the next turn
+            if not timer.cancelled:
+                timer.cancelled = True
+                timer.callback()
+
+    def _wait_timeout(self) -> float:
+        if self._soon:
+            return 0
+        while self._timers and self._timers[0][2].cancelled:
+            heapq.heappop(self._timers)
+        if not self._timers:
+            return -1
+        return max(0.0, self._timers[0][0] - self.clock())
+
+    # --- signals -------------------------------------------------------------------------
+    def on_signal(self, signum: int, callback: Callable[[], None]) -> None:
+        """Run callback in the loop when signum arrives; the handler itself only records."""
+        if self._signal_r < 0:
+            self._signal_r, self._signal_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            signal.set_wakeup_fd(self._signal_w, warn_on_full_buffer=False)
+            self.register(self._signal_r, IN, _SignalPipe(self))
+        self._signal_callbacks[signum] = callback
+        signal.signal(signum, _record_signal)
+
+    def _dispatch_signals(self) -> None:
+        try:
+            data = os.read(self._signal_r, 256)
+        except BlockingIOError:
+            return
+        for signum in dict.fromkeys(data):  # each distinct signal once per wake-up, in order
+            callback = self._signal_callbacks.get(signum)
+            if callback is not None:
+                callback()
+
+    # --- loop ----------------------------------------------------------------------------
+    def run_once(self) -> None:
+        try:
+            events = self._epoll.poll(self._wait_timeout(), MAX_EVENTS)
+        except InterruptedError:
+            events = []
+        self._closed_in_batch.clear()
+        handlers = self._handlers
+        closed = self._closed_in_batch
+        for fd, mask in events:
+            if fd in closed:
+                continue
+            handler = handlers.get(fd)
+            if handler is not None:
+                handler.on_event(fd, mask)
+        self._run_due_timers()
+        for _ in range(len(self._soon)):
+            self._soon.popleft()()
+
+    def run(self) -> None:
+        self.running = True
+        while self.running:
+            self.run_once()
+
+    def stop(self) -> None:
+        self.running = False
+
+    def close(self) -> None:
+        if self._signal_r >= 0:
+            signal.set_wakeup_fd(-1)
+            self.unregister(self._signal_r)
+            os.close(self._signal_r)
+            os.close(self._signal_w)
+            self._signal_r = self._signal_w = -1
+        self._epoll.close()
+
+
+class _SignalPipe:
+    def __init__(self, reactor: Reactor):
+        self.reactor = reactor
+
+    def on_event(self, fd: int, events: int) -> None:
+        self.reactor._dispatch_signals()
+
+
+def _record_signal(signum, frame) -> None:
+    """The Python-level handler does nothing: set_wakeup_fd already wrote the signal number."""

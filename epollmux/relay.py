@@ -1,0 +1,99 @@
+"""Moves bytes one way between two sockets and says why it stopped; knows no protocol.
+
+Owns: `Direction`, the pump for src -> dst through a channel borrowed from a `ChannelPool`
+(a pipe for splice, a buffer for copy: one loop serves both), end-of-file passed on as
+shutdown(SHUT_WR), backpressure (a direction with bytes in flight does not read), and the
+per-direction byte count. A pump runs until the source is empty, the destination is full, EOF has
+been passed on, or its budget is spent (`BUSY`: the caller must run it again soon).
+Must not import the reactor, the configuration or anything that knows a protocol.
+"""
+
+from __future__ import annotations
+
+import enum
+import socket
+
+from epollmux import errors
+from epollmux.channels import ChannelPool
+
+
+class State(enum.Enum):
+    WAIT_SRC = "wait-src"     # source empty: run again when it is readable
+    WAIT_DST = "wait-dst"     # bytes in flight, destination full: run again when it is writable
+    BUSY = "busy"             # budget spent with work left: run again on the next turn
+    DONE = "done"             # EOF read and passed on
+
+
+ROUNDS = 16   # fill+drain rounds per pump call, so one fast stream cannot starve the others
+
+
+class Direction:
+    __slots__ = ("src", "dst", "dst_sock", "pool", "channel", "pending", "eof", "state", "moved")
+
+    def __init__(self, src: socket.socket, dst: socket.socket, pool: ChannelPool):
+        self.src = src.fileno()
+        self.dst = dst.fileno()
+        self.dst_sock = dst
+        self.pool = pool
+        self.channel = None
+        self.pending = 0
+        self.eof = False
+        self.state = State.WAIT_SRC
+        self.moved = 0
+
+    def pump(self) -> str | None:
+        """Move what can be moved now; return a close reason on error, else None."""
+        for _ in range(ROUNDS):
+            if self.pending:
+                try:
+                    n = self.channel.drain(self.dst, self.pending)
+                except BlockingIOError:
+                    self.state = State.WAIT_DST
+                    return None
+                except OSError as exc:
+                    return errors.relay_reason(exc)
+                self.pending -= n
+                self.moved += n
+                continue
+            if self.eof:
+                return self._finish()
+            if self.channel is None:
+                self.channel = self.pool.get()
+            try:
+                n = self.channel.fill(self.src)
+            except BlockingIOError:
+                self._release()
+                self.state = State.WAIT_SRC
+                return None
+            except OSError as exc:
+                return errors.relay_reason(exc)
+            if n == 0:
+                self.eof = True
+            self.pending = n
+        self.state = State.BUSY
+        return None
+
+    def _finish(self) -> str | None:
+        self._release()
+        self.state = State.DONE
+        try:
+            self.dst_sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            if not errors.is_peer_gone(exc):
+                return errors.relay_reason(exc)
+        return None
+
+    def _release(self) -> None:
+        if self.channel is not None:
+            self.pool.put(self.channel)
+            self.channel = None
+
+    def discard(self) -> None:
+        """Give the channel back at close, whatever it still holds."""
+        if self.channel is not None:
+            if self.pending:
+                self.pool.kill(self.channel)
+            else:
+                self.pool.put(self.channel)
+            self.channel = None
+            self.pending = 0

@@ -1,0 +1,92 @@
+"""One event-loop process: acceptors over the shared listening sockets and their connections.
+
+Owns: the worker context (reactor, settings, channel pool, stats, open connections), the
+signals a worker obeys (SIGTERM/SIGINT: stop accepting and drain; SIGUSR1: stats to the log) and
+the drain deadline. Binding, forking and reloading belong to the supervisor.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+
+from epollmux.channels import ChannelPool
+from epollmux.config import Config, Listener
+from epollmux.listener import Acceptor, Reserve
+from epollmux.reactor import Reactor
+from epollmux.stats import Stats
+
+log = logging.getLogger("epollmux.worker")
+
+
+class Context:
+    """What every connection of this worker shares."""
+
+    def __init__(self, config: Config, reactor: Reactor):
+        self.config = config
+        self.settings = config.settings
+        self.reactor = reactor
+        self.pool = ChannelPool(config.settings.relay, config.settings.pipe_size, config.settings.max_pipes)
+        self.stats = Stats()
+        self.connections: set = set()
+        self.reserve = Reserve()
+        self.draining = False
+
+
+class Worker:
+    def __init__(self, config: Config, sockets: list[tuple[Listener, socket.socket]],
+                 reactor: Reactor | None = None):
+        self.reactor = reactor or Reactor()
+        self.ctx = Context(config, self.reactor)
+        self.acceptors = [Acceptor(self.ctx, listener, sock) for listener, sock in sockets]
+        self.drain_timer = None
+
+    def run(self) -> int:
+        """Serve until told to stop and drained; returns the exit code."""
+        reactor = self.reactor
+        reactor.on_signal(signal.SIGTERM, self.drain)
+        reactor.on_signal(signal.SIGINT, self.drain)
+        reactor.on_signal(signal.SIGUSR1, self.dump_stats)
+        for acceptor in self.acceptors:
+            acceptor.start()
+        try:
+            reactor.run()
+        finally:
+            self.close()
+        return 0
+
+    def drain(self) -> None:
+        """Stop accepting; stop the loop once every connection is gone or drain_timeout passed."""
+        ctx = self.ctx
+        if ctx.draining:
+            return
+        ctx.draining = True
+        for acceptor in self.acceptors:
+            acceptor.stop()
+        log.info("draining %d connections (at most %.0fs)", len(ctx.connections), ctx.settings.drain_timeout)
+        self.drain_timer = self.reactor.call_later(ctx.settings.drain_timeout, self._drain_deadline)
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        if not self.ctx.connections:
+            self.reactor.stop()
+        else:
+            self.reactor.call_later(0.05, self._check_drained)
+
+    def _drain_deadline(self) -> None:
+        for conn in list(self.ctx.connections):
+            conn.close("shutdown")
+        self.reactor.stop()
+
+    def dump_stats(self) -> None:
+        log.info("stats:\n%s", self.ctx.stats.render(len(self.ctx.connections), self.ctx.pool))
+
+    def close(self) -> None:
+        for acceptor in self.acceptors:
+            acceptor.stop()
+        for conn in list(self.ctx.connections):
+            conn.close("shutdown")
+        self.ctx.pool.close()
+        self.ctx.reserve.close()
+        self.reactor.close()
