@@ -9,7 +9,7 @@ Must not open sockets or start anything.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from importlib import resources
 from typing import Any
@@ -118,9 +118,11 @@ def _build(source: str, data) -> Config:
             where = where[s]
         kind = "section" if isinstance(where[name], dict) else "key"
         problems.add(sections, name, f"unknown {kind}")
-    if problems.items:
-        raise ConfigError(problems.items)
-    config = _typed(source, cfg, problems)
+    try:
+        config = _typed(source, cfg, problems)
+    except (KeyError, TypeError, ValueError):
+        if not problems.items:      # only a value already reported as wrong may break typing
+            raise
     if problems.items:
         raise ConfigError(problems.items)
     return config
@@ -139,7 +141,8 @@ class _Problems:
 
     def add(self, sections, key: str, message: str) -> None:
         section = ".".join(sections) if sections else "global"
-        self.items.append(f"{self.source}: [{section}] {key}: {message}".replace("]  :", "]:"))
+        where = f"[{section}] {key}" if key else f"[{section}]"
+        self.items.append(f"{self.source}: {where}: {message}")
 
 
 def _typed(source: str, cfg, problems: _Problems) -> Config:
@@ -161,7 +164,7 @@ def _typed(source: str, cfg, problems: _Problems) -> Config:
 
 
 def _settings(section, problems: _Problems) -> Settings:
-    values = dict(section)
+    values = {f.name: section[f.name] for f in fields(Settings)}
     workers = values["workers"].strip().lower()
     if workers == "auto":
         values["workers"] = os.cpu_count() or 1
@@ -190,8 +193,10 @@ def _route(name: str, section, problems: _Problems) -> Route | None:
         key, message = exc.args if len(exc.args) == 2 else ("probe", str(exc))
         problems.add(where, key, message)
     try:
-        backend = addr.parse(section["backend"])
+        backend = addr.parse(section.get("backend", ""))
     except ValueError as exc:
+        if "backend" not in section:
+            return None     # reported as required already
         problems.add(where, "backend", str(exc))
         return None
     return Route(name, probe, backend, opts)
