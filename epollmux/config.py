@@ -223,6 +223,12 @@ def _listener(name, section, routes, raw_routes, settings, problems: _Problems) 
             chosen.append(routes[route_name])
     if len(set(names)) != len(names):
         problems.add(where, "routes", "a route is named twice")
+    for i, route in enumerate(chosen[:-1]):
+        if route.probe == "any":
+            unreachable = ", ".join(r.name for r in chosen[i + 1:])
+            problems.add(where, "routes", f"route '{route.name}' (probe any) takes every client, so "
+                                          f"{unreachable} can never be chosen; put it last")
+            break
     on_timeout = routes.get(settings.on_timeout)
     if on_timeout is not None and on_timeout not in chosen:
         on_timeout = None   # the listener does not carry that route: silent clients are closed

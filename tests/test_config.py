@@ -158,3 +158,10 @@ def test_flags_become_routes_in_order():
     cfg = config_from_flags(args)
     assert [(r.name, r.probe) for r in cfg.listeners[0].routes] == [("tls", "tls"), ("ssh", "ssh"), ("any", "any")]
     assert cfg.settings.on_timeout == "ssh" and cfg.settings.probe_timeout == 0.5
+
+
+def test_routes_after_any_are_refused(tmp_path):
+    text = GOOD.replace("[[ssh]]", "[[first]]\n  probe = any\n  backend = 127.0.0.1:1\n  [[ssh]]")
+    found = problems(tmp_path, text)
+    assert any("[listen.public] routes: route 'first' (probe any) takes every client, so ssh, web, sock "
+               "can never be chosen" in p for p in found), found
