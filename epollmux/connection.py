@@ -263,6 +263,8 @@ class Connection:
             up, down = self.up.moved, self.down.moved
         route = self.route.name if self.route else "-"
         ctx.stats.closed(route, reason, up, down)
+        if reason == "exhausted":
+            ctx.exhausted(f"{self.peer}: out of file descriptors or memory")
         if log.isEnabledFor(logging.INFO):
             backend = self.route.backend.text if self.route else "-"
             duration = ctx.reactor.clock() - self.started

@@ -90,7 +90,9 @@ class Acceptor:
             self.ctx.reactor.unregister(self.fd)
             self.armed = False
 
-    def _pause(self) -> None:
+    def pause(self) -> None:
+        if self.resume_timer is not None:
+            return
         self.stop()
         self.resume_timer = self.ctx.reactor.call_later(PAUSE_ON_EXHAUSTION, self._resume)
 
@@ -126,9 +128,9 @@ class Acceptor:
         if errors.is_exhausted(exc):
             refused = self.ctx.reserve.spend(self.sock)
             self.ctx.stats.count("refused_exhausted" if refused else "accept_exhausted")
-            log.warning("%s: %s; refusing new clients for %.1fs", self.listener.name,
-                        os.strerror(exc.errno), PAUSE_ON_EXHAUSTION)
+            self.ctx.exhausted(f"{self.listener.name}: accept: {os.strerror(exc.errno)}")
         else:
             log.error("%s: accept failed: %s", self.listener.name, exc)
-        self._pause()
+            self.pause()
         return False
+

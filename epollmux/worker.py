@@ -13,7 +13,7 @@ import socket
 
 from epollmux.channels import ChannelPool
 from epollmux.config import Config, Listener
-from epollmux.listener import Acceptor, Reserve
+from epollmux.listener import PAUSE_ON_EXHAUSTION, Acceptor, Reserve
 from epollmux.reactor import Reactor
 from epollmux.stats import Stats
 
@@ -32,6 +32,14 @@ class Context:
         self.connections: set = set()
         self.reserve = Reserve()
         self.draining = False
+        self.acceptors: list[Acceptor] = []
+
+    def exhausted(self, what: str) -> None:
+        """Out of fds or memory: say so once, and every acceptor stops for a while, then tries again."""
+        if not any(a.resume_timer for a in self.acceptors):
+            log.warning("%s; refusing new clients for %.1fs", what, PAUSE_ON_EXHAUSTION)
+        for acceptor in self.acceptors:
+            acceptor.pause()
 
 
 class Worker:
@@ -40,6 +48,7 @@ class Worker:
         self.reactor = reactor or Reactor()
         self.ctx = Context(config, self.reactor)
         self.acceptors = [Acceptor(self.ctx, listener, sock) for listener, sock in sockets]
+        self.ctx.acceptors = self.acceptors
         self.drain_timer = None
 
     def run(self) -> int:
