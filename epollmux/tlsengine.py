@@ -1,0 +1,377 @@
+"""Sans-I/O TLS terminator: one `ssl.SSLObject` over two `ssl.MemoryBIO`s per connection.
+
+Owns: the TLS state machine of one connection (HANDSHAKING -> OPEN -> CLOSING -> CLOSED), the bounds on
+ciphertext buffered in each direction, the classification of every `ssl` error into a short close reason,
+and the per-connection facts used for logs and PROXY headers (version, cipher, ALPN, SNI, peer cert).
+
+Must not import: socket, select, the reactor, the connection, the config module, or `tlsctx`. It takes
+bytes and returns bytes and reasons; the caller moves bytes to and from sockets and arms deadlines.
+
+Contract for the caller (the connection):
+
+* Construct with a context from `tlsctx`. The engine starts in HANDSHAKING: arm the handshake deadline
+  (its expiry is the caller's reason `tls-handshake-timeout`). `on_state_change(old, new)` is called on
+  every transition, so entering CLOSING can arm the shutdown deadline; it must not call back into the engine.
+* Socket readable: read at most `ciphertext_room()` bytes, `feed_ciphertext()` them (`feed_eof()` on a
+  TCP EOF). When `wants_more_ciphertext()` is False, stop reading the socket until plaintext is consumed.
+* While HANDSHAKING call `step()`: None (go on), `Event.HANDSHAKE_DONE` (once), or a `CloseReason`.
+* While OPEN or CLOSING call `read_plaintext()`: bytes (b"" = nothing yet) or a `CloseReason`.
+  `CloseReason.CLOSE_NOTIFY` in OPEN is a half-close by the peer: pass EOF on, keep writing, then `close()`.
+* `write_plaintext()` accepts only what fits under the outbound cap and returns the count accepted.
+* After every call, send `take_ciphertext()` while `pending_ciphertext()` > 0 (alerts too: after a failure,
+  flush best-effort, then close the socket). CLOSED with nothing pending means the socket can be closed.
+* `close()` sends close_notify (OPEN -> CLOSING, or -> CLOSED if the peer's already came). In CLOSING keep
+  calling `read_plaintext()` (forward or drop the data) until it returns a reason. `close()` during the
+  handshake goes straight to CLOSED with `reason` None: the caller owns that reason (e.g. a timeout).
+
+Close reasons (`CloseReason`, a str): tls-handshake-failed, tls-alert, tls-truncated, tls-close-notify,
+tls-not-tls, tls-protocol-error. `detail` holds OpenSSL's reason in lower case (e.g. "unsupported_protocol",
+"tlsv1_alert_unknown_ca") or the certificate verify message, for the log line. `tls-handshake-timeout` and
+`tls-shutdown-timeout` are the caller's, from the deadlines it arms on entering HANDSHAKING and CLOSING.
+"""
+
+from __future__ import annotations
+
+import enum
+import ssl
+from typing import Callable
+
+DEFAULT_MAX_INBOUND = 64 * 1024
+DEFAULT_MAX_OUTBOUND = 64 * 1024
+DEFAULT_READ_SIZE = 64 * 1024
+MAX_RECORD_WIRE = 5 + 2 ** 14 + 2048   # header + largest TLS 1.2 ciphertext (RFC 5246 6.2.3)
+_MAX_RECORD = 16 * 1024 + 256     # plaintext OpenSSL may hold decrypted but not yet returned
+
+TLS_HANDSHAKE = 0x16
+TLS_ALERT = 0x15
+_ALERT_REASON_PREFIXES = ("SSLV3_ALERT_", "TLSV1_ALERT_", "TLSV13_ALERT_")
+_SNI_ATTRIBUTE = "_epollmux_sni"
+
+
+class TLSState(enum.Enum):
+    HANDSHAKING = "handshaking"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+_TRANSITIONS = {
+    TLSState.HANDSHAKING: {TLSState.OPEN, TLSState.CLOSED},
+    TLSState.OPEN: {TLSState.CLOSING, TLSState.CLOSED},
+    TLSState.CLOSING: {TLSState.CLOSED},
+    TLSState.CLOSED: set(),
+}
+
+
+class Event(enum.Enum):
+    HANDSHAKE_DONE = "handshake-done"
+
+
+class CloseReason(str, enum.Enum):
+    """Why the TLS layer ended; a plain string for the owner's counters and log line."""
+
+    HANDSHAKE_FAILED = "tls-handshake-failed"   # local refusal: version, cipher, client cert, bad record...
+    ALERT = "tls-alert"                         # the peer sent a fatal alert (detail names it)
+    TRUNCATED = "tls-truncated"                 # TCP EOF without close_notify, in any state
+    CLOSE_NOTIFY = "tls-close-notify"           # clean end of the peer's direction
+    NOT_TLS = "tls-not-tls"                     # the peer's first byte cannot start a TLS record
+    PROTOCOL_ERROR = "tls-protocol-error"       # a bad record or message after the handshake
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class TLSStateError(RuntimeError):
+    """A caller bug: a transition or an operation that the current state does not allow."""
+
+
+def record_sni(ssl_object: ssl.SSLObject, server_name: str | None, route: str | None) -> None:
+    """For a context's `sni_callback`: remember the name the client asked for and the route chosen."""
+    setattr(ssl_object, _SNI_ATTRIBUTE, (server_name, route))
+
+
+def classify_ssl_error(exc: ssl.SSLError, handshaking: bool) -> CloseReason:
+    """The one mapping from `ssl` exceptions to close reasons."""
+    if isinstance(exc, ssl.SSLZeroReturnError):
+        return CloseReason.CLOSE_NOTIFY
+    if isinstance(exc, ssl.SSLEOFError):
+        return CloseReason.TRUNCATED
+    if (getattr(exc, "reason", None) or "").startswith(_ALERT_REASON_PREFIXES):
+        return CloseReason.ALERT
+    return CloseReason.HANDSHAKE_FAILED if handshaking else CloseReason.PROTOCOL_ERROR
+
+
+def _error_detail(exc: ssl.SSLError) -> str:
+    verify_message = getattr(exc, "verify_message", None)
+    if verify_message:
+        return f"certificate verify failed: {verify_message}"
+    reason = getattr(exc, "reason", None)
+    return reason.lower() if reason else type(exc).__name__
+
+
+class TLSEngine:
+    """One TLS connection end, server side by default; see the module docstring for the contract."""
+
+    def __init__(self, context: ssl.SSLContext, *, server_side: bool = True,
+                 server_hostname: str | None = None,
+                 max_inbound: int = DEFAULT_MAX_INBOUND, max_outbound: int = DEFAULT_MAX_OUTBOUND,
+                 on_state_change: Callable[[TLSState, TLSState], None] | None = None) -> None:
+        if max_inbound < MAX_RECORD_WIRE:
+            # A record is decrypted only once whole: a smaller cap could never make progress.
+            raise ValueError(f"max_inbound must be at least one TLS record ({MAX_RECORD_WIRE} bytes)")
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._sslobj = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side,
+                                        server_hostname=server_hostname)
+        self._server_side = server_side
+        self._max_inbound = max_inbound
+        self._max_outbound = max_outbound
+        self._on_state_change = on_state_change
+        self._first_byte_seen = False
+        self._handshake_done = False
+        self._not_tls = False
+        self._drained = b""            # plaintext read out of the BIO before sending close_notify
+        self._deferred: CloseReason | None = None   # an end seen while returning data
+        self.state = TLSState.HANDSHAKING
+        self.reason: CloseReason | None = None
+        self.detail: str | None = None
+        self.peer_closed = False
+
+    # -- state ---------------------------------------------------------------------------------------
+
+    def _set_state(self, new: TLSState) -> None:
+        old = self.state
+        if new not in _TRANSITIONS[old]:
+            raise TLSStateError(f"TLS state {old.name} -> {new.name} is not allowed")
+        self.state = new
+        if self._on_state_change is not None:
+            self._on_state_change(old, new)
+
+    def _end(self, reason: CloseReason | None, detail: str | None = None) -> CloseReason | None:
+        if self.state is not TLSState.CLOSED:
+            self.reason, self.detail = reason, detail
+            self._set_state(TLSState.CLOSED)
+        return self.reason
+
+    def _fail(self, exc: ssl.SSLError) -> CloseReason:
+        reason = classify_ssl_error(exc, self.state is TLSState.HANDSHAKING)
+        return self._end(reason, _error_detail(exc))
+
+    # -- ciphertext in -------------------------------------------------------------------------------
+
+    def ciphertext_room(self) -> int:
+        """How many more ciphertext bytes `feed_ciphertext()` accepts now."""
+        if self.state is TLSState.CLOSED:
+            return 0
+        return max(0, self._max_inbound - self._incoming.pending)
+
+    def wants_more_ciphertext(self) -> bool:
+        return self.ciphertext_room() > 0
+
+    def feed_ciphertext(self, data: bytes | bytearray | memoryview) -> None:
+        """Bytes received from the peer. Raises BufferError beyond `ciphertext_room()`; dropped once CLOSED."""
+        if not data or self.state is TLSState.CLOSED:
+            return
+        if len(data) > self.ciphertext_room():
+            raise BufferError(f"{len(data)} ciphertext bytes exceed the room of {self.ciphertext_room()}")
+        if not self._first_byte_seen:
+            self._first_byte_seen = True
+            if not self._can_start_tls(data[0]):
+                self._not_tls = True
+                return
+        self._incoming.write(data)
+
+    def _can_start_tls(self, first: int) -> bool:
+        # A client always opens with a handshake record; a server may answer with an alert.
+        return first == TLS_HANDSHAKE or (not self._server_side and first == TLS_ALERT)
+
+    def feed_eof(self) -> None:
+        """The peer closed its TCP direction."""
+        if not self._incoming.eof:
+            self._incoming.write_eof()
+
+    # -- ciphertext out ------------------------------------------------------------------------------
+
+    def pending_ciphertext(self) -> int:
+        return self._outgoing.pending
+
+    def take_ciphertext(self, size: int = -1) -> bytes:
+        """Up to `size` bytes (all when negative) to send to the peer."""
+        return self._outgoing.read(size)
+
+    # -- handshake -----------------------------------------------------------------------------------
+
+    def step(self) -> Event | CloseReason | None:
+        """Drive the handshake: None = need more bytes, HANDSHAKE_DONE once, or a close reason."""
+        if self.state is TLSState.CLOSED:
+            return self.reason
+        if self.state is not TLSState.HANDSHAKING:
+            return None
+        if self._not_tls:
+            return self._end(CloseReason.NOT_TLS, "first byte is not a TLS record")
+        try:
+            self._sslobj.do_handshake()
+        except ssl.SSLWantReadError:
+            return self._end(CloseReason.TRUNCATED, "eof during handshake") if self._incoming.eof else None
+        except ssl.SSLError as exc:
+            return self._fail(exc)
+        self._handshake_done = True
+        self._set_state(TLSState.OPEN)
+        return Event.HANDSHAKE_DONE
+
+    # -- plaintext -----------------------------------------------------------------------------------
+
+    def read_plaintext(self, size: int = DEFAULT_READ_SIZE) -> bytes | CloseReason:
+        """Decrypted bytes (b"" = nothing yet), or a CloseReason when the peer's direction has ended."""
+        if self._drained:
+            data, self._drained = self._drained[:size], self._drained[size:]
+            return data
+        if self.state is TLSState.CLOSED:
+            if self.reason is None:
+                raise TLSStateError("read after close() during the handshake")
+            return self.reason
+        if self.state is TLSState.HANDSHAKING:
+            return b""
+        if self._deferred is not None:
+            return self._finish_read(self._deferred)
+        return self._read_records(size)
+
+    def _read_records(self, size: int) -> bytes | CloseReason:
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        got = 0
+        end: CloseReason | None = None
+        while got < size and end is None:
+            try:
+                count = self._sslobj.read(size - got, view[got:])
+            except ssl.SSLWantReadError:
+                if self._incoming.eof:
+                    end = CloseReason.TRUNCATED
+                break
+            except ssl.SSLError as exc:
+                end = classify_ssl_error(exc, handshaking=False)
+                self.detail = _error_detail(exc)
+                break
+            if count == 0:
+                end = CloseReason.CLOSE_NOTIFY
+            got += count
+        view.release()
+        if got:
+            self._deferred = end
+            return bytes(buffer[:got])
+        return self._finish_read(end) if end is not None else b""
+
+    def _finish_read(self, end: CloseReason) -> CloseReason:
+        self._deferred = None
+        if end is CloseReason.CLOSE_NOTIFY and self.state is TLSState.OPEN:
+            self.peer_closed = True
+            return end
+        return self._end(end, self.detail)
+
+    def write_plaintext(self, data: bytes | bytearray | memoryview) -> int:
+        """Encrypt as much of `data` as the outbound cap allows; returns the count accepted (0 = full).
+
+        Returns 0 while HANDSHAKING; raises TLSStateError after `close()`. Ciphertext pending never exceeds
+        the cap by more than one write's record overhead.
+        """
+        if self.state is TLSState.HANDSHAKING:
+            return 0
+        if self.state is not TLSState.OPEN:
+            raise TLSStateError(f"write in state {self.state.name}")
+        room = self._max_outbound - self._outgoing.pending
+        if room <= 0 or not data:
+            return 0
+        chunk = memoryview(data)[:room]
+        try:
+            return self._sslobj.write(chunk)
+        except ssl.SSLError as exc:
+            self._fail(exc)
+            return 0
+        finally:
+            chunk.release()
+
+    # -- close ---------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Send close_notify. During the handshake there is nothing to say: go straight to CLOSED."""
+        if self.state is TLSState.HANDSHAKING:
+            self._end(None, "closed during handshake")
+            return
+        if self.state is not TLSState.OPEN:
+            return
+        if not self._drain_before_close():
+            return
+        try:
+            self._sslobj.unwrap()
+        except ssl.SSLWantReadError:
+            self._set_state(TLSState.CLOSING)
+            return
+        except ssl.SSLError as exc:
+            self._fail(exc)
+            return
+        self._end(CloseReason.CLOSE_NOTIFY)
+
+    def _drain_before_close(self) -> bool:
+        # OpenSSL's second SSL_shutdown() (CPython calls it twice) fails on unread application data
+        # (APPLICATION_DATA_AFTER_CLOSE_NOTIFY) and discards it: read complete records out first.
+        # Bounded: the inbound BIO never holds more than max_inbound bytes.
+        result = self._read_records(self._max_inbound + _MAX_RECORD)
+        if isinstance(result, bytes):
+            self._drained += result
+            result, self._deferred = self._deferred, None
+        if result is None:
+            return True
+        if result is CloseReason.CLOSE_NOTIFY:
+            self.peer_closed = True
+            return True
+        self._end(result, self.detail)
+        return False
+
+    # -- facts ---------------------------------------------------------------------------------------
+
+    @property
+    def sni(self) -> str | None:
+        """The server name the client sent, as recorded by the context's sni_callback."""
+        return getattr(self._sslobj, _SNI_ATTRIBUTE, (None, None))[0]
+
+    @property
+    def route(self) -> str | None:
+        """The route the sni_callback chose (listener contexts from `tlsctx`), else None."""
+        return getattr(self._sslobj, _SNI_ATTRIBUTE, (None, None))[1]
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        """The context in use: after an SNI switch, the chosen route's."""
+        return self._sslobj.context
+
+    def version(self) -> str | None:
+        return self._sslobj.version()
+
+    def cipher(self) -> str | None:
+        cipher = self._sslobj.cipher()
+        return cipher[0] if cipher else None
+
+    def alpn(self) -> str | None:
+        return self._sslobj.selected_alpn_protocol()
+
+    def session_reused(self) -> bool:
+        return self._handshake_done and self._sslobj.session_reused
+
+    def peer_cert_der(self) -> bytes | None:
+        """The peer's certificate (DER) once the handshake is done, whether or not it was verified."""
+        return self._sslobj.getpeercert(binary_form=True) if self._handshake_done else None
+
+    def peer_cn(self) -> str | None:
+        """commonName of a verified peer certificate (ssl decodes only verified certificates)."""
+        if not self._handshake_done:
+            return None
+        for rdn in (self._sslobj.getpeercert() or {}).get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName":
+                    return value
+        return None
+
+    def peer_verified(self) -> bool:
+        """True when the context required a peer certificate and the handshake accepted one."""
+        return (self._handshake_done and self.context.verify_mode == ssl.CERT_REQUIRED
+                and self._sslobj.getpeercert(binary_form=True) is not None)
