@@ -1,0 +1,118 @@
+"""Bulk throughput: iperf3 with 1 and N parallel streams through each subject (issue 2's Measure).
+
+Owns: the bulk section. One iperf3 server on loopback; every subject is started in front of it
+at once (idle subjects cost nothing) and measured in turn, round after round, with the subject
+order rotated each round so that drift on a shared machine does not favour one position.
+Per run: Gbit/s received (iperf3 -J `sum_received`), the subject's CPU seconds over the run
+(all its processes, `Subject.cpu()`), Gbit per proxy CPU-second, and the machine's busy CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+from bench import stats
+from bench.backends import Iperf3
+from bench.context import Context, started
+from bench.procs import HOST, machine_cpu_seconds, run
+
+SUBJECTS = ["direct", "epollmux-splice", "epollmux-copy", "haproxy", "sslh-select", "sslh-fork", "socat"]
+REFERENCE = "haproxy"
+
+
+def iperf3(port: int, seconds: float, streams: int) -> dict:
+    argv = ["iperf3", "-c", HOST, "-p", str(port), "-t", str(seconds), "-P", str(streams),
+            "-J", "--connect-timeout", "3000"]
+    out = run(argv, timeout=seconds + 20)
+    try:
+        doc = json.loads(out.stdout)
+    except json.JSONDecodeError:
+        return {"error": (out.stderr or out.stdout).strip()[-300:] or f"exit {out.returncode}"}
+    if "error" in doc:
+        return {"error": doc["error"]}
+    recv = doc["end"]["sum_received"]
+    return {"bits_per_second": recv["bits_per_second"], "bytes": recv["bytes"],
+            "seconds": recv["seconds"]}
+
+
+def measure(ctx: Context, subject, seconds: float, streams: int) -> dict:
+    if not subject.alive():
+        return {"error": "subject not running"}
+    cpu0, mach0, t0 = subject.cpu(), machine_cpu_seconds(), time.monotonic()
+    try:
+        res = iperf3(subject.port, seconds, streams)
+        if "error" in res and "busy" in res["error"]:   # the server still ends the last test
+            time.sleep(1.0)
+            res = iperf3(subject.port, seconds, streams)
+    except subprocess.TimeoutExpired:
+        res = {"error": "iperf3 timed out"}
+    time.sleep(0.1)       # let the relay finish its last close before reading its CPU
+    cpu = subject.cpu() - cpu0
+    res.update(wall_s=time.monotonic() - t0, machine_cpu_s=machine_cpu_seconds() - mach0,
+               cpu_s=cpu if subject.pid else None)
+    if "error" not in res:
+        res["gbps"] = res["bits_per_second"] / 1e9
+        res["gbit_per_cpu_s"] = res["bytes"] * 8 / 1e9 / cpu if subject.pid and cpu > 0 else None
+    if not subject.alive():
+        res["error"] = res.get("error", "") + " subject died"
+    return res
+
+
+def run_section(ctx: Context) -> dict:
+    opts = ctx.opts
+    names = [n for n in opts.subjects if n in SUBJECTS]
+    streams_list = opts.streams
+    seconds = opts.bulk_seconds
+    samples = []
+    backend = Iperf3(ctx.tmpdir, ctx.ports.take()).start()
+    try:
+        with started(ctx, names, backend.address) as running:
+            order = [n for n in names if n in running]
+            for rep in range(opts.repeat):
+                rotated = order[rep % len(order):] + order[:rep % len(order)] if order else []
+                for streams in streams_list:
+                    for name in rotated:
+                        if not ctx.has_time(seconds + 5):
+                            ctx.log("bulk: out of time budget, skipping the rest")
+                            samples.append({"subject": name, "streams": streams, "rep": rep,
+                                            "error": "skipped: time budget"})
+                            continue
+                        res = measure(ctx, running[name], seconds, streams)
+                        res.update(subject=name, streams=streams, rep=rep)
+                        samples.append(res)
+                        ctx.log(f"bulk {name:16} P={streams} rep={rep}: " + (
+                            f"{res['gbps']:.2f} Gbit/s, cpu {res['cpu_s'] or 0:.2f}s" if "gbps" in res
+                            else f"ERROR {res['error']}"))
+            cpu_methods = {n: running[n].cpu_method for n in order}
+    finally:
+        backend.stop()
+    return {"section": "bulk", "params": {"seconds": seconds, "streams": streams_list,
+                                          "repeat": opts.repeat, "subjects": names,
+                                          "cpu_accounting": cpu_methods,
+                                          "start_errors": {n: e for n, e in ctx.start_errors.items()
+                                                           if n in names}},
+            "samples": samples, "summary": summarize(names, streams_list, samples)}
+
+
+def summarize(names: list[str], streams_list: list[int], samples: list[dict]) -> list[dict]:
+    rows = []
+    for streams in streams_list:
+        block = {}
+        for name in names:
+            mine = [s for s in samples if s["subject"] == name and s["streams"] == streams]
+            ok = [s for s in mine if "gbps" in s]
+            block[name] = {
+                "subject": name, "streams": streams,
+                "gbps": stats.summary([s["gbps"] for s in ok]),
+                "cpu_s": stats.summary([s["cpu_s"] for s in ok]),
+                "gbit_per_cpu_s": stats.summary([s["gbit_per_cpu_s"] for s in ok]),
+                "errors": len(mine) - len(ok),
+            }
+        ref = block.get(REFERENCE)
+        for row in block.values():
+            row["gbps_vs_ref"] = stats.ratio(row["gbps"], ref["gbps"]) if ref else None
+            row["eff_vs_ref"] = stats.ratio(row["gbit_per_cpu_s"], ref["gbit_per_cpu_s"]) if ref else None
+            rows.append(row)
+    return rows

@@ -1,0 +1,209 @@
+"""Turns a run's results into files: JSON, a markdown table and a PNG chart per section, RESULTS.md.
+
+Owns: every output format. Reads only the results dict the driver assembled; runs nothing.
+Writes bench/results/{bench.json, SECTION.md, SECTION.png} and bench/RESULTS.md (the latest run,
+with date, machine and versions). matplotlib is a bench-only dependency: without it the PNGs are
+skipped and the markdown says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from bench.subjects import ALL
+
+LABELS = {name: cls.label for name, cls in ALL.items()}
+
+
+def _f(v, fmt="{:.2f}") -> str:
+    return "—" if v is None else fmt.format(v)
+
+
+def _med(s: dict | None, fmt="{:.2f}", spread=True) -> str:
+    if not s:
+        return "—"
+    text = fmt.format(s["median"])
+    if spread and s["n"] > 1:
+        text += f" ({fmt.format(s['min'])}–{fmt.format(s['max'])})"
+    return text
+
+
+def _x(v) -> str:
+    return "—" if v is None else f"{v:.2f}×"
+
+
+# --- markdown ---------------------------------------------------------------------------------
+def bulk_md(sec: dict) -> str:
+    p = sec["params"]
+    lines = [f"iperf3, {p['seconds']} s per run, {p['repeat']} runs each (median, min–max); "
+             "proxy CPU = all the subject's processes; ratios are medians over HAProxy's.", ""]
+    for streams in p["streams"]:
+        lines += [f"**{streams} stream{'s' if streams > 1 else ''}**", "",
+                  "| subject | Gbit/s | × HAProxy | proxy CPU-s per run | Gbit per proxy CPU-s | × HAProxy | failed runs |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in sec["summary"]:
+            if row["streams"] != streams:
+                continue
+            lines.append(f"| {LABELS.get(row['subject'], row['subject'])} | {_med(row['gbps'])} | "
+                         f"{_x(row['gbps_vs_ref'])} | {_med(row['cpu_s'], spread=False)} | "
+                         f"{_med(row['gbit_per_cpu_s'])} | {_x(row['eff_vs_ref'])} | {row['errors']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def connrate_md(sec: dict) -> str:
+    p = sec["params"]
+    lines = [f"nginx (1 worker, 34-byte body) behind each subject; wrk -t1 -c{p['connections']} "
+             f"-d{p['seconds']}s, {p['repeat']} runs each (median, min–max). `close` = one TCP "
+             "connection per request (`Connection: close`); unloaded = one connection at a time, "
+             f"connect to EOF, {p['latency_count']} sequential connections per run (Python client).", "",
+             "| subject | close req/s | × HAProxy | close p50 / p99 ms | close errors | req per proxy CPU-s "
+             "| keep-alive req/s | × HAProxy | keep-alive p50 / p99 ms | unloaded p50 / p99 ms |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in sec["summary"]:
+        c, k, u = row["close"], row["keepalive"], row["unloaded"]
+        lines.append(
+            f"| {LABELS.get(row['subject'], row['subject'])} | {_med(c['rps'], '{:.0f}')} | {_x(c['rps_vs_ref'])} | "
+            f"{_med(c['p50_ms'], '{:.2f}', False)} / {_med(c['p99_ms'], '{:.2f}', False)} | {c['errors']} | "
+            f"{_med(c['req_per_cpu_s'], '{:.0f}', False)} | {_med(k['rps'], '{:.0f}')} | {_x(k['rps_vs_ref'])} | "
+            f"{_med(k['p50_ms'], '{:.2f}', False)} / {_med(k['p99_ms'], '{:.2f}', False)} | "
+            f"{_med(u['p50_ms'], '{:.3f}', False)} / {_med(u['p99_ms'], '{:.3f}', False)} |")
+    return "\n".join(lines) + "\n"
+
+
+def idle_md(sec: dict) -> str:
+    lines = ["Idle connections held through each subject, every one proven by a byte round trip "
+             "before and after the memory reading; per-connection figures are (held − baseline) / held, "
+             "summed over the subject's processes (RSS counts pages shared between them twice, PSS splits "
+             "them, USS counts private pages only).", "",
+             "| subject | N asked (cap) | held after 2nd round trip | open time s | processes | baseline RSS / PSS MB "
+             "| RSS KB/conn | PSS KB/conn | USS KB/conn | RSS MB after close / after a 2nd cycle | still running |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in sec["summary"]:
+        if "error" in row or "loaded" not in row:
+            lines.append(f"| {LABELS.get(row['subject'], row['subject'])} | — | {row.get('error', 'no reading')} | | | | | | | | |")
+            continue
+        lines.append(
+            f"| {LABELS.get(row['subject'], row['subject'])} | {row['n']} ({row['cap_reason']}) | {row.get('ping_ok')} | "
+            f"{_f(row.get('open_seconds'), '{:.1f}')} | {row['loaded']['processes']} | "
+            f"{row['base']['rss_kb'] / 1024:.1f} / {row['base']['pss_kb'] / 1024:.1f} | "
+            f"{_f(row.get('rss_per_conn_kb'))} | {_f(row.get('pss_per_conn_kb'))} | {_f(row.get('uss_per_conn_kb'))} | "
+            f"{row['after_close']['rss_kb'] / 1024:.1f} / {row['after_2nd_close']['rss_kb'] / 1024:.1f} | "
+            f"{'yes' if row.get('alive') else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+MD = {"bulk": bulk_md, "connrate": connrate_md, "idle": idle_md}
+TITLES = {"bulk": "Bulk throughput (iperf3)", "connrate": "Connection rate and latency (nginx + wrk)",
+          "idle": "Idle connections: memory per connection"}
+
+
+# --- charts -----------------------------------------------------------------------------------
+def _bars(ax, names, meds, lows, highs, title, ylabel):
+    xs = range(len(names))
+    err = [[m - lo if m is not None else 0 for m, lo in zip(meds, lows)],
+           [hi - m if m is not None else 0 for m, hi in zip(meds, highs)]]
+    ax.bar(xs, [m or 0 for m in meds], yerr=err, capsize=3,
+           color=["#c44" if n.startswith("epollmux") else "#999" if n == "direct" else "#48a" for n in names])
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _series(rows, key_fn):
+    meds, lows, highs = [], [], []
+    for row in rows:
+        s = key_fn(row)
+        meds.append(s["median"] if s else None)
+        lows.append(s["min"] if s else 0)
+        highs.append(s["max"] if s else 0)
+    return meds, lows, highs
+
+
+def chart(sec: dict, path: str, plt) -> None:
+    kind = sec["section"]
+    if kind == "bulk":
+        streams = sec["params"]["streams"]
+        fig, axes = plt.subplots(2, len(streams), figsize=(5 * len(streams), 7), squeeze=False)
+        for col, st in enumerate(streams):
+            rows = [r for r in sec["summary"] if r["streams"] == st]
+            names = [r["subject"] for r in rows]
+            _bars(axes[0][col], names, *_series(rows, lambda r: r["gbps"]), f"{st} stream(s): Gbit/s", "Gbit/s")
+            prox = [r for r in rows if r["subject"] != "direct"]
+            _bars(axes[1][col], [r["subject"] for r in prox], *_series(prox, lambda r: r["gbit_per_cpu_s"]),
+                  f"{st} stream(s): Gbit per proxy CPU-second", "Gbit / CPU-s")
+    elif kind == "connrate":
+        rows = sec["summary"]
+        names = [r["subject"] for r in rows]
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+        _bars(axes[0], names, *_series(rows, lambda r: r["close"]["rps"]), "new connections/s (Connection: close)", "req/s")
+        _bars(axes[1], names, *_series(rows, lambda r: r["keepalive"]["rps"]), "keep-alive req/s", "req/s")
+        _bars(axes[2], names, *_series(rows, lambda r: r["unloaded"]["p50_ms"]), "unloaded connect→EOF p50", "ms")
+    elif kind == "idle":
+        rows = [r for r in sec["summary"] if "rss_per_conn_kb" in r]
+        names = [f"{r['subject']}\n(N={r.get('ping_ok')})" for r in rows]
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+        for ax, key, title in ((axes[0], "rss_per_conn_kb", "RSS per idle connection"),
+                               (axes[1], "pss_per_conn_kb", "PSS per idle connection")):
+            vals = [r[key] for r in rows]
+            _bars(ax, [r["subject"] for r in rows], vals, vals, vals, title, "KB")
+            ax.set_xticklabels(names, rotation=0, fontsize=8)
+    else:
+        return
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# --- files ------------------------------------------------------------------------------------
+def write(results: dict, outdir: str, results_md: str) -> list[str]:
+    os.makedirs(outdir, exist_ok=True)
+    written = []
+    with open(os.path.join(outdir, "bench.json"), "w") as f:
+        json.dump(results, f, indent=1, sort_keys=True)
+    written.append(os.path.join(outdir, "bench.json"))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        plt = None
+    body = [header_md(results)]
+    for sec in results["sections"]:
+        kind = sec["section"]
+        md = MD[kind](sec)
+        with open(os.path.join(outdir, f"{kind}.md"), "w") as f:
+            f.write(f"## {TITLES[kind]}\n\n{md}")
+        written.append(os.path.join(outdir, f"{kind}.md"))
+        body.append(f"## {TITLES[kind]}\n\n{md}")
+        if plt is not None:
+            png = os.path.join(outdir, f"{kind}.png")
+            chart(sec, png, plt)
+            written.append(png)
+            body.append(f"![{kind}](results/{kind}.png)\n")
+        else:
+            body.append("(chart skipped: matplotlib is not installed; `make bench-deps`)\n")
+    body.append(notes_md(results))
+    with open(results_md, "w") as f:
+        f.write("\n".join(body))
+    written.append(results_md)
+    return written
+
+
+def header_md(results: dict) -> str:
+    m, v = results["machine"], results["versions"]
+    lines = ["# epollmux benchmark results (latest run)", "",
+             f"Run {results['started']} → {results['finished']} ({results['wall_seconds']:.0f} s), "
+             f"`python3 -m bench.run {' '.join(results['argv'])}`.", "",
+             f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['mem_gb']:.0f} GB, kernel {m['kernel']}, "
+             f"Python {m['python']}, fd limit {m['nofile']}. Load average at start {m['load_start']}, "
+             f"at end {m['load_end']} (other work on the machine shows here and widens the spread).", "",
+             "Versions: " + "; ".join(f"{k} {val}" for k, val in v.items()) + ".", ""]
+    return "\n".join(lines)
+
+
+def notes_md(results: dict) -> str:
+    return "\n".join(["## How it is measured", ""] + [f"- {n}" for n in results["notes"]]) + "\n"

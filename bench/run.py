@@ -1,0 +1,133 @@
+"""The benchmark driver: `python3 -m bench.run [--quick] [--sections ...] [--repeat N] ...`.
+
+Owns: options, the run's time budget (every section checks it before each measurement, so a run
+ends in bounded time: ~10 min by default, ~2 min with --quick), the temp dir, the machine and
+version record, and handing the results to bench.report. Sections run one after another:
+bulk (iperf3), connrate (nginx + wrk), idle (held connections). TLS sections will slot in here
+as further entries of SECTIONS once TLS termination lands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+
+from bench import bulk, connrate, idle, report, subjects
+from bench.context import Context
+from bench.procs import Ports
+
+SECTIONS = {"bulk": bulk.run_section, "connrate": connrate.run_section, "idle": idle.run_section}
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+NOTES = [
+    "Everything runs on 127.0.0.1 on this one machine: load generator, subject and backend share its CPUs, "
+    "so Gbit/s is bounded by the machine; Gbit per proxy CPU-second is the fairer comparison.",
+    "Subjects forward every connection to one backend without sniffing (`probe = any`, sslh `--anyprot`).",
+    "epollmux runs 1 worker (the multi-worker supervisor has not landed), so HAProxy runs `nbthread 1`; "
+    "HAProxy: TCP mode, `option splice-request` + `option splice-response`, `tune.pipesize` 256 KiB = "
+    "epollmux's `pipe_size`, `maxconn 9000`, `maxpipes 512`.",
+    "sslh 1.20 (Debian): sslh-fork is /usr/sbin/sslh (a process per connection), sslh-select is single-process "
+    "select(); both run `-f` (foreground, connection log lines to a file). socat runs `fork` with its default "
+    "8 KiB buffer.",
+    "Proxy CPU = user+system time of every process of the subject, exited children included: each subject runs "
+    "in its own cgroup-v1 cpuacct group when that hierarchy is writable (`cpu_accounting` in bench.json says "
+    "which method ran).",
+    "Each measurement is repeated (`--repeat`); tables give the median and the min–max range. Subjects are "
+    "measured in turn, with the order rotated each round, all started at once in front of the same backend.",
+    "Idle: memory per connection = (RSS or PSS with all held − baseline after a 16-connection warm-up) / held; "
+    "kernel socket buffers are not in RSS.",
+]
+
+
+def options(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python3 -m bench.run", description="epollmux beside its peers")
+    p.add_argument("--quick", action="store_true", help="1 run each, short durations, ~2 minutes")
+    p.add_argument("--sections", default=",".join(SECTIONS), help="comma list of " + ",".join(SECTIONS))
+    p.add_argument("--subjects", default=",".join(subjects.ORDER), help="comma list of " + ",".join(subjects.ORDER))
+    p.add_argument("--repeat", type=int, help="runs per measurement (default 3, quick 1)")
+    p.add_argument("--bulk-seconds", type=float, help="iperf3 duration (default 5, quick 2)")
+    p.add_argument("--streams", default="1,4", help="iperf3 parallel stream counts")
+    p.add_argument("--rate-seconds", type=float, help="wrk duration (default 4, quick 2)")
+    p.add_argument("--rate-connections", type=int, default=32, help="wrk connections")
+    p.add_argument("--latency-count", type=int, help="sequential connections for unloaded latency (default 500)")
+    p.add_argument("--idle-n", type=int, help="idle connections to hold (default 9000, quick 2000)")
+    p.add_argument("--budget", type=float, help="seconds the whole run may take (default 600, quick 150)")
+    p.add_argument("--ports", default="25000-25999", help="port range to use on 127.0.0.1")
+    p.add_argument("--out", default=os.path.join(HERE, "results"), help="directory for JSON, tables, charts")
+    p.add_argument("--results-md", default=os.path.join(HERE, "RESULTS.md"))
+    p.add_argument("--keep-tmp", action="store_true", help="keep configs and logs of the run")
+    o = p.parse_args(argv)
+    q = o.quick
+    o.repeat = o.repeat or (1 if q else 3)
+    o.bulk_seconds = o.bulk_seconds or (2 if q else 5)
+    o.rate_seconds = o.rate_seconds or (2 if q else 4)
+    o.latency_count = o.latency_count or (200 if q else 500)
+    o.idle_n = o.idle_n or (2000 if q else 9000)
+    o.budget = o.budget or (150 if q else 600)
+    o.sections = [s for s in o.sections.split(",") if s]
+    o.subjects = [s for s in o.subjects.split(",") if s]
+    o.streams = [int(s) for s in o.streams.split(",")]
+    for s in o.sections:
+        if s not in SECTIONS:
+            p.error(f"unknown section {s}")
+    for s in o.subjects:
+        if s not in subjects.ALL:
+            p.error(f"unknown subject {s}")
+    return o
+
+
+def machine() -> dict:
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kb = int(f.readline().split()[1])
+    return {"nproc": os.cpu_count(), "cpu": cpu, "mem_gb": mem_kb / 2**20, "kernel": platform.release(),
+            "python": platform.python_version(), "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+            "load_start": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    opts = options(argv)
+    first, last = (int(x) for x in opts.ports.split("-"))
+    started_at = time.time()
+    t0 = time.monotonic()
+    tmpdir = tempfile.mkdtemp(prefix="epollmux-bench-")
+    ctx = Context(tmpdir=tmpdir, ports=Ports(first, last), opts=opts, deadline=t0 + opts.budget)
+    results = {"argv": argv, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started_at)),
+               "machine": machine(), "versions": subjects.versions(), "notes": NOTES, "sections": []}
+    ctx.log(f"sections {opts.sections}, subjects {opts.subjects}, repeat {opts.repeat}, "
+            f"budget {opts.budget:.0f}s, logs in {tmpdir}")
+    try:
+        for name in opts.sections:
+            ctx.log(f"section {name}")
+            ctx.start_errors.clear()
+            results["sections"].append(SECTIONS[name](ctx))
+    except KeyboardInterrupt:
+        ctx.log("interrupted: writing what was measured")
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    results["wall_seconds"] = time.monotonic() - t0
+    results["machine"]["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    for path in report.write(results, opts.out, opts.results_md):
+        ctx.log(f"wrote {os.path.relpath(path)}")
+    for sec in results["sections"]:
+        print(f"\n## {report.TITLES[sec['section']]}\n\n{report.MD[sec['section']](sec)}")
+    if opts.keep_tmp:
+        ctx.log(f"kept {tmpdir}")
+    else:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
