@@ -4,7 +4,8 @@ Owns: `PipeChannel` (a pipe, moved with os.splice, the payload never enters Pyth
 `BufferChannel` (a reused bytearray, moved with readv/write) and `ChannelPool`, which lends them
 out only while bytes are in flight, caps the number of pipes and falls back to buffers beyond it.
 Rules (HAProxy's pipe pool): get, put, kill; a channel that still holds bytes is never put back.
-Must not know about connections, the reactor or protocols.
+Channels move bytes between endpoints (see endpoints.py): pipes use their fds, buffers their
+readinto/write. Must not know about connections, the reactor or protocols.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ class PipeChannel:
         except OSError:   # over /proc/sys/fs/pipe-max-size for this user: keep the default
             self.size = fcntl.fcntl(self.w, fcntl.F_GETPIPE_SZ)
 
-    def fill(self, src: int) -> int:
-        """Move up to `size` bytes from src into the (empty) pipe; 0 at EOF; BlockingIOError if none."""
-        return os.splice(src, self.w, self.size, flags=SPLICE_FLAGS)
+    def fill(self, src) -> int:
+        """Move up to `size` bytes from the src endpoint into the (empty) pipe; 0 at EOF; BlockingIOError if none."""
+        return os.splice(src.fd, self.w, self.size, flags=SPLICE_FLAGS)
 
-    def drain(self, dst: int, pending: int) -> int:
-        return os.splice(self.r, dst, pending, flags=SPLICE_FLAGS)
+    def drain(self, dst, pending: int) -> int:
+        return os.splice(self.r, dst.fd, pending, flags=SPLICE_FLAGS)
 
     def close(self) -> None:
         os.close(self.r)
@@ -46,12 +47,12 @@ class BufferChannel:
         self.start = 0
         self.size = size
 
-    def fill(self, src: int) -> int:
+    def fill(self, src) -> int:
         self.start = 0
-        return os.readv(src, (self.view,))
+        return src.readinto(self.view)
 
-    def drain(self, dst: int, pending: int) -> int:
-        n = os.write(dst, self.view[self.start:self.start + pending])
+    def drain(self, dst, pending: int) -> int:
+        n = dst.write(self.view[self.start:self.start + pending])
         self.start += n
         return n
 
@@ -73,8 +74,11 @@ class ChannelPool:
         self.lent = 0           # channels lent out now
         self.fallbacks = 0      # times a buffer stood in for a pipe
 
-    def get(self) -> PipeChannel | BufferChannel:
+    def get(self, zero_copy: bool = True) -> PipeChannel | BufferChannel:
+        """A channel for one direction; zero_copy=False when an end is not a plain socket (TLS)."""
         self.lent += 1
+        if not zero_copy:
+            return self._idle_buffers.pop() if self._idle_buffers else BufferChannel(self.size)
         if self._idle_pipes:
             return self._idle_pipes.pop()
         if self.pipes < self.max_pipes:

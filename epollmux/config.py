@@ -9,6 +9,7 @@ Must not open sockets or start anything.
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 from importlib import resources
@@ -17,7 +18,7 @@ from typing import Any
 from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_values
 from validate import Validator
 
-from epollmux import addr, probes
+from epollmux import addr, probes, tlsctx
 
 
 class ConfigError(Exception):
@@ -32,6 +33,7 @@ class ConfigError(Exception):
 class Settings:
     workers: int
     probe_timeout: float
+    tls_handshake_timeout: float
     on_timeout: str
     max_probe_bytes: int
     connect_timeout: float
@@ -47,15 +49,22 @@ class Settings:
     log_target: str
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Route:
     name: str
     probe: str
     backend: addr.Address
     opts: dict[str, Any] = field(default_factory=dict)   # prepared probe options
+    server_context: ssl.SSLContext | None = None          # set: this route terminates TLS
+    backend_context: ssl.SSLContext | None = None         # set: TLS towards the backend
+    backend_sni: str | None = None
+    inner_names: tuple[str, ...] = ()
+    inner_routes: tuple["Route", ...] = ()                # sniffed inside the decrypted stream
+    inner_on_timeout: "Route | None" = None
 
-    def __hash__(self) -> int:
-        return hash(self.name)
+    @cached_property
+    def inner_table(self) -> tuple[tuple[str, dict], ...]:
+        return tuple((r.probe, r.opts) for r in self.inner_routes)
 
 
 @dataclass(frozen=True)
@@ -160,6 +169,9 @@ def _typed(source: str, cfg, problems: _Problems) -> Config:
         problems.add(["listen"], "", "define at least one listener")
     if settings.on_timeout and settings.on_timeout not in cfg["routes"]:
         problems.add(["global"], "on_timeout", f"no route named '{settings.on_timeout}'")
+    for route in routes.values():
+        if route.inner_names:
+            _resolve_inner(route, routes, cfg["routes"], settings, problems)
     return Config(source, settings, tuple(listeners), routes)
 
 
@@ -184,7 +196,8 @@ def _route(name: str, section, problems: _Problems) -> Route | None:
         problems.add(where, "probe", f"unknown probe '{probe}' (known: {', '.join(sorted(probes.PROBES))})")
         return None
     written = {k: v for k, v in section.items() if k not in section.defaults and k not in ("probe", "backend")}
-    for key in sorted(set(written) - spec.keys):
+    allowed = spec.keys | BACKEND_TLS_KEYS | (TERMINATING_KEYS if probe in TERMINATING_PROBES else frozenset())
+    for key in sorted(set(written) - allowed):
         problems.add(where, key, f"does not apply to probe '{probe}'")
     opts = {}
     try:
@@ -199,7 +212,59 @@ def _route(name: str, section, problems: _Problems) -> Route | None:
             return None     # reported as required already
         problems.add(where, "backend", str(exc))
         return None
-    return Route(name, probe, backend, opts)
+    route = Route(name, probe, backend, opts, inner_names=tuple(written.get("inner_routes") or ()))
+    _route_tls(route, {k: v for k, v in section.items() if k in allowed or k == "backend"}, problems)
+    return route
+
+
+TERMINATING_PROBES = frozenset({"tls", "any"})
+TERMINATING_KEYS = frozenset({"tls_cert", "tls_key", "tls_min_version", "tls_ciphers", "tls_alpn",
+                              "tls_client_ca", "tls_resumption", "inner_routes"})
+BACKEND_TLS_KEYS = frozenset({"backend_tls", "backend_tls_ca", "backend_sni"})
+
+
+def _route_tls(route: Route, opts: dict, problems: _Problems) -> None:
+    """Check the route's TLS keys (files, dates, key match) and build its contexts, once per load."""
+    where = ["routes", route.name]
+    if opts.get("inner_routes") and not opts.get("tls_cert"):
+        problems.add(where, "inner_routes", "needs tls_cert (only a terminating route sees inside)")
+    found = tlsctx.check_route_tls(opts)
+    for key, message in found:
+        problems.add(where, key, message)
+    if found:
+        return
+    tls = tlsctx.RouteTLS.from_options(route.name, opts)
+    if tls.terminates:
+        route.server_context = tlsctx.server_context(tls)
+    if tls.backend_tls:
+        route.backend_context = tlsctx.backend_context(tls)
+        host = route.backend.text.rsplit(":", 1)[0].strip("[]")
+        route.backend_sni = tls.backend_sni or host
+
+
+def _resolve_inner(route: Route, routes: dict, raw_routes, settings: Settings, problems: _Problems) -> None:
+    where = ["routes", route.name]
+    inner = []
+    for name in route.inner_names:
+        if name not in raw_routes:
+            problems.add(where, "inner_routes", f"no route named '{name}'")
+        elif name in routes:
+            other = routes[name]
+            if other.server_context is not None or other.inner_names:
+                problems.add(where, "inner_routes", f"route '{name}' terminates TLS itself; inner routes forward")
+            inner.append(other)
+    _check_any_last(where, "inner_routes", inner, problems)
+    route.inner_routes = tuple(inner)
+    route.inner_on_timeout = routes.get(settings.on_timeout) if settings.on_timeout in route.inner_names else None
+
+
+def _check_any_last(where, key: str, chosen: list[Route], problems: _Problems) -> None:
+    for i, route in enumerate(chosen[:-1]):
+        if route.probe == "any":
+            unreachable = ", ".join(r.name for r in chosen[i + 1:])
+            problems.add(where, key, f"route '{route.name}' (probe any) takes every client, so "
+                                     f"{unreachable} can never be chosen; put it last")
+            return
 
 
 def _listener(name, section, routes, raw_routes, settings, problems: _Problems) -> Listener:
@@ -223,12 +288,7 @@ def _listener(name, section, routes, raw_routes, settings, problems: _Problems) 
             chosen.append(routes[route_name])
     if len(set(names)) != len(names):
         problems.add(where, "routes", "a route is named twice")
-    for i, route in enumerate(chosen[:-1]):
-        if route.probe == "any":
-            unreachable = ", ".join(r.name for r in chosen[i + 1:])
-            problems.add(where, "routes", f"route '{route.name}' (probe any) takes every client, so "
-                                          f"{unreachable} can never be chosen; put it last")
-            break
+    _check_any_last(where, "routes", chosen, problems)
     on_timeout = routes.get(settings.on_timeout)
     if on_timeout is not None and on_timeout not in chosen:
         on_timeout = None   # the listener does not carry that route: silent clients are closed

@@ -1,11 +1,11 @@
-"""One client connection from accept to close: sniff, connect the backend, relay.
+"""One client connection from accept to close: sniff, [terminate TLS, sniff inside], connect, relay.
 
-Owns: the connection's phases (changed only through `_set_phase`), its deadlines (probe, connect,
-idle), its epoll registrations (each socket registered once, edge-triggered, never modified) and
-`close()`, the one place where a connection ends: it records the reason, counts it per route
-and writes the connection's log line.
+Owns: the connection's phases (changed only through `_set_phase`, which cancels the old phase's
+deadline; entering a waiting phase arms its own), its epoll registrations (each socket registered
+once, edge-triggered, never modified) and `close()`, the one place where a connection ends: it
+records the reason, counts it per route and writes the connection's log line.
 Handlers return None to go on or a close reason; only `_event` turns a reason into a close.
-Must not parse protocols (the sniffer does) or move bytes itself (relay.Direction does).
+Must not parse protocols (the sniffer and the TLS engine do) or move bytes itself (relay.Direction does).
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ import errno
 import logging
 import socket
 
-from epollmux import addr, errors, sniff
+from epollmux import errors, sniff
+from epollmux.endpoints import PlainEndpoint, TLSEndpoint
 from epollmux.reactor import ERR, ET, HUP, IN, OUT, RDHUP
 from epollmux.relay import Direction, State
+from epollmux.tlsengine import CloseReason, Event, TLSEngine
 
 log = logging.getLogger("epollmux.conn")
 probe_log = logging.getLogger("epollmux.probe")
@@ -25,26 +27,34 @@ probe_log = logging.getLogger("epollmux.probe")
 EVENTS = IN | OUT | RDHUP | ET
 READABLE = IN | ERR | HUP | RDHUP
 WRITABLE = OUT | ERR | HUP
+LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"   # struct linger {on, 0 s}: close() sends RST
 
 
 class Phase(enum.Enum):
     SNIFFING = "sniffing"
+    HANDSHAKING = "handshaking"              # terminating TLS with the client
+    INNER_SNIFFING = "inner-sniffing"        # sniffing the decrypted stream
     CONNECTING = "connecting"
+    BACKEND_HANDSHAKING = "backend-handshaking"   # TLS towards the backend
     RELAYING = "relaying"
     CLOSED = "closed"
 
 
 _ALLOWED = {
-    Phase.SNIFFING: {Phase.CONNECTING, Phase.CLOSED},
-    Phase.CONNECTING: {Phase.RELAYING, Phase.CLOSED},
+    Phase.SNIFFING: {Phase.HANDSHAKING, Phase.CONNECTING, Phase.CLOSED},
+    Phase.HANDSHAKING: {Phase.INNER_SNIFFING, Phase.CONNECTING, Phase.CLOSED},
+    Phase.INNER_SNIFFING: {Phase.CONNECTING, Phase.CLOSED},
+    Phase.CONNECTING: {Phase.BACKEND_HANDSHAKING, Phase.RELAYING, Phase.CLOSED},
+    Phase.BACKEND_HANDSHAKING: {Phase.RELAYING, Phase.CLOSED},
     Phase.RELAYING: {Phase.CLOSED},
     Phase.CLOSED: set(),
 }
 
 
 class Connection:
-    __slots__ = ("ctx", "listener", "client", "cfd", "peer", "backend", "bfd", "route", "phase",
-                 "timer", "up", "down", "started", "last_active", "_peek_len", "_soon")
+    __slots__ = ("ctx", "listener", "client", "cfd", "peer", "backend", "bfd", "route", "outer", "phase",
+                 "timer", "cend", "bend", "up", "down", "started", "last_active", "_peek_len", "_soon",
+                 "_inner", "detail", "tls_facts")
 
     def __init__(self, ctx, listener, client: socket.socket, peer: str):
         self.ctx = ctx
@@ -54,14 +64,20 @@ class Connection:
         self.peer = peer
         self.backend: socket.socket | None = None
         self.bfd = -1
-        self.route = None
+        self.route = None          # the route whose backend we use
+        self.outer = None          # the terminating route, when the route was chosen inside TLS
         self.phase = Phase.SNIFFING
         self.timer = None
+        self.cend = PlainEndpoint(client)
+        self.bend = None
         self.up = self.down = None
         self.started = ctx.reactor.clock()
         self.last_active = self.started
         self._peek_len = 0
         self._soon = False
+        self._inner = b""          # decrypted bytes read while sniffing inside TLS
+        self.detail = None         # what a TLS engine said about an error, for the log line
+        self.tls_facts = ""        # version, cipher, ALPN, client CN of a terminated handshake
 
     # --- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -70,28 +86,38 @@ class Connection:
         ctx.connections.add(self)
         self._event(self._begin_sniff)
 
-    def _set_phase(self, phase: Phase) -> None:
+    def _set_phase(self, phase: Phase, deadline: float = 0, on_expiry=None) -> None:
         if phase not in _ALLOWED[self.phase]:
             raise RuntimeError(f"connection phase {self.phase.value} -> {phase.value} not allowed")
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         self.phase = phase
+        if deadline:
+            self._arm(deadline, on_expiry)
 
     def _arm(self, delay: float, callback) -> None:
         self.timer = self.ctx.reactor.call_later(delay, lambda: self._event(callback))
 
     def on_event(self, fd: int, events: int) -> None:
-        if self.phase is Phase.RELAYING:
+        phase = self.phase
+        if phase is Phase.RELAYING:
             self._event(self._relay_event, fd, events)
-        elif self.phase is Phase.SNIFFING:
-            if fd == self.cfd and events & READABLE:
+        elif fd == self.cfd:
+            if phase is Phase.SNIFFING and events & READABLE:
                 self._event(self._sniff, bool(events & (RDHUP | HUP)))
-        elif self.phase is Phase.CONNECTING:
-            if fd == self.bfd:
-                self._event(self._connected)
-            elif events & (ERR | HUP):
-                self._event(self._client_error)
+            elif phase is Phase.HANDSHAKING:
+                self._event(self._handshake)
+            elif phase is Phase.INNER_SNIFFING and events & READABLE:
+                self._event(self._inner_sniff)
+            elif events & ERR:
+                self._event(self._socket_error, self.client)
+            elif isinstance(self.cend, TLSEndpoint) and events & OUT:
+                self._event(self.cend.flush)
+        elif phase is Phase.CONNECTING:
+            self._event(self._connected)
+        elif phase is Phase.BACKEND_HANDSHAKING:
+            self._event(self._backend_handshake)
 
     def _event(self, handler, *args) -> None:
         """Run a handler; the reason it returns, or the exception it raises, closes the connection."""
@@ -99,6 +125,8 @@ class Connection:
             return
         try:
             reason = handler(*args)
+        except errors.Closed as exc:
+            reason, self.detail = exc.reason, exc.detail
         except OSError as exc:
             if not (errors.is_peer_gone(exc) or errors.is_exhausted(exc)):
                 log.exception("%s: unexpected error", self.peer)
@@ -106,8 +134,11 @@ class Connection:
         except Exception:
             log.exception("%s: internal error", self.peer)
             reason = "internal-error"
-        if reason is not None:
+        if isinstance(reason, str):
             self.close(reason)
+
+    def _socket_error(self, sock: socket.socket) -> str | None:
+        return "reset" if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) else None
 
     # --- sniffing --------------------------------------------------------------------------
     def _begin_sniff(self) -> str | None:
@@ -132,8 +163,11 @@ class Connection:
         if len(data) == self._peek_len and not peer_done:
             return None        # nothing new (a spurious wake-up); the next edge brings more bytes
         self._peek_len = len(data)
-        routes = self.listener.routes
-        decision = sniff.decide(data, self.listener.probe_table, full=peer_done or len(data) >= limit)
+        return self._decide(data, self.listener.routes, self.listener.probe_table,
+                            peer_done or len(data) >= limit)
+
+    def _decide(self, data: bytes, routes, table, full: bool) -> str | None:
+        decision = sniff.decide(data, table, full=full)
         if probe_log.isEnabledFor(logging.DEBUG):
             probe_log.debug("%s: %d bytes, verdicts %s", self.peer, len(data),
                             " ".join(f"{r.name}={v.value}" for r, v in zip(routes, decision.verdicts)))
@@ -144,7 +178,7 @@ class Connection:
         return self._choose(routes[decision.route])
 
     def _probe_timeout(self) -> str | None:
-        route = self.listener.on_timeout
+        route = self.outer.inner_on_timeout if self.outer else self.listener.on_timeout
         if route is None:
             return "probe-timeout"
         self.ctx.stats.count("probe_timeouts", route.name)
@@ -153,11 +187,78 @@ class Connection:
     def _choose(self, route) -> str | None:
         self.route = route
         self.ctx.stats.count("routed", route.name)
+        if route.server_context is not None:
+            return self._start_tls(route)
+        if self.outer is not None:
+            self.cend.pushback = self._inner
         return self._connect()
+
+    # --- terminating TLS -------------------------------------------------------------------
+    def _start_tls(self, route) -> str | None:
+        self._set_phase(Phase.HANDSHAKING, self.ctx.settings.tls_handshake_timeout,
+                        lambda: "tls-handshake-timeout")
+        self.cend = TLSEndpoint(self.client, TLSEngine(route.server_context, server_side=True))
+        return self._handshake()
+
+    def _handshake(self) -> str | None:
+        result = self._drive(self.cend)
+        if result is not Event.HANDSHAKE_DONE:
+            return result
+        engine = self.cend.engine
+        self.tls_facts = f" tls={engine.version()} cipher={engine.cipher()} alpn={engine.alpn() or '-'}"
+        if engine.peer_cn():
+            self.tls_facts += f" client_cn={engine.peer_cn()}"
+        route = self.route
+        if route.inner_routes:
+            self.outer = route
+            self._set_phase(Phase.INNER_SNIFFING, self.ctx.settings.probe_timeout, self._probe_timeout)
+            return self._inner_sniff()
+        return self._connect()
+
+    def _drive(self, end: TLSEndpoint):
+        """Run a TLS handshake as far as the bytes allow: HANDSHAKE_DONE, a close reason, or None."""
+        engine = end.engine
+        while True:
+            result = engine.step()
+            end.flush()
+            if result is Event.HANDSHAKE_DONE:
+                return result
+            if isinstance(result, CloseReason):
+                self.detail = engine.detail
+                return result.value
+            try:
+                if not end.receive():
+                    return None
+            except BlockingIOError:
+                return None
+
+    def _inner_sniff(self) -> str | None:
+        """Read decrypted bytes (kept, to be sent first) and decide among the inner routes."""
+        outer = self.outer
+        limit = self.ctx.settings.max_probe_bytes
+        buf = bytearray(limit)
+        view = memoryview(buf)
+        peer_done = False
+        got = len(self._inner)
+        buf[:got] = self._inner
+        try:
+            while got < limit:
+                n = self.cend.readinto(view[got:])
+                if n == 0:
+                    peer_done = True
+                    break
+                got += n
+        except BlockingIOError:
+            pass
+        self._inner = bytes(buf[:got])
+        view.release()
+        if not self._inner:
+            return "client-eof" if peer_done else None
+        return self._decide(self._inner, outer.inner_routes, outer.inner_table, peer_done or got >= limit)
 
     # --- connecting ------------------------------------------------------------------------
     def _connect(self) -> str | None:
-        self._set_phase(Phase.CONNECTING)
+        self._set_phase(Phase.CONNECTING, self.ctx.settings.connect_timeout, lambda: "backend-timeout")
         target = self.route.backend
         sock = socket.socket(target.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         self.backend = sock
@@ -168,36 +269,48 @@ class Connection:
         if err not in (0, errno.EINPROGRESS):
             return "backend-busy" if err == errno.EAGAIN else errors.connect_reason(err)
         self.ctx.reactor.register(self.bfd, EVENTS, self)
-        self._arm(self.ctx.settings.connect_timeout, lambda: "backend-timeout")
         return None
 
     def _connected(self) -> str | None:
         err = self.backend.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             return errors.connect_reason(err)
-        return self._start_relay()
+        route = self.route
+        if route.backend_context is None:
+            self.bend = PlainEndpoint(self.backend)
+            return self._start_relay()
+        self._set_phase(Phase.BACKEND_HANDSHAKING, self.ctx.settings.connect_timeout,
+                        lambda: "backend-tls-timeout")
+        engine = TLSEngine(route.backend_context, server_side=False, server_hostname=route.backend_sni)
+        self.bend = TLSEndpoint(self.backend, engine)
+        return self._backend_handshake()
 
-    def _client_error(self) -> str | None:
-        err = self.client.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        return "reset" if err else None
+    def _backend_handshake(self) -> str | None:
+        result = self._drive(self.bend)
+        if result is Event.HANDSHAKE_DONE:
+            return self._start_relay()
+        return None if result is None else "backend-" + result
 
     # --- relaying --------------------------------------------------------------------------
     def _start_relay(self) -> str | None:
         self._set_phase(Phase.RELAYING)
         self.client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         pool = self.ctx.pool
-        self.up = Direction(self.client, self.backend, pool)
-        self.down = Direction(self.backend, self.client, pool)
+        self.up = Direction(self.cend, self.bend, pool)
+        self.down = Direction(self.bend, self.cend, pool)
         if self.ctx.settings.idle_timeout:
             self._arm(self.ctx.settings.idle_timeout, self._idle_check)
         return self._pump(self.up) or self._pump(self.down) or self._after_pump()
 
     def _relay_event(self, fd: int, events: int) -> str | None:
-        if events & ERR:
-            sock = self.client if fd == self.cfd else self.backend
-            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-                return "reset"
-        src, dst = (self.up, self.down) if fd == self.cfd else (self.down, self.up)
+        if fd == self.cfd:
+            sock, end, src, dst = self.client, self.cend, self.up, self.down
+        else:
+            sock, end, src, dst = self.backend, self.bend, self.down, self.up
+        if events & ERR and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            return "reset"
+        if events & WRITABLE and end.pending_output():
+            end.flush()
         if events & READABLE and src.state is State.WAIT_SRC:
             reason = self._pump(src)
             if reason:
@@ -215,6 +328,8 @@ class Connection:
     def _after_pump(self) -> str | None:
         up, down = self.up.state, self.down.state
         if up is State.DONE and down is State.DONE:
+            if self.cend.pending_output() or self.bend.pending_output():
+                return None        # a close_notify still on its way: the next writable edge sends it
             return "eof"
         if (up is State.BUSY or down is State.BUSY) and not self._soon:
             self._soon = True
@@ -246,13 +361,19 @@ class Connection:
         ctx = self.ctx
         ctx.connections.discard(self)
         abort = reason == "reset"
+        for end in (self.cend, self.bend):
+            if isinstance(end, TLSEndpoint) and not abort:
+                try:
+                    end.flush()      # best effort: a last alert or close_notify
+                except OSError:
+                    pass
         for sock, fd in ((self.client, self.cfd), (self.backend, self.bfd)):
             if sock is None:
                 continue
             ctx.reactor.unregister(fd)
             if abort:   # pass the reset on: the other peer sees RST, not a clean end
                 try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
                 except OSError:
                     pass
             sock.close()
@@ -266,12 +387,18 @@ class Connection:
         if reason == "exhausted":
             ctx.exhausted(f"{self.peer}: out of file descriptors or memory")
         if log.isEnabledFor(logging.INFO):
-            backend = self.route.backend.text if self.route else "-"
-            duration = ctx.reactor.clock() - self.started
-            log.info("client=%s listener=%s route=%s backend=%s up=%d down=%d duration=%.3fs reason=%s",
-                     self.peer, self.listener.name, route, backend, up, down, duration, reason)
+            try:
+                self._log_line(route, reason, up, down)
+            except Exception:     # a log line must never take the worker down
+                log.exception("%s: cannot log the connection", self.peer)
 
-
-def peer_of(family: int, sockaddr) -> str:
-    return addr.peer_text(family, sockaddr)
-
+    def _log_line(self, route: str, reason: str, up: int, down: int) -> None:
+        backend = self.route.backend.text if self.route else "-"
+        if self.outer is not None:
+            route = f"{self.outer.name}>{route}"
+        extra = self.tls_facts
+        if self.detail:
+            extra += f" detail={self.detail}"
+        log.info("client=%s listener=%s route=%s backend=%s up=%d down=%d duration=%.3fs reason=%s%s",
+                 self.peer, self.listener.name, route, backend, up, down,
+                 self.ctx.reactor.clock() - self.started, reason, extra)

@@ -20,6 +20,15 @@ CONNECT_FAILED = {
 }
 
 
+class Closed(Exception):
+    """Raised by an endpoint when the connection must end: `reason` names why, `detail` says more."""
+
+    def __init__(self, reason: str, detail: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
 def is_peer_gone(exc: OSError) -> bool:
     return exc.errno in PEER_GONE
 

@@ -1,6 +1,6 @@
 """Moves bytes one way between two sockets and says why it stopped; knows no protocol.
 
-Owns: `Direction`, the pump for src -> dst through a channel borrowed from a `ChannelPool`
+Owns: `Direction`, the pump from one endpoint to another (endpoints.py) through a channel borrowed from a `ChannelPool`
 (a pipe for splice, a buffer for copy: one loop serves both), end-of-file passed on as
 shutdown(SHUT_WR), backpressure (a direction with bytes in flight does not read), and the
 per-direction byte count. A pump runs until the source is empty, the destination is full, EOF has
@@ -11,7 +11,6 @@ Must not import the reactor, the configuration or anything that knows a protocol
 from __future__ import annotations
 
 import enum
-import socket
 
 from epollmux import errors
 from epollmux.channels import ChannelPool
@@ -28,12 +27,12 @@ ROUNDS = 16   # fill+drain rounds per pump call, so one fast stream cannot starv
 
 
 class Direction:
-    __slots__ = ("src", "dst", "dst_sock", "pool", "channel", "pending", "eof", "state", "moved")
+    __slots__ = ("src", "dst", "zero_copy", "pool", "channel", "pending", "eof", "state", "moved")
 
-    def __init__(self, src: socket.socket, dst: socket.socket, pool: ChannelPool):
-        self.src = src.fileno()
-        self.dst = dst.fileno()
-        self.dst_sock = dst
+    def __init__(self, src, dst, pool: ChannelPool):
+        self.src = src           # endpoints (endpoints.py)
+        self.dst = dst
+        self.zero_copy = src.zero_copy and dst.zero_copy
         self.pool = pool
         self.channel = None
         self.pending = 0
@@ -52,13 +51,15 @@ class Direction:
                     return None
                 except OSError as exc:
                     return errors.relay_reason(exc)
+                except errors.Closed as exc:
+                    return exc.reason
                 self.pending -= n
                 self.moved += n
                 continue
             if self.eof:
                 return self._finish()
             if self.channel is None:
-                self.channel = self.pool.get()
+                self.channel = self.pool.get(self.zero_copy)
             try:
                 n = self.channel.fill(self.src)
             except BlockingIOError:
@@ -67,6 +68,8 @@ class Direction:
                 return None
             except OSError as exc:
                 return errors.relay_reason(exc)
+            except errors.Closed as exc:
+                return exc.reason
             if n == 0:
                 self.eof = True
             self.pending = n
@@ -77,7 +80,9 @@ class Direction:
         self._release()
         self.state = State.DONE
         try:
-            self.dst_sock.shutdown(socket.SHUT_WR)
+            self.dst.shutdown_write()
+        except errors.Closed as exc:
+            return exc.reason
         except OSError as exc:
             if not errors.is_peer_gone(exc):
                 return errors.relay_reason(exc)

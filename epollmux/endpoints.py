@@ -1,0 +1,127 @@
+"""The two ends a relay moves bytes between: a plain socket, or a socket behind a TLS engine.
+
+Owns: `PlainEndpoint` (bytes straight from and to the socket's fd) and `TLSEndpoint` (plaintext
+from and to a `TLSEngine`, whose ciphertext it moves over the socket, keeping what the socket
+cannot take yet and refusing more plaintext until it is sent: backpressure). Both offer
+readinto / write / shutdown_write / flush / pending_output; `zero_copy` says whether a pipe may
+stand between two of them. Errors that end the connection are raised as `errors.Closed(reason)`.
+Must not import the reactor, the configuration or the connection.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from epollmux import errors
+from epollmux.tlsengine import CloseReason, TLSEngine
+
+SEND_CHUNK = 256 * 1024
+
+
+class PlainEndpoint:
+    __slots__ = ("sock", "fd")
+    zero_copy = True
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.fd = sock.fileno()
+
+    def readinto(self, view: memoryview) -> int:
+        return os.readv(self.fd, (view,))
+
+    def write(self, view: memoryview) -> int:
+        return os.write(self.fd, view)
+
+    def shutdown_write(self) -> None:
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def flush(self) -> bool:
+        return True
+
+    def pending_output(self) -> bool:
+        return False
+
+
+class TLSEndpoint:
+    __slots__ = ("sock", "fd", "engine", "_out", "_shut", "pushback")
+    zero_copy = False
+
+    def __init__(self, sock: socket.socket, engine: TLSEngine):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.engine = engine
+        self._out = b""          # ciphertext taken from the engine that the socket did not take yet
+        self._shut = False       # shut the TCP write side once everything is sent
+        self.pushback = b""      # plaintext read ahead (inner sniffing) to deliver first
+
+    # --- ciphertext ------------------------------------------------------------------------
+    def receive(self) -> bool:
+        """Feed the engine what the socket has; False when the engine has no room. BlockingIOError if empty."""
+        room = self.engine.ciphertext_room()
+        if room <= 0:
+            return False
+        data = self.sock.recv(min(room, SEND_CHUNK))
+        if data:
+            self.engine.feed_ciphertext(data)
+        else:
+            self.engine.feed_eof()
+        return True
+
+    def flush(self) -> bool:
+        """Send pending ciphertext; True when nothing is left (then a requested shutdown happens)."""
+        while True:
+            if not self._out:
+                if not self.engine.pending_ciphertext():
+                    break
+                self._out = self.engine.take_ciphertext(SEND_CHUNK)
+            try:
+                sent = self.sock.send(self._out)
+            except BlockingIOError:
+                return False
+            self._out = self._out[sent:]
+        if self._shut:
+            self._shut = False
+            self.sock.shutdown(socket.SHUT_WR)
+        return True
+
+    def pending_output(self) -> bool:
+        return bool(self._out) or self.engine.pending_ciphertext() > 0 or self._shut
+
+    # --- plaintext -------------------------------------------------------------------------
+    def readinto(self, view: memoryview) -> int:
+        if self.pushback:
+            n = min(len(view), len(self.pushback))
+            view[:n] = self.pushback[:n]
+            self.pushback = self.pushback[n:]
+            return n
+        while True:
+            result = self.engine.read_plaintext(len(view))
+            if self.engine.pending_ciphertext():
+                self.flush()     # a read can produce records to send (a TLS 1.3 KeyUpdate reply)
+            if isinstance(result, CloseReason):
+                if result is CloseReason.CLOSE_NOTIFY:
+                    return 0
+                raise errors.Closed(result.value, self.engine.detail)
+            if result:
+                view[:len(result)] = result
+                return len(result)
+            if not self.receive():
+                raise BlockingIOError
+
+    def write(self, view: memoryview) -> int:
+        if not self.flush():
+            raise BlockingIOError
+        n = self.engine.write_plaintext(view)
+        if self.engine.reason is not None and n == 0:
+            raise errors.Closed(self.engine.reason.value, self.engine.detail)
+        self.flush()
+        if n == 0:
+            raise BlockingIOError
+        return n
+
+    def shutdown_write(self) -> None:
+        """close_notify, then the TCP write side once it is sent."""
+        self.engine.close()
+        self._shut = True
+        self.flush()
