@@ -53,7 +53,7 @@ class Settings:
 class Route:
     name: str
     probe: str
-    backend: addr.Address
+    backend: addr.Address | None        # None only on a route whose inner_routes decide
     opts: dict[str, Any] = field(default_factory=dict)   # prepared probe options
     server_context: ssl.SSLContext | None = None          # set: this route terminates TLS
     backend_context: ssl.SSLContext | None = None         # set: TLS towards the backend
@@ -205,14 +205,18 @@ def _route(name: str, section, problems: _Problems) -> Route | None:
     except ValueError as exc:
         key, message = exc.args if len(exc.args) == 2 else ("probe", str(exc))
         problems.add(where, key, message)
-    try:
-        backend = addr.parse(section.get("backend", ""))
-    except ValueError as exc:
-        if "backend" not in section:
-            return None     # reported as required already
-        problems.add(where, "backend", str(exc))
-        return None
-    route = Route(name, probe, backend, opts, inner_names=tuple(written.get("inner_routes") or ()))
+    inner = tuple(written.get("inner_routes") or ())
+    backend = None
+    if section["backend"] is None:
+        if not inner:
+            problems.add(where, "backend", "is required")
+    else:
+        try:
+            backend = addr.parse(section["backend"])
+        except ValueError as exc:
+            problems.add(where, "backend", str(exc))
+            return None
+    route = Route(name, probe, backend, opts, inner_names=inner)
     _route_tls(route, {k: v for k, v in section.items() if k in allowed or k == "backend"}, problems)
     return route
 
@@ -238,7 +242,7 @@ def _route_tls(route: Route, opts: dict, problems: _Problems) -> None:
         route.server_context = tlsctx.server_context(tls)
     if tls.backend_tls:
         route.backend_context = tlsctx.backend_context(tls)
-        host = route.backend.text.rsplit(":", 1)[0].strip("[]")
+        host = route.backend.text.rsplit(":", 1)[0].strip("[]") if route.backend else None
         route.backend_sni = tls.backend_sni or host
 
 

@@ -393,7 +393,7 @@ class Connection:
                 log.exception("%s: cannot log the connection", self.peer)
 
     def _log_line(self, route: str, reason: str, up: int, down: int) -> None:
-        backend = self.route.backend.text if self.route else "-"
+        backend = self.route.backend.text if self.route and self.route.backend else "-"
         if self.outer is not None:
             route = f"{self.outer.name}>{route}"
         extra = self.tls_facts
