@@ -70,7 +70,8 @@ def config_from_flags(args) -> config.Config:
         raise config.ConfigError(["command line: --listen needs at least one route flag (--ssh, --tls, ..., --anyprot)"])
     routes, names = {}, []
     for probe, target in args.cli_routes:
-        name = probe if probe not in routes else f"{probe}{sum(n.startswith(probe) for n in routes) + 1}"
+        base = "anyprot" if probe == "any" else probe     # the flag's name, as sslh users write it
+        name = base if base not in routes else f"{base}{sum(n.startswith(base) for n in routes) + 1}"
         routes[name] = {"probe": probe, "backend": target}
         names.append(name)
     on_timeout = args.on_timeout if args.on_timeout is not None else ("ssh" if "ssh" in routes else "")

@@ -153,6 +153,8 @@ class Connection:
 
         peer_done: the client shut its side, so these bytes are all there will be.
         """
+        if peer_done and self._socket_error(self.client):
+            return "reset"     # a reset client is gone, though the kernel still shows its last bytes
         limit = self.ctx.settings.max_probe_bytes
         try:
             data = self.client.recv(limit, socket.MSG_PEEK)

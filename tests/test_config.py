@@ -156,7 +156,7 @@ def test_flags_become_routes_in_order():
     args = parser().parse_args(["--listen", "127.0.0.1:1", "--tls", "127.0.0.1:2", "--ssh", "127.0.0.1:3",
                                 "--anyprot", "127.0.0.1:4", "--probe-timeout", "0.5"])
     cfg = config_from_flags(args)
-    assert [(r.name, r.probe) for r in cfg.listeners[0].routes] == [("tls", "tls"), ("ssh", "ssh"), ("any", "any")]
+    assert [(r.name, r.probe) for r in cfg.listeners[0].routes] == [("tls", "tls"), ("ssh", "ssh"), ("anyprot", "any")]
     assert cfg.settings.on_timeout == "ssh" and cfg.settings.probe_timeout == 0.5
 
 
@@ -165,3 +165,11 @@ def test_routes_after_any_are_refused(tmp_path):
     found = problems(tmp_path, text)
     assert any("[listen.public] routes: route 'first' (probe any) takes every client, so ssh, web, sock "
                "can never be chosen" in p for p in found), found
+
+
+def test_on_timeout_can_name_the_anyprot_route():
+    from epollmux.cli import config_from_flags, parser
+    args = parser().parse_args(["--listen", "127.0.0.1:1", "--http", "127.0.0.1:2", "--anyprot", "127.0.0.1:4",
+                                "--on-timeout", "anyprot"])
+    cfg = config_from_flags(args)
+    assert cfg.listeners[0].on_timeout.name == "anyprot"
