@@ -167,6 +167,20 @@ class Reactor:
             self._signal_r = self._signal_w = -1
         self._epoll.close()
 
+    def close_after_fork(self) -> None:
+        """In a child forked from this loop's process: drop the loop without epoll_ctl on the epoll
+        set (the parent shares it) and stop signal wake-ups from reaching the parent's pipe."""
+        if self._signal_r >= 0:
+            signal.set_wakeup_fd(-1)
+            os.close(self._signal_r)
+            os.close(self._signal_w)
+            self._signal_r = self._signal_w = -1
+        self._handlers.clear()
+        self._signal_callbacks.clear()
+        self._timers.clear()
+        self._soon.clear()
+        self._epoll.close()
+
 
 class _SignalPipe:
     def __init__(self, reactor: Reactor):
