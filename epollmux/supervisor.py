@@ -1,39 +1,518 @@
-"""Starts the service: logging, listening sockets, then the worker loop.
+"""The supervisor: the process that holds the listening sockets and keeps the workers running.
 
-Owns: binding before anything else can fail, and the exit code of a start that fails (2).
+Owns: the start sequence (privileges checked, sockets bound or adopted from systemd, RLIMIT_NOFILE
+raised, optional detach, workers forked), worker generations (a reload starts a new generation over
+the same sockets and stops the old one only once the new one accepts), replacing dead workers with
+back-off, the supervisor's signals handled in its own Reactor (SIGTERM/SIGINT stop, SIGHUP reload,
+SIGUSR1 stats, SIGCHLD reap), what systemd is told, and the exit code: 0 clean stop, 2 runtime
+failure at start (cannot bind, cannot drop privileges, workers that cannot start).
+The supervisor keeps the credentials it was started with, like nginx's master: it must read the
+file and bind new addresses on reload, and it never reads a client byte. Each worker drops to
+`user`/`group` right after its fork, before it serves anything.
+Must not touch client connections (workers do) nor fork by hand (workerproc does).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
+import os
+import signal
+import time
+from collections import deque
 
-from epollmux import listener, logsetup
-from epollmux.worker import Worker
+from epollmux import config, daemonize, logsetup, privileges, systemd, workerproc
+from epollmux.reactor import IN, Reactor
+from epollmux.sockettable import SocketTable
 
-log = logging.getLogger("epollmux")
+log = logging.getLogger("epollmux.supervisor")
 
-EXIT_RUNTIME = 2
+EXIT_OK, EXIT_RUNTIME = 0, 2
+REPORT_INTERVAL = 1.0       # seconds between a worker's count reports (shorter under a fast watchdog)
+READY_TIMEOUT = 20.0        # new workers must accept within this, at start and on reload
+MAX_START_FAILURES = 3      # workers dying before they accept, in a row: the generation cannot start
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
+BACKOFF_RESET = 10.0        # a worker that lived this long resets the back-off
+KILL_GRACE = 5.0            # past drain_timeout, a stopping worker is killed
+RATE_SECONDS = 5.0          # the connections-per-second figure averages over this
 
 
-def bind_all(cfg) -> list:
-    sockets = []
-    try:
-        for lst in cfg.listeners:
-            for address in lst.addresses:
-                sockets.append((lst, listener.bind(address)))
-    except OSError:
-        for _, sock in sockets:
-            sock.close()
-        raise
-    return sockets
+class State(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    RELOADING = "reloading"
+    STOPPING = "stopping"
+
+
+class Generation:
+    """The workers started from one configuration."""
+
+    def __init__(self, number: int, cfg, sockets: list, keys: set, creds):
+        self.number = number
+        self.cfg = cfg
+        self.sockets = sockets
+        self.keys = keys
+        self.creds = creds
+        self.wanted = cfg.settings.workers
+        self.workers: dict[int, workerproc.WorkerProc] = {}
+        self.start_failures = 0
+        self.quick_deaths = 0
+        self.announced = False          # every worker accepted once
+
+    def all_ready(self) -> bool:
+        return len(self.workers) >= self.wanted and all(p.ready for p in self.workers.values())
 
 
 def run(cfg, args) -> int:
-    logsetup.setup("debug" if args.verbose else cfg.settings.log_level, cfg.settings.log_target)
+    """Start the service and supervise it until stopped; returns the exit code (DESIGN §2)."""
+    verbose = bool(getattr(args, "verbose", False))
+    logsetup.setup("debug" if verbose else cfg.settings.log_level, cfg.settings.log_target)
+    path = None if getattr(args, "listen", None) else os.path.abspath(cfg.source)
     try:
-        sockets = bind_all(cfg)
-    except OSError as exc:
-        log.error("%s", exc.strerror)
+        creds = privileges.resolve(cfg.settings.user, cfg.settings.group)
+        privileges.check(creds)
+        table = SocketTable(systemd.listen_fds())
+    except (privileges.PrivilegeError, systemd.ActivationError) as exc:
+        log.error("%s", exc)
         return EXIT_RUNTIME
-    log.info("listening on %s", ", ".join(str(a) for lst in cfg.listeners for a in lst.addresses))
-    return Worker(cfg, sockets).run()
+    try:
+        sockets, keys = table.assign(cfg)
+    except OSError as exc:
+        log.error("%s", exc.strerror or exc)
+        table.close_all()
+        return EXIT_RUNTIME
+    for inherited in table.unused_inherited(cfg):
+        log.warning("inherited %s matches no listener: not served", inherited.describe())
+    soft, hard = privileges.raise_nofile()
+    log.debug("open files limit %d (hard %d)", soft, hard)
+    pidfile = daemonize.PidFile(args.pidfile) if getattr(args, "pidfile", None) else None
+    try:
+        if getattr(args, "daemon", False):
+            daemonize.detach(pidfile, [s.fileno() for s in table.sockets()])
+        elif pidfile is not None:
+            pidfile.__enter__()
+    except daemonize.PidFileError as exc:
+        log.error("%s", exc)
+        table.close_all()
+        return EXIT_RUNTIME
+    try:
+        return Supervisor(path, verbose, table, pidfile).run(cfg, sockets, keys, creds)
+    finally:
+        if pidfile is not None:
+            pidfile.__exit__(None, None, None)
+
+
+class Supervisor:
+    def __init__(self, path: str | None, verbose: bool, table: SocketTable, pidfile=None):
+        self.path = path                # None: config-free mode, nothing to reload from
+        self.verbose = verbose
+        self.table = table
+        self.pidfile = pidfile
+        self.notifier = systemd.Notifier()
+        self.reactor = Reactor()
+        self.state = State.STARTING
+        self.exit_code = EXIT_OK
+        self.current: Generation | None = None
+        self.pending: Generation | None = None      # a reload's new generation, until it accepts
+        self.retired: list[Generation] = []          # draining after a reload
+        self.generations = 0
+        self.reload_queued = False
+        self.log_target = ""
+        self.accepted_gone = 0          # last counts of workers that exited
+        self.rate = 0.0
+        self.last_status = ""
+        wd = self.notifier.watchdog_interval
+        self.report_interval = min(REPORT_INTERVAL, wd / 2) if wd else REPORT_INTERVAL
+        self.samples: deque = deque(maxlen=int(RATE_SECONDS / self.report_interval) + 1)
+
+    # --- life cycle --------------------------------------------------------------------------
+    def run(self, cfg, sockets: list, keys: set, creds) -> int:
+        reactor = self.reactor
+        self.log_target = cfg.settings.log_target
+        for signum, handler in ((signal.SIGTERM, self.handle_stop), (signal.SIGINT, self.handle_stop),
+                                (signal.SIGHUP, self.handle_reload), (signal.SIGUSR1, self.handle_stats),
+                                (signal.SIGCHLD, self.handle_child)):
+            reactor.on_signal(signum, handler)
+        log.info("listening on %s", ", ".join(_describe_socket(lst, s) for lst, s in sockets))
+        self.current = self._new_generation(cfg, sockets, keys, creds)
+        self._fill(self.current)
+        reactor.call_later(self.report_interval, self._tick_status)
+        if self.notifier.watchdog_interval:
+            reactor.call_later(self.notifier.watchdog_interval, self._tick_watchdog)
+        try:
+            reactor.run()
+        except Exception:
+            log.exception("supervisor failed")
+            self.exit_code = EXIT_RUNTIME
+        finally:
+            self._finish()
+        log.info("stopped")
+        return self.exit_code
+
+    def _finish(self) -> None:
+        """Leave nothing behind: kill and reap any worker still there, close every fd."""
+        for proc in self._live():
+            if proc.report_fd >= 0:
+                self._close_reports(proc)
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+                os.waitpid(proc.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        self.reactor.close()
+        self.notifier.close()
+        self.table.close_all()
+
+    def _generations(self) -> list[Generation]:
+        return [g for g in (self.current, self.pending) if g is not None] + self.retired
+
+    def _live(self) -> list[workerproc.WorkerProc]:
+        return [p for g in self._generations() for p in g.workers.values()]
+
+    # --- workers -----------------------------------------------------------------------------
+    def _new_generation(self, cfg, sockets: list, keys: set, creds) -> Generation:
+        self.generations += 1
+        gen = Generation(self.generations, cfg, sockets, keys, creds)
+        log.info("generation %d: starting %d workers%s", gen.number, gen.wanted,
+                 f" as {creds.describe()}" if creds else "")
+        self.reactor.call_later(READY_TIMEOUT, lambda: self._ready_timeout(gen))
+        return gen
+
+    def _fill(self, gen: Generation) -> None:
+        for _ in range(gen.wanted - len(gen.workers)):
+            self._spawn(gen)
+
+    def _spawn(self, gen: Generation) -> None:
+        if self.state is State.STOPPING or gen not in (self.current, self.pending):
+            return
+        try:
+            proc = workerproc.spawn(gen.cfg, gen.sockets, gen.creds, self.report_interval,
+                                    lambda: self._in_child(gen), gen)
+        except OSError as exc:
+            log.error("cannot fork a worker: %s", exc.strerror)
+            self._start_failed(gen, f"cannot fork: {exc.strerror}")
+            return
+        gen.workers[proc.pid] = proc
+        self.reactor.register(proc.report_fd, IN, _Reports(self, proc))
+        log.info("worker %d started (generation %d)", proc.pid, gen.number)
+
+    def _in_child(self, gen: Generation) -> None:
+        """In a new worker: close what only the supervisor may hold."""
+        self.reactor.close_after_fork()
+        self.notifier.close()
+        for proc in self._live():
+            if proc.report_fd >= 0:
+                os.close(proc.report_fd)
+                proc.report_fd = -1
+        keep = {id(sock) for _, sock in gen.sockets}
+        for sock in self.table.sockets():
+            if id(sock) not in keep:
+                sock.close()
+        if self.pidfile is not None and self.pidfile.fd >= 0:
+            os.close(self.pidfile.fd)
+            self.pidfile.fd = -1
+
+    def _read_reports(self, proc: workerproc.WorkerProc) -> None:
+        for _ in range(16):
+            try:
+                data = os.read(proc.report_fd, 4096)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._close_reports(proc)
+                return
+            for words in proc.feed(data):
+                if proc.apply(words):
+                    self._worker_ready(proc)
+
+    def _close_reports(self, proc: workerproc.WorkerProc) -> None:
+        self.reactor.unregister(proc.report_fd)
+        os.close(proc.report_fd)
+        proc.report_fd = -1
+
+    def _worker_ready(self, proc: workerproc.WorkerProc) -> None:
+        gen = proc.generation
+        gen.start_failures = 0
+        log.debug("worker %d accepting", proc.pid)
+        if gen.announced or not gen.all_ready():
+            return
+        gen.announced = True
+        if gen is self.current and self.state is State.STARTING:
+            self.state = State.RUNNING
+            log.info("ready: %d workers accepting", len(gen.workers))
+            self.notifier.ready(self._status_text())
+            self._run_queued_reload()
+        elif gen is self.pending:
+            self._switch(gen)
+
+    def _terminate(self, proc: workerproc.WorkerProc) -> None:
+        if not proc.stopping:
+            proc.stopping = True
+            try:
+                os.kill(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def handle_child(self) -> None:
+        """SIGCHLD: reap every exited worker."""
+        for _ in range(1024):
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            proc = next((p for p in self._live() if p.pid == pid), None)
+            if proc is not None:
+                self._worker_exited(proc, status)
+
+    def _worker_exited(self, proc: workerproc.WorkerProc, status: int) -> None:
+        gen = proc.generation
+        if proc.report_fd >= 0:
+            self._read_reports(proc)        # its last words, then EOF closes the pipe
+        if proc.report_fd >= 0:
+            self._close_reports(proc)
+        gen.workers.pop(proc.pid, None)
+        self.accepted_gone += proc.accepted
+        how = _describe_status(status)
+        if proc.stopping or self.state is State.STOPPING:
+            log.info("worker %d (generation %d) %s", proc.pid, gen.number, how)
+        else:
+            self._worker_died(proc, gen, how, status)
+        self._forget_idle_generations()
+        if self.state is State.STOPPING and not self._live():
+            self.reactor.stop()
+
+    def _worker_died(self, proc, gen: Generation, how: str, status: int) -> None:
+        log.error("worker %d (generation %d) %s unexpectedly", proc.pid, gen.number, how)
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == workerproc.EXIT_PRIVILEGES:
+            self._generation_failed(gen, "workers cannot drop privileges")
+            return
+        if not proc.ready:
+            self._start_failed(gen, "died before accepting")
+            return
+        lived = time.monotonic() - proc.started
+        gen.quick_deaths = gen.quick_deaths + 1 if lived < BACKOFF_RESET else 1
+        self._replace_later(gen)
+
+    def _start_failed(self, gen: Generation, why: str) -> None:
+        gen.start_failures += 1
+        if gen.start_failures >= MAX_START_FAILURES:
+            self._generation_failed(gen, f"workers cannot start ({gen.start_failures} in a row {why})")
+            return
+        gen.quick_deaths += 1
+        self._replace_later(gen)
+
+    def _replace_later(self, gen: Generation) -> None:
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, gen.quick_deaths - 1))
+        log.info("generation %d: replacing a worker in %.1fs", gen.number, delay)
+        self.reactor.call_later(delay, lambda: self._replace(gen))
+
+    def _replace(self, gen: Generation) -> None:
+        if len(gen.workers) < gen.wanted:
+            self._spawn(gen)
+
+    def _generation_failed(self, gen: Generation, why: str) -> None:
+        if gen is self.pending:
+            self._abandon(gen, why)
+        elif gen is self.current and self.state is not State.STOPPING:
+            log.error("%s: stopping", why)
+            self.exit_code = EXIT_RUNTIME
+            self._stop()
+
+    def _ready_timeout(self, gen: Generation) -> None:
+        if not gen.announced and gen in (self.current, self.pending) and self.state is not State.STOPPING:
+            self._generation_failed(gen, f"workers not accepting {READY_TIMEOUT:.0f}s after start")
+
+    def _forget_idle_generations(self) -> None:
+        """Retired generations without workers are gone; so are the sockets only they used."""
+        idle = [g for g in self.retired if not g.workers]
+        if not idle:
+            return
+        for gen in idle:
+            self.retired.remove(gen)
+            log.info("generation %d finished", gen.number)
+        in_use = set().union(*(g.keys for g in self._generations()))
+        closed = self.table.release(in_use)
+        if closed:
+            log.info("closed listening sockets no longer configured: %s", ", ".join(closed))
+
+    # --- signals -----------------------------------------------------------------------------
+    def handle_stop(self) -> None:
+        """SIGTERM/SIGINT: every worker stops accepting and drains; exit once all are gone."""
+        if self.state is State.STOPPING:
+            log.info("already stopping, %d workers draining", len(self._live()))
+            return
+        log.info("stopping: %d workers draining", len(self._live()))
+        self._stop()
+
+    def _stop(self) -> None:
+        self.state = State.STOPPING
+        self.notifier.stopping()
+        gens = self._generations()
+        for proc in self._live():
+            self._terminate(proc)
+        drain = max((g.cfg.settings.drain_timeout for g in gens), default=0.0)
+        self.reactor.call_later(drain + KILL_GRACE, self._kill_stragglers)
+        if not self._live():
+            self.reactor.stop()
+
+    def _kill_stragglers(self) -> None:
+        for proc in self._live():
+            log.warning("worker %d still running past drain_timeout: killing it", proc.pid)
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def handle_reload(self) -> None:
+        """SIGHUP: validate the file; if good, a new generation takes over; if bad, nothing changes."""
+        if self.state is State.STOPPING:
+            return
+        if self.state is not State.RUNNING:
+            log.info("reload queued: %s", self.state.value)
+            self.reload_queued = True
+            return
+        self._reload()
+
+    def _run_queued_reload(self) -> None:
+        if self.reload_queued:
+            self.reload_queued = False
+            self.reactor.call_soon(self.handle_reload)
+
+    def _reload(self) -> None:
+        self.notifier.reloading()
+        if self.path is None:
+            log.warning("reload is not possible: started from command-line flags, there is no file")
+            self.notifier.ready(self._status_text())
+            return
+        log.info("reloading %s", self.path)
+        try:
+            cfg = config.load_file(self.path)
+            creds = privileges.resolve(cfg.settings.user, cfg.settings.group)
+            privileges.check(creds)
+            sockets, keys = self.table.assign(cfg)
+        except config.ConfigError as exc:
+            self._refuse(exc.problems)
+            return
+        except privileges.PrivilegeError as exc:
+            self._refuse([str(exc)])
+            return
+        except OSError as exc:
+            self._refuse([exc.strerror or str(exc)])
+            return
+        self._apply_logging(cfg)
+        self.pending = self._new_generation(cfg, sockets, keys, creds)
+        self.state = State.RELOADING
+        self._fill(self.pending)
+
+    def _refuse(self, problems: list[str]) -> None:
+        for problem in problems:
+            log.error("reload refused: %s", problem)
+        log.error("reload refused (%d problems): the running configuration stays", len(problems))
+        self.notifier.ready(self._status_text() + "; last reload refused")
+
+    def _apply_logging(self, cfg) -> None:
+        level = "debug" if self.verbose else cfg.settings.log_level
+        if cfg.settings.log_target != self.log_target:
+            logsetup.setup(level, cfg.settings.log_target)
+            self.log_target = cfg.settings.log_target
+        else:
+            logging.getLogger().setLevel(logsetup.LEVELS[level])
+
+    def _switch(self, gen: Generation) -> None:
+        """The reload's generation accepts on every worker: the old one stops accepting and drains."""
+        old, self.current, self.pending = self.current, gen, None
+        self.state = State.RUNNING
+        if old is not None:
+            self.retired.append(old)
+            for proc in old.workers.values():
+                self._terminate(proc)
+        log.info("reloaded: generation %d accepting, generation %d draining",
+                 gen.number, old.number if old else 0)
+        self.notifier.ready(self._status_text())
+        self._forget_idle_generations()
+        self._run_queued_reload()
+
+    def _abandon(self, gen: Generation, why: str) -> None:
+        log.error("reload abandoned: %s; the running configuration stays", why)
+        self.pending = None
+        self.retired.append(gen)
+        for proc in gen.workers.values():
+            self._terminate(proc)
+        self.state = State.RUNNING
+        self.notifier.ready(self._status_text() + "; last reload abandoned")
+        self._forget_idle_generations()
+        self._run_queued_reload()
+
+    def handle_stats(self) -> None:
+        """SIGUSR1: every worker logs its stats; the supervisor logs one line per worker."""
+        lines = [f"supervisor: {self.state.value}, {self._status_text()}"]
+        for gen in self._generations():
+            for proc in gen.workers.values():
+                lines.append(f"worker {proc.pid} generation={gen.number} "
+                             f"{'draining' if proc.stopping else 'ready' if proc.ready else 'starting'} "
+                             f"accepted={proc.accepted} open={proc.open}")
+                try:
+                    os.kill(proc.pid, signal.SIGUSR1)
+                except ProcessLookupError:
+                    pass
+        log.info("%s", "\n".join(lines))
+
+    # --- systemd -----------------------------------------------------------------------------
+    def _status_text(self) -> str:
+        workers = len(self.current.workers) if self.current else 0
+        draining = sum(len(g.workers) for g in self.retired)
+        connections = sum(p.open for p in self._live())
+        text = f"{workers} workers, {connections} open connections, {self.rate:.1f} connections/s"
+        return text + (f", {draining} draining" if draining else "")
+
+    def _tick_status(self) -> None:
+        now = time.monotonic()
+        self.samples.append((now, self.accepted_gone + sum(p.accepted for p in self._live())))
+        (t0, n0), (t1, n1) = self.samples[0], self.samples[-1]
+        self.rate = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+        text = self._status_text()
+        if self.state is State.RUNNING and text != self.last_status:
+            self.notifier.status(text)
+            self.last_status = text
+        self.reactor.call_later(self.report_interval, self._tick_status)
+
+    def _tick_watchdog(self) -> None:
+        if self.state is not State.STOPPING and self._workers_alive():
+            self.notifier.watchdog()
+        self.reactor.call_later(self.notifier.watchdog_interval, self._tick_watchdog)
+
+    def _workers_alive(self) -> bool:
+        """The current generation has workers, and each that accepts reported within WATCHDOG_USEC."""
+        procs = list(self.current.workers.values()) if self.current else []
+        stale = time.monotonic() - 2 * self.notifier.watchdog_interval
+        return bool(procs) and all(not p.ready or p.last_report > stale for p in procs)
+
+
+class _Reports:
+    """Reactor handler for one worker's report pipe."""
+
+    def __init__(self, supervisor: Supervisor, proc: workerproc.WorkerProc):
+        self.supervisor = supervisor
+        self.proc = proc
+
+    def on_event(self, fd: int, events: int) -> None:
+        self.supervisor._read_reports(self.proc)
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        try:
+            return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+        except ValueError:
+            return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exited with {os.waitstatus_to_exitcode(status)}"
+
+
+def _describe_socket(lst, sock) -> str:
+    host, port = sock.getsockname()[:2]
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"{where} ({lst.name})"
