@@ -4,7 +4,8 @@ Owns: the bulk section. One iperf3 server on loopback; every subject is started 
 at once (idle subjects cost nothing) and measured in turn, round after round, with the subject
 order rotated each round so that drift on a shared machine does not favour one position.
 Per run: Gbit/s received (iperf3 -J `sum_received`), the subject's CPU seconds over the run
-(all its processes, `Subject.cpu()`), Gbit per proxy CPU-second, and the machine's busy CPU.
+(all its processes, `Subject.cpu()`) and the user-mode share of them, Gbit per proxy
+CPU-second, and the machine's busy CPU.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from bench.backends import Iperf3
 from bench.context import Context, started
 from bench.procs import HOST, machine_cpu_seconds, run
 
-SUBJECTS = ["direct", "epollmux-splice", "epollmux-copy", "haproxy", "sslh-select", "sslh-fork", "socat"]
+SUBJECTS = ["direct", "epollmux-splice", "epollmux-copy", "haproxy", "sslh-select", "sslh-fork", "socat",
+            "epollmux-splice-2w", "haproxy-2t"]
 REFERENCE = "haproxy"
 
 
 def iperf3(port: int, seconds: float, streams: int) -> dict:
-    argv = ["iperf3", "-c", HOST, "-p", str(port), "-t", str(seconds), "-P", str(streams),
+    argv = ["iperf3", "-c", HOST, "-p", str(port), "-t", str(max(1, round(seconds))), "-P", str(streams),
             "-J", "--connect-timeout", "3000"]
     out = run(argv, timeout=seconds + 20)
     try:
@@ -40,7 +42,7 @@ def iperf3(port: int, seconds: float, streams: int) -> dict:
 def measure(ctx: Context, subject, seconds: float, streams: int) -> dict:
     if not subject.alive():
         return {"error": "subject not running"}
-    cpu0, mach0, t0 = subject.cpu(), machine_cpu_seconds(), time.monotonic()
+    cpu0, user0, mach0, t0 = subject.cpu(), subject.cpu_user(), machine_cpu_seconds(), time.monotonic()
     try:
         res = iperf3(subject.port, seconds, streams)
         if "error" in res and "busy" in res["error"]:   # the server still ends the last test
@@ -50,7 +52,8 @@ def measure(ctx: Context, subject, seconds: float, streams: int) -> dict:
         res = {"error": "iperf3 timed out"}
     time.sleep(0.1)       # let the relay finish its last close before reading its CPU
     cpu = subject.cpu() - cpu0
-    res.update(wall_s=time.monotonic() - t0, machine_cpu_s=machine_cpu_seconds() - mach0,
+    user = subject.cpu_user() - user0
+    res.update(user_share=user / cpu if cpu > 0 else None,wall_s=time.monotonic() - t0, machine_cpu_s=machine_cpu_seconds() - mach0,
                cpu_s=cpu if subject.pid else None)
     if "error" not in res:
         res["gbps"] = res["bits_per_second"] / 1e9
@@ -108,6 +111,7 @@ def summarize(names: list[str], streams_list: list[int], samples: list[dict]) ->
                 "gbps": stats.summary([s["gbps"] for s in ok]),
                 "cpu_s": stats.summary([s["cpu_s"] for s in ok]),
                 "gbit_per_cpu_s": stats.summary([s["gbit_per_cpu_s"] for s in ok]),
+                "user_share": stats.summary([s.get("user_share") for s in ok]),
                 "errors": len(mine) - len(ok),
             }
         ref = block.get(REFERENCE)

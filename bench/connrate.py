@@ -22,7 +22,8 @@ from bench.backends import Nginx
 from bench.context import Context, started
 from bench.procs import HOST, run
 
-SUBJECTS = ["direct", "epollmux-splice", "epollmux-copy", "haproxy", "sslh-select", "sslh-fork", "socat"]
+SUBJECTS = ["direct", "epollmux-splice", "epollmux-copy", "haproxy", "sslh-select", "sslh-fork", "socat",
+            "epollmux-splice-2w", "haproxy-2t"]
 REFERENCE = "haproxy"
 MODES = ("close", "keepalive")
 REQUEST = b"GET / HTTP/1.0\r\nHost: bench\r\n\r\n"
@@ -61,7 +62,7 @@ def parse_wrk(out: str) -> dict:
 
 
 def wrk(port: int, seconds: float, connections: int, close: bool) -> dict:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "5s"]
     if close:
         argv += ["-H", "Connection: close"]
     argv.append(f"http://{HOST}:{port}/")
@@ -116,7 +117,7 @@ def run_section(ctx: Context) -> dict:
                             samples.append({"subject": name, "mode": mode, "rep": rep,
                                             "error": "skipped: time budget"})
                             continue
-                        cpu0 = subject.cpu()
+                        cpu0, user0 = subject.cpu(), subject.cpu_user()
                         if mode == "unloaded":
                             res = unloaded(subject.port, opts.latency_count, budget=seconds * 3)
                         else:
@@ -124,6 +125,7 @@ def run_section(ctx: Context) -> dict:
                         cpu = subject.cpu() - cpu0
                         if subject.pid and "rps" in res and cpu > 0:
                             res["cpu_s"] = cpu
+                            res["user_share"] = (subject.cpu_user() - user0) / cpu
                             res["req_per_cpu_s"] = res["requests"] / cpu if "requests" in res else None
                         if not subject.alive():
                             res["error"] = res.get("error", "") + " subject died"
@@ -158,7 +160,8 @@ def summarize(names: list[str], samples: list[dict]) -> list[dict]:
                          "p50_ms": stats.summary([s["p50_ms"] for s in ok]),
                          "p99_ms": stats.summary([s["p99_ms"] for s in ok]),
                          "errors": sum(s["errors"] for s in ok),
-                         "req_per_cpu_s": stats.summary([s.get("req_per_cpu_s") for s in ok])}
+                         "req_per_cpu_s": stats.summary([s.get("req_per_cpu_s") for s in ok]),
+                         "user_share": stats.summary([s.get("user_share") for s in ok])}
         ok = [s for s in samples if s["subject"] == name and s["mode"] == "unloaded" and s.get("p50_ms")]
         row["unloaded"] = {"p50_ms": stats.summary([s["p50_ms"] for s in ok]),
                            "p99_ms": stats.summary([s["p99_ms"] for s in ok]),

@@ -92,7 +92,7 @@ def tree_pids(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, user_only: bool = False) -> float:
     """CPU seconds (user+system) used by pid's tree so far, reaped children included."""
     ticks = 0
     for p in tree_pids(pid):
@@ -102,7 +102,8 @@ def cpu_seconds(pid: int) -> float:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
-        ticks += sum(int(x) for x in fields[11:15])   # utime stime cutime cstime
+        # fields 11..14: utime stime cutime cstime
+        ticks += sum(int(fields[i]) for i in ((11, 13) if user_only else (11, 12, 13, 14)))
     return ticks / HZ
 
 
@@ -163,6 +164,14 @@ class CpuGroup:
         with open(os.path.join(self.path, "cpuacct.usage")) as f:
             return int(f.read()) / 1e9
 
+    def user_seconds(self) -> float:
+        with open(os.path.join(self.path, "cpuacct.stat")) as f:
+            for line in f:
+                key, value = line.split()
+                if key == "user":
+                    return int(value) / HZ
+        return 0.0
+
     def remove(self) -> None:
         for path in (self.path, os.path.dirname(self.path)):
             try:
@@ -188,6 +197,9 @@ class Proc:
     def cpu(self) -> float:
         """CPU seconds of this process and everything it started (see the module docstring)."""
         return self.cgroup.seconds() if self.cgroup else cpu_seconds(self.pid)
+
+    def cpu_user(self) -> float:
+        return self.cgroup.user_seconds() if self.cgroup else cpu_seconds(self.pid, user_only=True)
 
     def alive(self) -> bool:
         return self.popen.poll() is None

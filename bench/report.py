@@ -29,6 +29,10 @@ def _med(s: dict | None, fmt="{:.2f}", spread=True) -> str:
     return text
 
 
+def _pct(s: dict | None) -> str:
+    return "—" if not s else f"{s['median'] * 100:.0f}%"
+
+
 def _x(v) -> str:
     return "—" if v is None else f"{v:.2f}×"
 
@@ -40,13 +44,15 @@ def bulk_md(sec: dict) -> str:
              "proxy CPU = all the subject's processes; ratios are medians over HAProxy's.", ""]
     for streams in p["streams"]:
         lines += [f"**{streams} stream{'s' if streams > 1 else ''}**", "",
-                  "| subject | Gbit/s | × HAProxy | proxy CPU-s per run | Gbit per proxy CPU-s | × HAProxy | failed runs |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| subject | Gbit/s | × HAProxy | proxy CPU-s per run | user-mode share | Gbit per proxy CPU-s "
+                  "| × HAProxy | failed runs |",
+                  "|---|---|---|---|---|---|---|---|"]
         for row in sec["summary"]:
             if row["streams"] != streams:
                 continue
             lines.append(f"| {LABELS.get(row['subject'], row['subject'])} | {_med(row['gbps'])} | "
                          f"{_x(row['gbps_vs_ref'])} | {_med(row['cpu_s'], spread=False)} | "
+                         f"{_pct(row.get('user_share'))} | "
                          f"{_med(row['gbit_per_cpu_s'])} | {_x(row['eff_vs_ref'])} | {row['errors']} |")
         lines.append("")
     return "\n".join(lines)
@@ -59,14 +65,16 @@ def connrate_md(sec: dict) -> str:
              "connection per request (`Connection: close`); unloaded = one connection at a time, "
              f"connect to EOF, {p['latency_count']} sequential connections per run (Python client).", "",
              "| subject | close req/s | × HAProxy | close p50 / p99 ms | close errors | req per proxy CPU-s "
-             "| keep-alive req/s | × HAProxy | keep-alive p50 / p99 ms | unloaded p50 / p99 ms |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| user-mode share (close) | keep-alive req/s | × HAProxy | keep-alive p50 / p99 ms "
+             "| unloaded p50 / p99 ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in sec["summary"]:
         c, k, u = row["close"], row["keepalive"], row["unloaded"]
         lines.append(
             f"| {LABELS.get(row['subject'], row['subject'])} | {_med(c['rps'], '{:.0f}')} | {_x(c['rps_vs_ref'])} | "
             f"{_med(c['p50_ms'], '{:.2f}', False)} / {_med(c['p99_ms'], '{:.2f}', False)} | {c['errors']} | "
-            f"{_med(c['req_per_cpu_s'], '{:.0f}', False)} | {_med(k['rps'], '{:.0f}')} | {_x(k['rps_vs_ref'])} | "
+            f"{_med(c['req_per_cpu_s'], '{:.0f}', False)} | {_pct(c.get('user_share'))} | "
+            f"{_med(k['rps'], '{:.0f}')} | {_x(k['rps_vs_ref'])} | "
             f"{_med(k['p50_ms'], '{:.2f}', False)} / {_med(k['p99_ms'], '{:.2f}', False)} | "
             f"{_med(u['p50_ms'], '{:.3f}', False)} / {_med(u['p99_ms'], '{:.3f}', False)} |")
     return "\n".join(lines) + "\n"
@@ -171,7 +179,7 @@ def write(results: dict, outdir: str, results_md: str) -> list[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         plt = None
-    body = [header_md(results)]
+    body = [header_md(results), targets_md(results)]
     for sec in results["sections"]:
         kind = sec["section"]
         md = MD[kind](sec)
@@ -191,6 +199,55 @@ def write(results: dict, outdir: str, results_md: str) -> list[str]:
         f.write("\n".join(body))
     written.append(results_md)
     return written
+
+
+def targets(results: dict, subject: str = "epollmux-splice") -> list[dict]:
+    """Issue 6's targets for one epollmux subject, checked against this run's medians."""
+    out = []
+    secs = {sec["section"]: sec for sec in results["sections"]}
+
+    def add(what, value, goal, ok):
+        out.append({"target": what, "value": value, "goal": goal,
+                    "met": None if ok is None else bool(ok)})
+
+    if "bulk" in secs:
+        for row in secs["bulk"]["summary"]:
+            if row["subject"] == subject:
+                st = row["streams"]
+                for key, name in (("gbps_vs_ref", "Gbit/s"), ("eff_vs_ref", "Gbit per CPU-s")):
+                    v = row[key]
+                    add(f"bulk {st} stream(s): {name} vs HAProxy", _x(v), "≥ 1.00×", None if v is None else v >= 1.0)
+    if "connrate" in secs:
+        rows = {r["subject"]: r for r in secs["connrate"]["summary"]}
+        if subject in rows:
+            v = rows[subject]["close"]["rps_vs_ref"]
+            add("new connections/s vs HAProxy", _x(v), "≥ 1.00×", None if v is None else v >= 1.0)
+            mine = stats_median(rows[subject]["unloaded"]["p50_ms"])
+            ref = stats_median(rows.get("sslh-select", {}).get("unloaded", {}).get("p50_ms"))
+            add("unloaded new-connection p50 vs sslh-select",
+                f"{_f(mine, '{:.3f}')} ms vs {_f(ref, '{:.3f}')} ms", "≤ sslh-select",
+                None if mine is None or ref is None else mine <= ref)
+    if "idle" in secs:
+        for row in secs["idle"]["summary"]:
+            if row["subject"] == subject and "rss_per_conn_kb" in row:
+                add(f"idle: RSS per connection ({row.get('ping_ok')} held of {row['n']})",
+                    f"{row['rss_per_conn_kb']:.2f} KB", "≤ 2.0 KB, all held",
+                    row["rss_per_conn_kb"] <= 2.0 and row.get("all_held"))
+    return out
+
+
+def stats_median(s):
+    return s["median"] if s else None
+
+
+def targets_md(results: dict) -> str:
+    rows = targets(results)
+    if not rows:
+        return ""
+    mark = {True: "met", False: "**missed**", None: "—"}
+    lines = ["## Issue 6 targets (epollmux splice, this run)", "", "| target | value | goal | |", "|---|---|---|---|"]
+    lines += [f"| {r['target']} | {r['value']} | {r['goal']} | {mark[r['met']]} |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def header_md(results: dict) -> str:

@@ -49,7 +49,8 @@ def options(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python3 -m bench.run", description="epollmux beside its peers")
     p.add_argument("--quick", action="store_true", help="1 run each, short durations, ~2 minutes")
     p.add_argument("--sections", default=",".join(SECTIONS), help="comma list of " + ",".join(SECTIONS))
-    p.add_argument("--subjects", default=",".join(subjects.ORDER), help="comma list of " + ",".join(subjects.ORDER))
+    p.add_argument("--subjects", default=",".join(subjects.DEFAULT),
+                   help="comma list of " + ",".join(subjects.ORDER) + " (default: all but the 2-worker/2-thread pair)")
     p.add_argument("--repeat", type=int, help="runs per measurement (default 3, quick 1)")
     p.add_argument("--bulk-seconds", type=float, help="iperf3 duration (default 5, quick 2)")
     p.add_argument("--streams", default="1,4", help="iperf3 parallel stream counts")

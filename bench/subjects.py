@@ -61,6 +61,10 @@ class Subject:
     def cpu(self) -> float:
         return self.proc.cpu() if self.proc else 0.0
 
+    def cpu_user(self) -> float:
+        """User-mode part of cpu(): time in the relay's own code rather than in the kernel."""
+        return self.proc.cpu_user() if self.proc else 0.0
+
     @property
     def cpu_method(self) -> str:
         if self.proc is None:
@@ -91,6 +95,7 @@ class Direct(Subject):
 
 class Epollmux(Subject):
     relay = "splice"
+    pipe_size = PIPE_SIZE
 
     def __init__(self, tmpdir, port, backend, workers: int = 1):
         super().__init__(tmpdir, port, backend)
@@ -103,7 +108,7 @@ class Epollmux(Subject):
 relay = {self.relay}
 workers = {self.workers}
 log_level = warning
-pipe_size = {PIPE_SIZE}
+pipe_size = {self.pipe_size}
 [listen]
   [[bench]]
   address = {HOST}:{self.port}
@@ -128,11 +133,20 @@ class EpollmuxCopy(Epollmux):
     name, label, relay = "epollmux-copy", "epollmux (copy)", "copy"
 
 
+class EpollmuxSplice2(Epollmux):
+    """Two workers (needs the multi-worker supervisor); compare with haproxy-2t, not in the defaults."""
+    name, label, relay = "epollmux-splice-2w", "epollmux (splice, 2 workers)", "splice"
+
+    def __init__(self, tmpdir, port, backend):
+        super().__init__(tmpdir, port, backend, workers=2)
+
+
 class Haproxy(Subject):
     name, label = "haproxy", "HAProxy (splice, nbthread 1)"
     nbthread = 1
     maxconn = 9000
     maxpipes = 512
+    pipe_size = PIPE_SIZE      # None: HAProxy's default (the system pipe size, 64 KiB)
 
     def argv(self):
         conf = self.path("cfg")
@@ -141,7 +155,7 @@ class Haproxy(Subject):
     nbthread {self.nbthread}
     maxconn {self.maxconn}
     maxpipes {self.maxpipes}
-    tune.pipesize {PIPE_SIZE}
+    {f"tune.pipesize {self.pipe_size}" if self.pipe_size else ""}
 defaults
     mode tcp
     timeout connect 5s
@@ -156,6 +170,11 @@ backend be
     server s1 {self.backend[0]}:{self.backend[1]}
 """)
         return ["haproxy", "-db", "-f", conf]
+
+
+class Haproxy2(Haproxy):
+    name, label = "haproxy-2t", "HAProxy (splice, nbthread 2)"
+    nbthread = 2
 
 
 class SslhSelect(Subject):
@@ -182,7 +201,9 @@ class Socat(Subject):
                 f"TCP:{self.backend[0]}:{self.backend[1]}"]
 
 
-ALL = {cls.name: cls for cls in (Direct, EpollmuxSplice, EpollmuxCopy, Haproxy, SslhSelect, SslhFork, Socat)}
+ALL = {cls.name: cls for cls in (Direct, EpollmuxSplice, EpollmuxCopy, Haproxy, SslhSelect, SslhFork, Socat,
+                                 EpollmuxSplice2, Haproxy2)}
+DEFAULT = ["direct", "epollmux-splice", "epollmux-copy", "haproxy", "sslh-select", "sslh-fork", "socat"]
 ORDER = list(ALL)
 
 
