@@ -1,0 +1,205 @@
+"""Profile epollmux's hot paths: `python3 -m bench.hotpaths [--seconds S] [--out DIR]`.
+
+Owns: one profiling pass over an epollmux worker (splice relay, 1 worker) under two loads:
+- bulk: iperf3, 1 stream, through epollmux;
+- connrate: wrk with `Connection: close` to nginx through epollmux.
+For each load, two separate runs (so neither tool distorts the other's numbers):
+- py-spy (sampling at 200 Hz, idle samples dropped, so shares are of the worker's busy time)
+  attached to the worker: self and inclusive shares per Python function and per source line,
+  beside the worker's CPU seconds (user and system) over the same load;
+- strace -c attached to the worker: the count of every syscall, divided by the connections
+  served (wrk's request count) or the megabytes relayed (iperf3's byte count).
+Writes DIR/hotpaths.json and DIR/hotpaths.md (raw figures; bench/PROFILE.md is the reading of them).
+Needs py-spy (pip) and strace; a missing tool skips its runs. Attaching needs ptrace rights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from bench.backends import Iperf3, Nginx
+from bench.bulk import iperf3
+from bench.connrate import wrk
+from bench.procs import Ports, children_of
+from bench.subjects import EpollmuxSplice
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def worker_pid(pid: int) -> int:
+    """The epollmux worker: the subject's only child if a supervisor forks one, else the subject."""
+    kids = children_of().get(pid, [])
+    return kids[0] if len(kids) == 1 else pid
+
+
+def attach(argv: list[str], out_path: str) -> subprocess.Popen:
+    log = open(out_path, "w")
+    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def detach(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """End an attached tracer by its PID (SIGINT makes strace print its summary)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def load(kind: str, port: int, seconds: float) -> dict:
+    if kind == "bulk":
+        res = iperf3(port, seconds, 1)
+        res["mb"] = res.get("bytes", 0) / 1e6
+        return res
+    res = wrk(port, seconds, 32, close=True)
+    res["connections"] = res.get("requests", 0)
+    return res
+
+
+def pyspy(subject, seconds: float, kind: str, tmp: str) -> dict:
+    raw = os.path.join(tmp, f"pyspy-{kind}.txt")
+    spy = attach(["py-spy", "record", "-p", str(worker_pid(subject.pid)), "--nonblocking", "--rate", "200",
+                  "--format", "raw", "-o", raw, "-d", str(int(seconds + 2))], raw + ".log")
+    time.sleep(1.0)
+    cpu0, user0 = subject.cpu(), subject.cpu_user()
+    res = load(kind, subject.port, seconds)
+    cpu, user = subject.cpu() - cpu0, subject.cpu_user() - user0
+    try:
+        spy.wait(seconds + 20)
+    except subprocess.TimeoutExpired:
+        detach(spy)
+    per = res.get("mb") if kind == "bulk" else res.get("connections")
+    res.update(cpu_s=cpu, user_s=user, cpu_us_per_unit=cpu / per * 1e6 if per else None,
+               unit="MB" if kind == "bulk" else "connection")
+    return {"load": res, **collapse(raw)}
+
+
+def collapse(path: str) -> dict:
+    """Self and inclusive sample shares per line and per function from py-spy's collapsed stacks."""
+    self_c, incl_c, total = collections.Counter(), collections.Counter(), 0
+    fself, fincl = collections.Counter(), collections.Counter()
+    try:
+        lines = open(path).read().splitlines()
+    except OSError:
+        return {"error": "no py-spy output"}
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        frames = [re.sub(r" \(/.*/(epollmux|python3\.\d+)/", r" (\1/", f) for f in stack.split(";")[1:]]
+        if not frames:
+            continue
+        total += n
+        self_c[frames[-1]] += n
+        for f in set(frames):
+            incl_c[f] += n
+        funcs = [f.split(" (")[0] for f in frames]
+        fself[funcs[-1]] += n
+        for f in set(funcs):
+            fincl[f] += n
+    share = (lambda c, k: [(f, n / total) for f, n in c.most_common(k)]) if total else (lambda c, k: [])
+    return {"samples": total, "self": share(self_c, 25), "inclusive": share(incl_c, 40),
+            "function_self": share(fself, 30), "function_inclusive": share(fincl, 40)}
+
+
+def strace(subject, seconds: float, kind: str, tmp: str) -> dict:
+    out = os.path.join(tmp, f"strace-{kind}.txt")
+    tracer = attach(["strace", "-c", "-f", "-p", str(worker_pid(subject.pid)), "-o", out], out + ".log")
+    time.sleep(1.0)
+    res = load(kind, subject.port, seconds)
+    time.sleep(0.5)
+    detach(tracer)
+    counts = {}
+    try:
+        for line in open(out):
+            m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$", line)
+            if m:
+                counts[m.group(2)] = int(m.group(1))
+    except OSError:
+        return {"load": res, "error": "no strace output"}
+    per = res.get("mb") if kind == "bulk" else res.get("connections")
+    return {"load": res, "calls": counts, "unit": "MB" if kind == "bulk" else "connection",
+            "per_unit": {k: v / per for k, v in counts.items()} if per else {}}
+
+
+def report_md(results: dict) -> str:
+    lines = ["# epollmux hot paths (raw figures of `python3 -m bench.hotpaths`)", ""]
+    for kind, runs in results["loads"].items():
+        lines += [f"## {kind}", ""]
+        sp = runs.get("pyspy", {})
+        if sp.get("samples"):
+            lines += [f"py-spy: {sp['samples']} busy samples at 200 Hz (idle dropped); load and worker CPU: "
+                      f"{json.dumps({k: v for k, v in sp['load'].items() if not isinstance(v, dict)})}", ""]
+            for key, title in (("function_self", "self share, per function"),
+                               ("function_inclusive", "inclusive share, per function"),
+                               ("self", "self share, per line")):
+                lines += [f"| {title} | |", "|---|---|"]
+                lines += [f"| {share * 100:.1f}% | `{f}` |" for f, share in sp[key][:25]]
+                lines.append("")
+        st = runs.get("strace", {})
+        if st.get("calls"):
+            lines += [f"strace -c (separate run): syscalls per {st['unit']}; load: "
+                      f"{json.dumps({k: v for k, v in st['load'].items() if not isinstance(v, dict)})}", "",
+                      f"| syscall | calls | per {st['unit']} |", "|---|---|---|"]
+            for name, n in sorted(st["calls"].items(), key=lambda kv: -kv[1]):
+                lines.append(f"| {name} | {n} | {st['per_unit'].get(name, 0):.2f} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python3 -m bench.hotpaths")
+    p.add_argument("--seconds", type=float, default=8)
+    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--ports", default="25900-25999")
+    p.add_argument("--loads", default="bulk,connrate", help="comma list of bulk, connrate")
+    o = p.parse_args(argv)
+    first, last = (int(x) for x in o.ports.split("-"))
+    ports = Ports(first, last)
+    tmp = tempfile.mkdtemp(prefix="epollmux-hotpaths-")
+    results = {"seconds": o.seconds, "loads": {}}
+    tools = {"pyspy": shutil.which("py-spy"), "strace": shutil.which("strace")}
+    for kind, backend_cls in (("bulk", Iperf3), ("connrate", Nginx)):
+        if kind not in o.loads.split(","):
+            continue
+        backend = backend_cls(tmp, ports.take()).start()
+        runs = results["loads"].setdefault(kind, {})
+        try:
+            for tool, fn in (("pyspy", pyspy), ("strace", strace)):
+                if not tools[tool]:
+                    runs[tool] = {"error": f"{tool} not installed"}
+                    continue
+                subject = EpollmuxSplice(tmp, ports.take(), backend.address).start()
+                try:
+                    time.sleep(0.5)
+                    runs[tool] = fn(subject, o.seconds, kind, tmp)
+                finally:
+                    subject.stop()
+                print(f"[hotpaths] {kind} {tool} done", file=sys.stderr, flush=True)
+        finally:
+            backend.stop()
+    os.makedirs(o.out, exist_ok=True)
+    with open(os.path.join(o.out, "hotpaths.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(o.out, "hotpaths.md"), "w") as f:
+        f.write(report_md(results))
+    print(report_md(results))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
