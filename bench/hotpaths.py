@@ -15,6 +15,12 @@ Needs py-spy (pip) and strace; a missing tool skips its runs. Attaching needs pt
 
 from __future__ import annotations
 
+import os as _os
+import sys as _sys
+
+if not __package__:   # run as a script (python3 bench/run.py): import the package from the repo root
+    _sys.path[0] = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+
 import argparse
 import collections
 import json

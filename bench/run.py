@@ -9,6 +9,12 @@ as further entries of SECTIONS once TLS termination lands.
 
 from __future__ import annotations
 
+import os as _os
+import sys as _sys
+
+if not __package__:   # run as a script (python3 bench/run.py): import the package from the repo root
+    _sys.path[0] = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+
 import argparse
 import os
 import platform
