@@ -18,7 +18,7 @@ from typing import Any
 from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_values
 from validate import Validator
 
-from epollmux import addr, probes, tlsctx
+from epollmux import acl, addr, probes, tlsctx
 
 
 class ConfigError(Exception):
@@ -40,6 +40,10 @@ class Settings:
     idle_timeout: float
     drain_timeout: float
     max_connections: int
+    max_connections_per_source: int
+    max_sniffing_per_source: int
+    rate_per_source: float
+    source_ipv6_prefix: int
     relay: str
     pipe_size: int
     max_pipes: int
@@ -58,6 +62,11 @@ class Route:
     server_context: ssl.SSLContext | None = None          # set: this route terminates TLS
     backend_context: ssl.SSLContext | None = None         # set: TLS towards the backend
     backend_sni: str | None = None
+    send_proxy: str | None = None                          # v1 | v2
+    send_proxy_crc: bool = False
+    transparent: bool = False
+    access: acl.Access | None = None                       # None: everyone
+    max_connections: int = 0
     inner_names: tuple[str, ...] = ()
     inner_routes: tuple["Route", ...] = ()                # sniffed inside the decrypted stream
     inner_on_timeout: "Route | None" = None
@@ -73,6 +82,10 @@ class Listener:
     addresses: tuple[addr.Address, ...]
     routes: tuple[Route, ...]
     on_timeout: Route | None
+    proxy_protocol: str = "none"
+    trusted: acl.CIDRList | None = None
+    access: acl.Access | None = None
+    max_connections: int = 0
 
     @cached_property
     def probe_table(self) -> tuple[tuple[str, dict], ...]:
@@ -196,7 +209,7 @@ def _route(name: str, section, problems: _Problems) -> Route | None:
         problems.add(where, "probe", f"unknown probe '{probe}' (known: {', '.join(sorted(probes.PROBES))})")
         return None
     written = {k: v for k, v in section.items() if k not in section.defaults and k not in ("probe", "backend")}
-    allowed = spec.keys | BACKEND_TLS_KEYS | (TERMINATING_KEYS if probe in TERMINATING_PROBES else frozenset())
+    allowed = spec.keys | ROUTE_KEYS | BACKEND_TLS_KEYS | (TERMINATING_KEYS if probe in TERMINATING_PROBES else frozenset())
     for key in sorted(set(written) - allowed):
         problems.add(where, key, f"does not apply to probe '{probe}'")
     opts = {}
@@ -216,11 +229,19 @@ def _route(name: str, section, problems: _Problems) -> Route | None:
         except ValueError as exc:
             problems.add(where, "backend", str(exc))
             return None
-    route = Route(name, probe, backend, opts, inner_names=inner)
+    route = Route(name, probe, backend, opts, inner_names=inner,
+                  send_proxy=written.get("send_proxy"), send_proxy_crc=bool(written.get("send_proxy_crc")),
+                  transparent=bool(written.get("transparent")), max_connections=written.get("max_connections") or 0,
+                  access=_access(where, written.get("allow"), written.get("deny"), problems))
+    if route.send_proxy_crc and route.send_proxy != "v2":
+        problems.add(where, "send_proxy_crc", "needs send_proxy = v2")
+    if route.transparent and backend is not None and backend.family == addr.socket.AF_UNIX:
+        problems.add(where, "transparent", "needs a TCP backend")
     _route_tls(route, {k: v for k, v in section.items() if k in allowed or k == "backend"}, problems)
     return route
 
 
+ROUTE_KEYS = frozenset({"send_proxy", "send_proxy_crc", "transparent", "allow", "deny", "max_connections"})
 TERMINATING_PROBES = frozenset({"tls", "any"})
 TERMINATING_KEYS = frozenset({"tls_cert", "tls_key", "tls_min_version", "tls_ciphers", "tls_alpn",
                               "tls_client_ca", "tls_resumption", "inner_routes"})
@@ -262,6 +283,20 @@ def _resolve_inner(route: Route, routes: dict, raw_routes, settings: Settings, p
     route.inner_on_timeout = routes.get(settings.on_timeout) if settings.on_timeout in route.inner_names else None
 
 
+def _access(where, allow, deny, problems: _Problems) -> acl.Access | None:
+    """allow/deny CIDR lists; None when neither is set (everyone gets in)."""
+    if not allow and not deny:
+        return None
+    lists = {}
+    for key, value in (("allow", allow), ("deny", deny)):
+        try:
+            lists[key] = acl.CIDRList.parse(value) if value else None
+        except ValueError as exc:
+            problems.add(where, key, str(exc))
+            lists[key] = None
+    return acl.Access(lists["allow"], lists["deny"])
+
+
 def _check_any_last(where, key: str, chosen: list[Route], problems: _Problems) -> None:
     for i, route in enumerate(chosen[:-1]):
         if route.probe == "any":
@@ -296,4 +331,15 @@ def _listener(name, section, routes, raw_routes, settings, problems: _Problems) 
     on_timeout = routes.get(settings.on_timeout)
     if on_timeout is not None and on_timeout not in chosen:
         on_timeout = None   # the listener does not carry that route: silent clients are closed
-    return Listener(name, tuple(addresses), tuple(chosen), on_timeout)
+    trusted = None
+    if section["trusted"]:
+        try:
+            trusted = acl.CIDRList.parse(section["trusted"])
+        except ValueError as exc:
+            problems.add(where, "trusted", str(exc))
+    if section["proxy_protocol"] != "none" and not section["trusted"]:
+        problems.add(where, "trusted", "required with proxy_protocol: the sources allowed to send a header")
+    if section["trusted"] and section["proxy_protocol"] == "none":
+        problems.add(where, "trusted", "only means something with proxy_protocol")
+    return Listener(name, tuple(addresses), tuple(chosen), on_timeout, section["proxy_protocol"], trusted,
+                    _access(where, section["allow"], section["deny"], problems), section["max_connections"])

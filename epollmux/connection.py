@@ -15,7 +15,8 @@ import errno
 import logging
 import socket
 
-from epollmux import errors, sniff
+from epollmux import addr, clienthello, errors, proxyout, proxyproto, sniff
+from epollmux.admission import Grant
 from epollmux.endpoints import PlainEndpoint, TLSEndpoint
 from epollmux.reactor import ERR, ET, HUP, IN, OUT, RDHUP
 from epollmux.relay import Direction, State
@@ -28,9 +29,12 @@ EVENTS = IN | OUT | RDHUP | ET
 READABLE = IN | ERR | HUP | RDHUP
 WRITABLE = OUT | ERR | HUP
 LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"   # struct linger {on, 0 s}: close() sends RST
+IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
+IPV6_TRANSPARENT = 75
 
 
 class Phase(enum.Enum):
+    PROXY_HEADER = "proxy-header"            # reading the PROXY protocol header a trusted proxy sends
     SNIFFING = "sniffing"
     HANDSHAKING = "handshaking"              # terminating TLS with the client
     INNER_SNIFFING = "inner-sniffing"        # sniffing the decrypted stream
@@ -41,6 +45,7 @@ class Phase(enum.Enum):
 
 
 _ALLOWED = {
+    Phase.PROXY_HEADER: {Phase.SNIFFING, Phase.CLOSED},
     Phase.SNIFFING: {Phase.HANDSHAKING, Phase.CONNECTING, Phase.CLOSED},
     Phase.HANDSHAKING: {Phase.INNER_SNIFFING, Phase.CONNECTING, Phase.CLOSED},
     Phase.INNER_SNIFFING: {Phase.CONNECTING, Phase.CLOSED},
@@ -52,16 +57,18 @@ _ALLOWED = {
 
 
 class Connection:
-    __slots__ = ("ctx", "listener", "client", "cfd", "peer", "backend", "bfd", "route", "outer", "phase",
-                 "timer", "cend", "bend", "up", "down", "started", "last_active", "_peek_len", "_soon",
-                 "_inner", "detail", "tls_facts")
+    __slots__ = ("ctx", "listener", "client", "cfd", "src", "dst", "peer", "backend", "bfd", "route", "outer",
+                 "phase", "timer", "cend", "bend", "up", "down", "started", "last_active", "_peek_len", "_soon",
+                 "_inner", "detail", "tls_facts", "grant", "hello")
 
-    def __init__(self, ctx, listener, client: socket.socket, peer: str):
+    def __init__(self, ctx, listener, client: socket.socket, sockaddr):
         self.ctx = ctx
         self.listener = listener
         self.client = client
         self.cfd = client.fileno()
-        self.peer = peer
+        self.src = sockaddr        # the client's (ip, port, ...): from a PROXY header when one is taken
+        self.dst = None            # the address the client connected to, looked up when needed
+        self.peer = addr.peer_text(client.family, sockaddr)
         self.backend: socket.socket | None = None
         self.bfd = -1
         self.route = None          # the route whose backend we use
@@ -78,13 +85,15 @@ class Connection:
         self._inner = b""          # decrypted bytes read while sniffing inside TLS
         self.detail = None         # what a TLS engine said about an error, for the log line
         self.tls_facts = ""        # version, cipher, ALPN, client CN of a terminated handshake
+        self.grant = Grant()       # what admission granted, undone at close
+        self.hello = None          # the peeked ClientHello, kept when a PROXY v2 header will need its SNI
 
     # --- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
         ctx = self.ctx
         ctx.reactor.register(self.cfd, EVENTS, self)
         ctx.connections.add(self)
-        self._event(self._begin_sniff)
+        self._event(self._begin)
 
     def _set_phase(self, phase: Phase, deadline: float = 0, on_expiry=None) -> None:
         if phase not in _ALLOWED[self.phase]:
@@ -106,6 +115,8 @@ class Connection:
         elif fd == self.cfd:
             if phase is Phase.SNIFFING and events & READABLE:
                 self._event(self._sniff, bool(events & (RDHUP | HUP)))
+            elif phase is Phase.PROXY_HEADER and events & READABLE:
+                self._event(self._proxy_header, bool(events & (RDHUP | HUP)))
             elif phase is Phase.HANDSHAKING:
                 self._event(self._handshake)
             elif phase is Phase.INNER_SNIFFING and events & READABLE:
@@ -140,6 +151,37 @@ class Connection:
     def _socket_error(self, sock: socket.socket) -> str | None:
         return "reset" if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) else None
 
+    # --- admission, PROXY header in ---------------------------------------------------------
+    def _begin(self) -> str | None:
+        listener = self.listener
+        if listener.proxy_protocol == "none":
+            return self._admit()
+        if not listener.trusted.contains(self.src[0]):
+            return "proxy-untrusted"
+        self._set_phase(Phase.PROXY_HEADER, self.ctx.settings.probe_timeout, lambda: "proxy-timeout")
+        return self._proxy_header(False)
+
+    def _proxy_header(self, peer_done: bool) -> str | None:
+        data = self.client.recv(proxyproto.MAX_HEADER_LEN, socket.MSG_PEEK)
+        if not data:
+            return "client-eof"
+        result = proxyproto.parse(data, self.listener.proxy_protocol)
+        if result.status is proxyproto.Status.NEED_MORE:
+            return "proxy-invalid" if peer_done else None
+        if result.status is proxyproto.Status.INVALID:
+            self.detail = result.reason.replace(" ", "_")
+            return "proxy-invalid"
+        self.client.recv(result.length)        # consume exactly the header; the stream starts after it
+        if result.src is not None:
+            self.src, self.dst = (result.src.host, result.src.port), (result.dst.host, result.dst.port)
+            self.peer = str(result.src)
+        self._set_phase(Phase.SNIFFING)
+        return self._admit()
+
+    def _admit(self) -> str | None:
+        reason = self.ctx.admission.enter(self.grant, self.listener, self.src[0], self.ctx.reactor.clock())
+        return reason or self._begin_sniff()
+
     # --- sniffing --------------------------------------------------------------------------
     def _begin_sniff(self) -> str | None:
         routes = self.listener.routes
@@ -165,6 +207,7 @@ class Connection:
         if len(data) == self._peek_len and not peer_done:
             return None        # nothing new (a spurious wake-up); the next edge brings more bytes
         self._peek_len = len(data)
+        self.hello = data
         return self._decide(data, self.listener.routes, self.listener.probe_table,
                             peer_done or len(data) >= limit)
 
@@ -189,6 +232,13 @@ class Connection:
     def _choose(self, route) -> str | None:
         self.route = route
         self.ctx.stats.count("routed", route.name)
+        admission = self.ctx.admission
+        admission.sniffed(self.grant)
+        reason = admission.route(self.grant, route, self.src[0])
+        if reason:
+            return reason
+        if route.send_proxy != "v2" or route.server_context is not None:
+            self.hello = None
         if route.server_context is not None:
             return self._start_tls(route)
         if self.outer is not None:
@@ -267,10 +317,24 @@ class Connection:
         self.bfd = sock.fileno()
         if target.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.route.transparent:
+            reason = self._bind_as_client(sock, target.family)
+            if reason:
+                return reason
         err = sock.connect_ex(target.sockaddr)
         if err not in (0, errno.EINPROGRESS):
             return "backend-busy" if err == errno.EAGAIN else errors.connect_reason(err)
         self.ctx.reactor.register(self.bfd, EVENTS, self)
+        return None
+
+    def _bind_as_client(self, sock: socket.socket, family: int) -> str | None:
+        """Transparent mode: the backend sees the client's own address (IP_TRANSPARENT)."""
+        ip = self.src[0]
+        if (":" in ip) != (family == socket.AF_INET6):
+            return "transparent-family"
+        level, option = (socket.SOL_IPV6, IPV6_TRANSPARENT) if family == socket.AF_INET6 else (socket.SOL_IP, IP_TRANSPARENT)
+        sock.setsockopt(level, option, 1)
+        sock.bind((ip, 0))
         return None
 
     def _connected(self) -> str | None:
@@ -278,6 +342,10 @@ class Connection:
         if err:
             return errors.connect_reason(err)
         route = self.route
+        if route.send_proxy:
+            header = proxyout.header(route.send_proxy, self._facts(), crc=route.send_proxy_crc)
+            if self.backend.send(header) != len(header):    # a fresh socket takes ~100 bytes at once
+                return "backend-error"
         if route.backend_context is None:
             self.bend = PlainEndpoint(self.backend)
             return self._start_relay()
@@ -292,6 +360,23 @@ class Connection:
         if result is Event.HANDSHAKE_DONE:
             return self._start_relay()
         return None if result is None else "backend-" + result
+
+    def _facts(self) -> proxyout.Facts:
+        if self.dst is None:
+            self.dst = self.client.getsockname()
+        facts = proxyout.Facts(src=self.src[:2], dst=self.dst[:2], unique_id=self.ctx.unique_id())
+        if isinstance(self.cend, TLSEndpoint):
+            engine = self.cend.engine
+            cert = engine.peer_cert_der() is not None
+            facts.sni, facts.alpn = engine.sni, engine.alpn()
+            facts.tls_version, facts.tls_cipher = engine.version(), engine.cipher()
+            facts.client_cn, facts.client_cert, facts.client_verified = engine.peer_cn(), cert, engine.peer_verified()
+        elif self.hello is not None:
+            hello = clienthello.parse_client_hello(self.hello)
+            if hello.status is clienthello.HelloStatus.OK:
+                facts.sni, facts.alpn = hello.sni, (hello.alpn[0] if hello.alpn else None)
+            self.hello = None
+        return facts
 
     # --- relaying --------------------------------------------------------------------------
     def _start_relay(self) -> str | None:
@@ -362,6 +447,7 @@ class Connection:
         self._set_phase(Phase.CLOSED)
         ctx = self.ctx
         ctx.connections.discard(self)
+        ctx.admission.leave(self.grant)
         abort = reason == "reset"
         for end in (self.cend, self.bend):
             if isinstance(end, TLSEndpoint) and not abort:

@@ -119,7 +119,7 @@ class Acceptor:
                 client.close()
                 continue
             client.setblocking(False)
-            Connection(ctx, self.listener, client, addr.peer_text(client.family, sockaddr)).start()
+            Connection(ctx, self.listener, client, sockaddr).start()
 
     def _accept_failed(self, exc: OSError) -> bool:
         """Handle an accept error; True to go on accepting in this batch."""

@@ -7,10 +7,14 @@ the drain deadline. Binding, forking and reloading belong to the supervisor.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import signal
 import socket
+import time
 
+from epollmux.admission import Admission
 from epollmux.channels import ChannelPool
 from epollmux.config import Config, Listener
 from epollmux.listener import PAUSE_ON_EXHAUSTION, Acceptor, Reserve
@@ -33,6 +37,13 @@ class Context:
         self.reserve = Reserve()
         self.draining = False
         self.acceptors: list[Acceptor] = []
+        self.admission = Admission(config.settings)
+        self._ids = itertools.count(1)
+        self._id_prefix = f"{os.getpid():x}-{int(time.time() * 1000):x}-"
+
+    def unique_id(self) -> bytes:
+        """An id for one connection, unique across workers and restarts (PROXY v2 UNIQUE_ID)."""
+        return f"{self._id_prefix}{next(self._ids):x}".encode()
 
     def exhausted(self, what: str) -> None:
         """Out of fds or memory: say so once, and every acceptor stops for a while, then tries again."""

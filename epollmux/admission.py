@@ -1,0 +1,82 @@
+"""Who may come in, and how many: source ACLs and connection limits of one worker.
+
+Owns: the checks made on a connection's client address (after a PROXY header, if the listener takes
+one) at entry and once its route is known, the per-listener and per-route counters, and the
+per-source limits (limits.Limits). Each check returns None or the close reason; `leave()` undoes
+exactly what was granted. Must not import sockets or the reactor.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from epollmux.limits import Limits
+
+
+class Admission:
+    def __init__(self, settings):
+        self.limits = Limits(settings.max_connections_per_source, settings.max_sniffing_per_source,
+                             settings.rate_per_source, ipv6_prefix=settings.source_ipv6_prefix)
+        self.per_source = self.limits.enabled
+        self.listeners: Counter[str] = Counter()
+        self.routes: Counter[str] = Counter()
+
+    def enter(self, grant: "Grant", listener, ip: str, now: float) -> str | None:
+        if listener.access is not None and not listener.access.permits(ip):
+            return "denied"
+        if listener.max_connections and self.listeners[listener.name] >= listener.max_connections:
+            return "limit-listener"
+        if self.per_source:
+            key = self.limits.key(ip)
+            reason = self.limits.admit(key, now)
+            if reason:
+                return reason
+            grant.source = key
+            reason = self.limits.sniff_started(key)
+            if reason:
+                return reason
+            grant.sniffing = True
+        self.listeners[listener.name] += 1
+        grant.listener = listener.name
+        return None
+
+    def sniffed(self, grant: "Grant") -> None:
+        """The route is decided: the connection no longer counts as sniffing."""
+        if grant.sniffing:
+            grant.sniffing = False
+            self.limits.sniff_ended(grant.source)
+
+    def route(self, grant: "Grant", route, ip: str) -> str | None:
+        if route.access is not None and not route.access.permits(ip):
+            return "denied"
+        if route.max_connections and self.routes[route.name] >= route.max_connections:
+            return "limit-route"
+        if grant.route is not None:          # an inner route replaces the terminating one
+            self.routes[grant.route] -= 1
+        self.routes[route.name] += 1
+        grant.route = route.name
+        return None
+
+    def leave(self, grant: "Grant") -> None:
+        self.sniffed(grant)
+        if grant.source is not None:
+            self.limits.release(grant.source)
+            grant.source = None
+        if grant.listener is not None:
+            self.listeners[grant.listener] -= 1
+            grant.listener = None
+        if grant.route is not None:
+            self.routes[grant.route] -= 1
+            grant.route = None
+
+
+class Grant:
+    """What one connection was granted, so that leaving undoes exactly that."""
+
+    __slots__ = ("source", "sniffing", "listener", "route")
+
+    def __init__(self):
+        self.source = None
+        self.sniffing = False
+        self.listener = None
+        self.route = None
