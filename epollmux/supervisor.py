@@ -403,6 +403,8 @@ class Supervisor:
         except OSError as exc:
             self._refuse([exc.strerror or str(exc)])
             return
+        for inherited in self.table.unused_inherited(cfg):
+            log.warning("inherited %s matches no listener: not served", inherited.describe())
         self._apply_logging(cfg)
         self.pending = self._new_generation(cfg, sockets, keys, creds)
         self.state = State.RELOADING
