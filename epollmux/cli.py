@@ -92,6 +92,28 @@ def load(args) -> config.Config:
     return config.load_file(args.config or DEFAULT_CONFIG)
 
 
+CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
+
+
+def effective_caps() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def warnings(cfg: config.Config) -> list[str]:
+    """What is valid but will not work as this process runs."""
+    out = []
+    transparent = [r.name for r in cfg.routes.values() if r.transparent]
+    caps = effective_caps()
+    if transparent and not (caps >> CAP_NET_ADMIN & 1 or caps >> CAP_NET_RAW & 1):
+        out.append(f"[routes] transparent: {', '.join(transparent)} need CAP_NET_ADMIN or CAP_NET_RAW, "
+                   "which this process lacks (systemd: AmbientCapabilities=CAP_NET_ADMIN)")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -100,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(exc.problems), file=sys.stderr)
         return EXIT_CONFIG
     if args.check:
+        for warning in warnings(cfg):
+            print(f"{cfg.source}: warning: {warning}", file=sys.stderr)
         print(f"{cfg.source}: OK ({len(cfg.listeners)} listeners, {len(cfg.routes)} routes)")
         return EXIT_OK
     from epollmux import supervisor   # imported late: --check and --version need none of it

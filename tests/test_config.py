@@ -173,3 +173,14 @@ def test_on_timeout_can_name_the_anyprot_route():
                                 "--on-timeout", "anyprot"])
     cfg = config_from_flags(args)
     assert cfg.listeners[0].on_timeout.name == "anyprot"
+
+
+def test_check_warns_when_transparent_lacks_capabilities(tmp_path):
+    path = tmp_path / "t.conf"
+    path.write_text(textwrap.dedent(GOOD).replace("probe = ssh", "probe = ssh\n  transparent = yes"))
+    r = subprocess.run(["setpriv", "--bounding-set", "-net_admin,-net_raw", sys.executable, "-m", "epollmux",
+                        "-c", str(path), "--check"], cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "warning: [routes] transparent: ssh need CAP_NET_ADMIN or CAP_NET_RAW" in r.stderr
+    r = run_cli("-c", str(path), "--check")          # root has them: no warning
+    assert r.returncode == 0 and "warning" not in r.stderr
