@@ -287,7 +287,6 @@ def test_workers_drop_to_nobody_and_serve_a_low_port(tmp_path, procs, backends):
     a = backends(b"A")
     port = _free_low_port()
     nobody = pwd.getpwnam("nobody")
-    tmp_path.chmod(0o755)       # the log file is opened by the test; nothing else needs access
     d = start(tmp_path, procs, config(port, a.port, extra_global="user = nobody"))
     for pid in d.wait_workers(2):
         assert uid_of(pid) == [nobody.pw_uid] * 4
