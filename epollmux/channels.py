@@ -18,6 +18,7 @@ SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 
 class PipeChannel:
     __slots__ = ("r", "w", "size")
+    zero_copy = True
 
     def __init__(self, size: int):
         self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -40,6 +41,7 @@ class PipeChannel:
 
 class BufferChannel:
     __slots__ = ("buf", "view", "start", "size")
+    zero_copy = False
 
     def __init__(self, size: int):
         self.buf = bytearray(size)

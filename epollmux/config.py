@@ -51,6 +51,7 @@ class Settings:
     group: str
     log_level: str
     log_target: str
+    log_format: str
 
 
 @dataclass(eq=False)

@@ -15,7 +15,7 @@ import errno
 import logging
 import socket
 
-from epollmux import addr, clienthello, errors, proxyout, proxyproto, sniff
+from epollmux import accesslog, addr, clienthello, errors, proxyout, proxyproto, sniff
 from epollmux.admission import Grant
 from epollmux.endpoints import PlainEndpoint, TLSEndpoint
 from epollmux.reactor import ERR, ET, HUP, IN, OUT, RDHUP
@@ -59,7 +59,7 @@ _ALLOWED = {
 class Connection:
     __slots__ = ("ctx", "listener", "client", "cfd", "src", "dst", "peer", "backend", "bfd", "route", "outer",
                  "phase", "timer", "cend", "bend", "up", "down", "started", "last_active", "_peek_len", "_soon",
-                 "_inner", "detail", "tls_facts", "grant", "hello")
+                 "_inner", "detail", "tls", "grant", "hello", "names", "verdict")
 
     def __init__(self, ctx, listener, client: socket.socket, sockaddr):
         self.ctx = ctx
@@ -84,7 +84,9 @@ class Connection:
         self._soon = False
         self._inner = b""          # decrypted bytes read while sniffing inside TLS
         self.detail = None         # what a TLS engine said about an error, for the log line
-        self.tls_facts = ""        # version, cipher, ALPN, client CN of a terminated handshake
+        self.tls = None            # version, cipher, ALPN, client CN of a terminated handshake
+        self.names = None          # SNI / ALPN / Host seen in the peeked bytes, for the access log
+        self.verdict = "none"      # how the route was chosen: match, timeout
         self.grant = Grant()       # what admission granted, undone at close
         self.hello = None          # the peeked ClientHello, kept when a PROXY v2 header will need its SNI
 
@@ -227,9 +229,12 @@ class Connection:
         if route is None:
             return "probe-timeout"
         self.ctx.stats.count("probe_timeouts", route.name)
+        self.verdict = "timeout"
         return self._choose(route)
 
     def _choose(self, route) -> str | None:
+        if self.verdict == "none":
+            self.verdict = "match"
         self.route = route
         self.ctx.stats.count("routed", route.name)
         admission = self.ctx.admission
@@ -237,6 +242,8 @@ class Connection:
         reason = admission.route(self.grant, route, self.src[0])
         if reason:
             return reason
+        if self.hello is not None and self.names is None:
+            self.names = accesslog.peeked_names(self.hello)
         if route.send_proxy != "v2" or route.server_context is not None:
             self.hello = None
         if route.server_context is not None:
@@ -257,9 +264,8 @@ class Connection:
         if result is not Event.HANDSHAKE_DONE:
             return result
         engine = self.cend.engine
-        self.tls_facts = f" tls={engine.version()} cipher={engine.cipher()} alpn={engine.alpn() or '-'}"
-        if engine.peer_cn():
-            self.tls_facts += f" client_cn={engine.peer_cn()}"
+        self.tls = {"tls": engine.version(), "cipher": engine.cipher(), "alpn": engine.alpn(),
+                    "client_cn": engine.peer_cn()}
         route = self.route
         if route.inner_routes:
             self.outer = route
@@ -352,7 +358,7 @@ class Connection:
         self._set_phase(Phase.BACKEND_HANDSHAKING, self.ctx.settings.connect_timeout,
                         lambda: "backend-tls-timeout")
         engine = TLSEngine(route.backend_context, server_side=False, server_hostname=route.backend_sni)
-        self.bend = TLSEndpoint(self.backend, engine)
+        self.bend = TLSEndpoint(self.backend, engine, prefix="backend-")
         return self._backend_handshake()
 
     def _backend_handshake(self) -> str | None:
@@ -410,7 +416,10 @@ class Connection:
 
     def _pump(self, direction: Direction) -> str | None:
         self.last_active = self.ctx.reactor.clock()
-        return direction.pump()
+        reason = direction.pump()
+        if reason and direction.detail:
+            self.detail = direction.detail
+        return reason
 
     def _after_pump(self) -> str | None:
         up, down = self.up.state, self.down.state
@@ -465,28 +474,32 @@ class Connection:
                 except OSError:
                     pass
             sock.close()
-        up = down = 0
+        up = down = spliced = 0
         if self.up is not None:
             self.up.discard()
             self.down.discard()
-            up, down = self.up.moved, self.down.moved
+            up, down, spliced = self.up.moved, self.down.moved, self.up.spliced + self.down.spliced
         route = self.route.name if self.route else "-"
         ctx.stats.closed(route, reason, up, down)
         if reason == "exhausted":
             ctx.exhausted(f"{self.peer}: out of file descriptors or memory")
-        if log.isEnabledFor(logging.INFO):
+        if accesslog.log.isEnabledFor(logging.INFO):
             try:
-                self._log_line(route, reason, up, down)
+                accesslog.write(self._record(route, reason, up, down, spliced), ctx.settings.log_format)
             except Exception:     # a log line must never take the worker down
                 log.exception("%s: cannot log the connection", self.peer)
 
-    def _log_line(self, route: str, reason: str, up: int, down: int) -> None:
-        backend = self.route.backend.text if self.route and self.route.backend else "-"
-        if self.outer is not None:
+    def _record(self, route: str, reason: str, up: int, down: int, spliced: int) -> dict:
+        if self.outer is not None and self.route is not self.outer:
             route = f"{self.outer.name}>{route}"
-        extra = self.tls_facts
-        if self.detail:
-            extra += f" detail={self.detail}"
-        log.info("client=%s listener=%s route=%s backend=%s up=%d down=%d duration=%.3fs reason=%s%s",
-                 self.peer, self.listener.name, route, backend, up, down,
-                 self.ctx.reactor.clock() - self.started, reason, extra)
+        connected = self.backend is not None
+        record = {"client": self.peer, "listener": self.listener.name, "route": route,
+                  "backend": self.route.backend.text if connected else None, "up": up, "down": down,
+                  "spliced": spliced, "duration": round(self.ctx.reactor.clock() - self.started, 6),
+                  "reason": reason, "verdict": self.verdict}
+        if self.names:
+            record.update(self.names)
+        if self.tls:
+            record.update(self.tls)
+        record["detail"] = self.detail
+        return record

@@ -44,13 +44,14 @@ class PlainEndpoint:
 
 
 class TLSEndpoint:
-    __slots__ = ("sock", "fd", "engine", "_out", "_shut", "pushback")
+    __slots__ = ("sock", "fd", "engine", "_out", "_shut", "pushback", "prefix")
     zero_copy = False
 
-    def __init__(self, sock: socket.socket, engine: TLSEngine):
+    def __init__(self, sock: socket.socket, engine: TLSEngine, prefix: str = ""):
         self.sock = sock
         self.fd = sock.fileno()
         self.engine = engine
+        self.prefix = prefix     # before close reasons: "backend-" says the backend's TLS ended it
         self._out = b""          # ciphertext taken from the engine that the socket did not take yet
         self._shut = False       # shut the TCP write side once everything is sent
         self.pushback = b""      # plaintext read ahead (inner sniffing) to deliver first
@@ -102,7 +103,7 @@ class TLSEndpoint:
             if isinstance(result, CloseReason):
                 if result is CloseReason.CLOSE_NOTIFY:
                     return 0
-                raise errors.Closed(result.value, self.engine.detail)
+                raise errors.Closed(self.prefix + result.value, self.engine.detail)
             if result:
                 view[:len(result)] = result
                 return len(result)
@@ -114,7 +115,7 @@ class TLSEndpoint:
             raise BlockingIOError
         n = self.engine.write_plaintext(view)
         if self.engine.reason is not None and n == 0:
-            raise errors.Closed(self.engine.reason.value, self.engine.detail)
+            raise errors.Closed(self.prefix + self.engine.reason.value, self.engine.detail)
         self.flush()
         if n == 0:
             raise BlockingIOError

@@ -12,7 +12,20 @@ import sys
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def setup(level: str = "info", target: str = "stderr") -> logging.Handler:
+class _Formatter(logging.Formatter):
+    """The usual prefix, except on JSON access-log lines, which stay bare JSON objects."""
+
+    def __init__(self, fmt: str, datefmt: str | None, bare_access: bool):
+        super().__init__(fmt, datefmt)
+        self.bare_access = bare_access
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.bare_access and record.name == "epollmux.access":
+            return record.getMessage()
+        return super().format(record)
+
+
+def setup(level: str = "info", target: str = "stderr", access_format: str = "text") -> logging.Handler:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -20,12 +33,13 @@ def setup(level: str = "info", target: str = "stderr") -> logging.Handler:
     if target == "syslog":
         handler = logging.handlers.SysLogHandler(address="/dev/log",
                                                  facility=logging.handlers.SysLogHandler.LOG_DAEMON)
-        handler.setFormatter(logging.Formatter("epollmux[%(process)d]: %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_Formatter("epollmux[%(process)d]: %(levelname)s %(name)s: %(message)s", None,
+                                        access_format == "json"))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(
+        handler.setFormatter(_Formatter(
             "%(asctime)s.%(msecs)03d epollmux[%(process)d] %(levelname)s %(name)s: %(message)s",
-            "%Y-%m-%dT%H:%M:%S"))
+            "%Y-%m-%dT%H:%M:%S", access_format == "json"))
     root.addHandler(handler)
     root.setLevel(LEVELS[level])
     return handler

@@ -164,6 +164,14 @@ def probe_http(data: bytes, opts: Mapping[str, object]) -> Verdict:
     return Verdict.MATCH if host is not None and glob_any(host, host_globs) else Verdict.NEXT
 
 
+def request_host(data: bytes) -> str | None:
+    """The Host of an HTTP/1.x request head in data (for logs), or None."""
+    end = data.find(HEAD_END)
+    if end < 0 or match_shapes(data, HTTP1_SHAPES) is not Verdict.MATCH:
+        return None
+    return _host_header(data[:end])
+
+
 def _host_header(head: bytes) -> str | None:
     """The single Host value of a request head, port stripped, lowercased; None if absent or repeated."""
     values = []

@@ -45,6 +45,7 @@ class Timer:
 
     def cancel(self) -> None:
         self.cancelled = True
+        self.callback = _noop      # a cancelled entry waits in the heap until it surfaces: keep nothing alive
 
 
 class Reactor:
@@ -192,3 +193,7 @@ class _SignalPipe:
 
 def _record_signal(signum, frame) -> None:
     """The Python-level handler does nothing: set_wakeup_fd already wrote the signal number."""
+
+
+def _noop() -> None:
+    pass

@@ -27,7 +27,7 @@ ROUNDS = 16   # fill+drain rounds per pump call, so one fast stream cannot starv
 
 
 class Direction:
-    __slots__ = ("src", "dst", "zero_copy", "pool", "channel", "pending", "eof", "state", "moved")
+    __slots__ = ("src", "dst", "zero_copy", "pool", "channel", "pending", "eof", "state", "moved", "spliced", "detail")
 
     def __init__(self, src, dst, pool: ChannelPool):
         self.src = src           # endpoints (endpoints.py)
@@ -39,6 +39,8 @@ class Direction:
         self.eof = False
         self.state = State.WAIT_SRC
         self.moved = 0
+        self.spliced = 0         # of moved, the bytes that went through a pipe
+        self.detail = None       # what an endpoint said about the error that stopped this direction
 
     def pump(self) -> str | None:
         """Move what can be moved now; return a close reason on error, else None."""
@@ -52,9 +54,12 @@ class Direction:
                 except OSError as exc:
                     return errors.relay_reason(exc)
                 except errors.Closed as exc:
+                    self.detail = exc.detail
                     return exc.reason
                 self.pending -= n
                 self.moved += n
+                if self.channel.zero_copy:
+                    self.spliced += n
                 continue
             if self.eof:
                 return self._finish()
@@ -69,6 +74,7 @@ class Direction:
             except OSError as exc:
                 return errors.relay_reason(exc)
             except errors.Closed as exc:
+                self.detail = exc.detail
                 return exc.reason
             if n == 0:
                 self.eof = True
@@ -82,6 +88,7 @@ class Direction:
         try:
             self.dst.shutdown_write()
         except errors.Closed as exc:
+            self.detail = exc.detail
             return exc.reason
         except OSError as exc:
             if not errors.is_peer_gone(exc):

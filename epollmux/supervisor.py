@@ -66,7 +66,7 @@ class Generation:
 def run(cfg, args) -> int:
     """Start the service and supervise it until stopped; returns the exit code (DESIGN §2)."""
     verbose = bool(getattr(args, "verbose", False))
-    logsetup.setup("debug" if verbose else cfg.settings.log_level, cfg.settings.log_target)
+    logsetup.setup("debug" if verbose else cfg.settings.log_level, cfg.settings.log_target, cfg.settings.log_format)
     path = None if getattr(args, "listen", None) else os.path.abspath(cfg.source)
     try:
         creds = privileges.resolve(cfg.settings.user, cfg.settings.group)
@@ -419,7 +419,7 @@ class Supervisor:
     def _apply_logging(self, cfg) -> None:
         level = "debug" if self.verbose else cfg.settings.log_level
         if cfg.settings.log_target != self.log_target:
-            logsetup.setup(level, cfg.settings.log_target)
+            logsetup.setup(level, cfg.settings.log_target, cfg.settings.log_format)
             self.log_target = cfg.settings.log_target
         else:
             logging.getLogger().setLevel(logsetup.LEVELS[level])

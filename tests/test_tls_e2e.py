@@ -348,7 +348,7 @@ def test_ssh_inside_tls_reaches_a_real_sshd(daemon, sshd, leaves, tls_ca, tmp_pa
     # A client that closes cleanly is checked below.
     text = wait_count(d, " route=tunnel>ssh_inner ", 2)
     lines = log_lines(text, "tunnel>ssh_inner")
-    assert all(re.search(r"reason=(eof|tls-truncated|reset) tls=TLSv1.3", line) for line in lines), lines
+    assert all(re.search(r"reason=(eof|tls-truncated|reset) .*tls=TLSv1.3", line) for line in lines), lines
     assert int(re.search(r" up=(\d+)", lines[1]).group(1)) > len(blob)
     assert server.log_path.read_text().count("Accepted publickey for") == 2
 
@@ -385,7 +385,7 @@ def test_client_certificates_are_required_and_verified(daemon, nginx, leaves, tl
     assert r.returncode != 0 and "mtls-ok" not in r.stdout, r.stdout
     text = wait_count(d, " route=mtls ", 2)
     line = log_lines(text, "mtls")[1]
-    assert "reason=tls-handshake-failed" in line and "detail=certificate verify failed" in line, line
+    assert "reason=tls-handshake-failed" in line and 'detail="certificate verify failed' in line, line
 
     client = leaves["client"]
     assert curl_ok(url, *args, "--cert", str(client.cert), "--key", str(client.key)) == ("mtls-ok", "1.1")
@@ -422,9 +422,9 @@ def test_reencrypts_to_a_verified_nginx_and_refuses_an_untrusted_one(daemon, ngi
         assert "backend" not in r.stdout
     text = wait_count(d, " route=misnamed ", 1)
     [line] = log_lines(text, "rogue")
-    assert re.search(r"reason=backend-tls-\S+ .*detail=certificate verify failed", line), line
+    assert re.search(r'reason=backend-tls-\S+ .*detail="certificate verify failed', line), line
     [line] = log_lines(text, "misnamed")
-    assert re.search(r"reason=backend-tls-\S+ .*detail=certificate verify failed: hostname mismatch", line,
+    assert re.search(r'reason=backend-tls-\S+ .*detail="certificate verify failed: hostname mismatch', line,
                      re.I), line
     # curl sends close_notify; the daemon passes it on to nginx, which closes TCP without answering
     # (nginx never replies to a close_notify it received). Whatever the daemon calls that, the reason
@@ -530,7 +530,7 @@ def test_a_client_leaving_before_the_inner_decision_is_logged_on_the_outer_route
     assert [re.search(r" reason=(\S+)", line).group(1) for line in lines] == ["client-eof", "probe-timeout"]
     for line in lines:
         # no inner route was chosen: neither `tunnel>tunnel` nor the outer route's placeholder backend
-        assert re.search(r" route=tunnel(>-)? backend=- ", line), line
+        assert re.search(r" route=tunnel up=", line), line
     assert backend.accepted == 0
 
 
