@@ -5,7 +5,8 @@ at once (idle subjects cost nothing) and measured in turn, round after round, wi
 order rotated each round so that drift on a shared machine does not favour one position.
 Per run: Gbit/s received (iperf3 -J `sum_received`), the subject's CPU seconds over the run
 (all its processes, `Subject.cpu()`) and the user-mode share of them, Gbit per proxy
-CPU-second, and the machine's busy CPU.
+CPU-second, and the CPU the rest of the machine used meanwhile (`OtherLoad`: other work on a
+shared machine, which makes a sample less trustworthy).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from bench import stats
 from bench.backends import Iperf3
 from bench.context import Context, started
-from bench.procs import HOST, machine_cpu_seconds, run
+from bench.procs import HOST, OtherLoad, run
 
 SUBJECTS = ["direct", "epollmux-splice", "epollmux-copy", "haproxy", "sslh-select", "sslh-fork", "socat",
             "epollmux-splice-2w", "haproxy-2t"]
@@ -39,10 +40,11 @@ def iperf3(port: int, seconds: float, streams: int) -> dict:
             "seconds": recv["seconds"]}
 
 
-def measure(ctx: Context, subject, seconds: float, streams: int) -> dict:
+def measure(ctx: Context, subject, seconds: float, streams: int, backend_pid: int | None = None) -> dict:
     if not subject.alive():
         return {"error": "subject not running"}
-    cpu0, user0, mach0, t0 = subject.cpu(), subject.cpu_user(), machine_cpu_seconds(), time.monotonic()
+    other = OtherLoad(backend_pid)
+    cpu0, user0, t0 = subject.cpu(), subject.cpu_user(), time.monotonic()
     try:
         res = iperf3(subject.port, seconds, streams)
         if "error" in res and "busy" in res["error"]:   # the server still ends the last test
@@ -53,8 +55,8 @@ def measure(ctx: Context, subject, seconds: float, streams: int) -> dict:
     time.sleep(0.1)       # let the relay finish its last close before reading its CPU
     cpu = subject.cpu() - cpu0
     user = subject.cpu_user() - user0
-    res.update(user_share=user / cpu if cpu > 0 else None,wall_s=time.monotonic() - t0, machine_cpu_s=machine_cpu_seconds() - mach0,
-               cpu_s=cpu if subject.pid else None)
+    res.update(user_share=user / cpu if cpu > 0 else None, wall_s=time.monotonic() - t0,
+               other_cpu_s=other.seconds(cpu), cpu_s=cpu if subject.pid else None)
     if "error" not in res:
         res["gbps"] = res["bits_per_second"] / 1e9
         res["gbit_per_cpu_s"] = res["bytes"] * 8 / 1e9 / cpu if subject.pid and cpu > 0 else None
@@ -82,7 +84,7 @@ def run_section(ctx: Context) -> dict:
                             samples.append({"subject": name, "streams": streams, "rep": rep,
                                             "error": "skipped: time budget"})
                             continue
-                        res = measure(ctx, running[name], seconds, streams)
+                        res = measure(ctx, running[name], seconds, streams, backend.proc.pid)
                         res.update(subject=name, streams=streams, rep=rep)
                         samples.append(res)
                         ctx.log(f"bulk {name:16} P={streams} rep={rep}: " + (
@@ -112,6 +114,7 @@ def summarize(names: list[str], streams_list: list[int], samples: list[dict]) ->
                 "cpu_s": stats.summary([s["cpu_s"] for s in ok]),
                 "gbit_per_cpu_s": stats.summary([s["gbit_per_cpu_s"] for s in ok]),
                 "user_share": stats.summary([s.get("user_share") for s in ok]),
+                "other_cpu_s": stats.summary([s.get("other_cpu_s") for s in ok]),
                 "errors": len(mine) - len(ok),
             }
         ref = block.get(REFERENCE)

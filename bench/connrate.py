@@ -20,7 +20,7 @@ import time
 from bench import stats
 from bench.backends import Nginx
 from bench.context import Context, started
-from bench.procs import HOST, run
+from bench.procs import HOST, OtherLoad, run
 
 SUBJECTS = ["direct", "epollmux-splice", "epollmux-copy", "haproxy", "sslh-select", "sslh-fork", "socat",
             "epollmux-splice-2w", "haproxy-2t"]
@@ -117,12 +117,14 @@ def run_section(ctx: Context) -> dict:
                             samples.append({"subject": name, "mode": mode, "rep": rep,
                                             "error": "skipped: time budget"})
                             continue
+                        other = OtherLoad(backend.proc.pid)
                         cpu0, user0 = subject.cpu(), subject.cpu_user()
                         if mode == "unloaded":
                             res = unloaded(subject.port, opts.latency_count, budget=seconds * 3)
                         else:
                             res = wrk(subject.port, seconds, opts.rate_connections, mode == "close")
                         cpu = subject.cpu() - cpu0
+                        res["other_cpu_s"] = other.seconds(cpu)
                         if subject.pid and "rps" in res and cpu > 0:
                             res["cpu_s"] = cpu
                             res["user_share"] = (subject.cpu_user() - user0) / cpu
@@ -161,7 +163,8 @@ def summarize(names: list[str], samples: list[dict]) -> list[dict]:
                          "p99_ms": stats.summary([s["p99_ms"] for s in ok]),
                          "errors": sum(s["errors"] for s in ok),
                          "req_per_cpu_s": stats.summary([s.get("req_per_cpu_s") for s in ok]),
-                         "user_share": stats.summary([s.get("user_share") for s in ok])}
+                         "user_share": stats.summary([s.get("user_share") for s in ok]),
+                         "other_cpu_s": stats.summary([s.get("other_cpu_s") for s in ok])}
         ok = [s for s in samples if s["subject"] == name and s["mode"] == "unloaded" and s.get("p50_ms")]
         row["unloaded"] = {"p50_ms": stats.summary([s["p50_ms"] for s in ok]),
                            "p99_ms": stats.summary([s["p99_ms"] for s in ok]),

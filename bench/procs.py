@@ -16,6 +16,7 @@ Never signals a process it did not start; never uses pkill/killall.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -178,6 +179,28 @@ class CpuGroup:
                 os.rmdir(path)
             except OSError:
                 pass   # still has tasks (then it is tiny and harmless) or siblings
+
+
+class OtherLoad:
+    """CPU the rest of the machine used during one measurement: busy time of all CPUs minus the
+    subject's, the backend's, the load generator's (reaped children) and this process's own.
+    Other work on a shared machine shows here; it says how much to trust a sample."""
+
+    def __init__(self, backend_pid: int | None):
+        self.backend_pid = backend_pid
+        self.start = self._ours()
+
+    def _ours(self) -> tuple[float, float]:
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        own = kids.ru_utime + kids.ru_stime + me.ru_utime + me.ru_stime
+        if self.backend_pid:
+            own += cpu_seconds(self.backend_pid)
+        return machine_cpu_seconds(), own
+
+    def seconds(self, subject_cpu: float) -> float:
+        machine, own = self._ours()
+        return max(0.0, (machine - self.start[0]) - (own - self.start[1]) - subject_cpu)
 
 
 class Proc:

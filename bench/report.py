@@ -41,19 +41,22 @@ def _x(v) -> str:
 def bulk_md(sec: dict) -> str:
     p = sec["params"]
     lines = [f"iperf3, {p['seconds']} s per run, {p['repeat']} runs each (median, min–max); "
-             "proxy CPU = all the subject's processes; ratios are medians over HAProxy's.", ""]
+             "proxy CPU = all the subject's processes; ratios are medians over HAProxy's. "
+             "\"Other CPU-s\" is what the rest of the machine used during a run (not the subject, iperf3 "
+             "or this driver): the higher, the less a run's Gbit/s can be trusted.", ""]
     for streams in p["streams"]:
         lines += [f"**{streams} stream{'s' if streams > 1 else ''}**", "",
                   "| subject | Gbit/s | × HAProxy | proxy CPU-s per run | user-mode share | Gbit per proxy CPU-s "
-                  "| × HAProxy | failed runs |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| × HAProxy | other CPU-s per run | failed runs |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for row in sec["summary"]:
             if row["streams"] != streams:
                 continue
             lines.append(f"| {LABELS.get(row['subject'], row['subject'])} | {_med(row['gbps'])} | "
                          f"{_x(row['gbps_vs_ref'])} | {_med(row['cpu_s'], spread=False)} | "
                          f"{_pct(row.get('user_share'))} | "
-                         f"{_med(row['gbit_per_cpu_s'])} | {_x(row['eff_vs_ref'])} | {row['errors']} |")
+                         f"{_med(row['gbit_per_cpu_s'])} | {_x(row['eff_vs_ref'])} | "
+                         f"{_med(row.get('other_cpu_s'), spread=False)} | {row['errors']} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -65,15 +68,16 @@ def connrate_md(sec: dict) -> str:
              "connection per request (`Connection: close`); unloaded = one connection at a time, "
              f"connect to EOF, {p['latency_count']} sequential connections per run (Python client).", "",
              "| subject | close req/s | × HAProxy | close p50 / p99 ms | close errors | req per proxy CPU-s "
-             "| user-mode share (close) | keep-alive req/s | × HAProxy | keep-alive p50 / p99 ms "
+             "| user-mode share (close) | other CPU-s (close) | keep-alive req/s | × HAProxy | keep-alive p50 / p99 ms "
              "| unloaded p50 / p99 ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in sec["summary"]:
         c, k, u = row["close"], row["keepalive"], row["unloaded"]
         lines.append(
             f"| {LABELS.get(row['subject'], row['subject'])} | {_med(c['rps'], '{:.0f}')} | {_x(c['rps_vs_ref'])} | "
             f"{_med(c['p50_ms'], '{:.2f}', False)} / {_med(c['p99_ms'], '{:.2f}', False)} | {c['errors']} | "
             f"{_med(c['req_per_cpu_s'], '{:.0f}', False)} | {_pct(c.get('user_share'))} | "
+            f"{_med(c.get('other_cpu_s'), spread=False)} | "
             f"{_med(k['rps'], '{:.0f}')} | {_x(k['rps_vs_ref'])} | "
             f"{_med(k['p50_ms'], '{:.2f}', False)} / {_med(k['p99_ms'], '{:.2f}', False)} | "
             f"{_med(u['p50_ms'], '{:.3f}', False)} / {_med(u['p99_ms'], '{:.3f}', False)} |")
