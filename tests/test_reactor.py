@@ -110,3 +110,22 @@ def test_signal_handled_in_loop():
     assert got == ["usr2"]
     signal.signal(signal.SIGUSR2, signal.SIG_DFL)
     r.close()
+
+
+def test_cancelled_timer_releases_its_callback_at_once():
+    """Regression: a cancelled timer kept its closure (and the whole connection) until its deadline."""
+    import gc
+    import weakref
+
+    class Owner:
+        pass
+
+    r = Reactor()
+    owner = Owner()
+    ref = weakref.ref(owner)
+    t = r.call_later(3600, lambda o=owner: o)
+    del owner
+    t.cancel()
+    gc.collect()
+    assert ref() is None
+    r.close()
