@@ -51,6 +51,7 @@ class HelloStatus(enum.Enum):
 class HelloResult:
     status: HelloStatus
     sni: str | None = None                # first host_name, lowercased (the outer/public name under ECH)
+    server_name: str | None = None        # the same name exactly as sent (PROXY v2 AUTHORITY copies it)
     alpn: tuple[str, ...] = ()            # offered protocols, in order (latin-1 decoded)
     versions: tuple[int, ...] = ()        # supported_versions without GREASE, else (legacy_version,)
     has_ech: bool = False
@@ -190,7 +191,7 @@ def _parse_body(hs: bytes, hello_len: int) -> dict:
     compression = r.sub(1)
     if compression.limit == compression.pos:
         raise _Invalid("no compression methods")
-    fields = {"sni": None, "alpn": (), "versions": (legacy_version,), "has_ech": False}
+    fields = {"sni": None, "server_name": None, "alpn": (), "versions": (legacy_version,), "has_ech": False}
     if r.at_end():
         return fields
     _parse_extensions(r.sub(2), fields)
@@ -208,7 +209,8 @@ def _parse_extensions(r: _Reader, fields: dict) -> None:
             raise _Invalid(f"duplicate extension {ext_type:#06x}")
         seen.add(ext_type)
         if ext_type == EXT_SERVER_NAME:
-            fields["sni"] = _parse_sni(body)
+            name = _parse_sni(body)
+            fields["server_name"], fields["sni"] = name, name.lower() if name else None
         elif ext_type == EXT_ALPN:
             fields["alpn"] = _parse_alpn(body)
         elif ext_type == EXT_SUPPORTED_VERSIONS:
@@ -234,7 +236,7 @@ def _parse_sni(r: _Reader) -> str | None:
         if name_type == SNI_HOST_NAME and found is None:
             if not name or not name.isascii() or b"\x00" in name:
                 raise _Invalid("server name is empty, not ASCII or holds NUL")
-            found = name.decode("ascii").lower()
+            found = name.decode("ascii")
     return found
 
 

@@ -73,7 +73,7 @@ class Connection:
         self.bfd = -1
         self.route = None          # the route whose backend we use
         self.outer = None          # the terminating route, when the route was chosen inside TLS
-        self.phase = Phase.SNIFFING
+        self.phase = Phase.PROXY_HEADER if listener.proxy_protocol != "none" else Phase.SNIFFING
         self.timer = None
         self.cend = PlainEndpoint(client)
         self.bend = None
@@ -160,11 +160,14 @@ class Connection:
             return self._admit()
         if not listener.trusted.contains(self.src[0]):
             return "proxy-untrusted"
-        self._set_phase(Phase.PROXY_HEADER, self.ctx.settings.probe_timeout, lambda: "proxy-timeout")
+        self._arm(self.ctx.settings.probe_timeout, lambda: "proxy-timeout")
         return self._proxy_header(False)
 
     def _proxy_header(self, peer_done: bool) -> str | None:
-        data = self.client.recv(proxyproto.MAX_HEADER_LEN, socket.MSG_PEEK)
+        try:
+            data = self.client.recv(proxyproto.MAX_HEADER_LEN, socket.MSG_PEEK)
+        except BlockingIOError:
+            return None        # nothing yet: the next edge brings the header (or the deadline ends it)
         if not data:
             return "client-eof"
         result = proxyproto.parse(data, self.listener.proxy_protocol)
@@ -174,7 +177,7 @@ class Connection:
             self.detail = result.reason.replace(" ", "_")
             return "proxy-invalid"
         self.client.recv(result.length)        # consume exactly the header; the stream starts after it
-        if result.src is not None:
+        if result.src is not None and result.src.port is not None:    # UNIX addresses: keep the socket's
             self.src, self.dst = (result.src.host, result.src.port), (result.dst.host, result.dst.port)
             self.peer = str(result.src)
         self._set_phase(Phase.SNIFFING)
@@ -338,7 +341,7 @@ class Connection:
         ip = self.src[0]
         if (":" in ip) != (family == socket.AF_INET6):
             return "transparent-family"
-        level, option = (socket.SOL_IPV6, IPV6_TRANSPARENT) if family == socket.AF_INET6 else (socket.SOL_IP, IP_TRANSPARENT)
+        level, option = (socket.IPPROTO_IPV6, IPV6_TRANSPARENT) if family == socket.AF_INET6 else (socket.SOL_IP, IP_TRANSPARENT)
         sock.setsockopt(level, option, 1)
         sock.bind((ip, 0))
         return None
@@ -377,10 +380,11 @@ class Connection:
             facts.sni, facts.alpn = engine.sni, engine.alpn()
             facts.tls_version, facts.tls_cipher = engine.version(), engine.cipher()
             facts.client_cn, facts.client_cert, facts.client_verified = engine.peer_cn(), cert, engine.peer_verified()
+            facts.session_reused = engine.session_reused()
         elif self.hello is not None:
             hello = clienthello.parse_client_hello(self.hello)
             if hello.status is clienthello.HelloStatus.OK:
-                facts.sni, facts.alpn = hello.sni, (hello.alpn[0] if hello.alpn else None)
+                facts.sni, facts.alpn = hello.server_name, (hello.alpn[0] if hello.alpn else None)
             self.hello = None
         return facts
 

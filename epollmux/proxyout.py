@@ -25,6 +25,7 @@ class Facts:
     client_cn: str | None = None
     client_cert: bool = False
     client_verified: bool = False
+    session_reused: bool = False   # a resumed TLS session: its certificate was not sent on this connection
 
 
 def header(version: str, facts: Facts, *, crc: bool = False) -> bytes:
@@ -38,7 +39,9 @@ def header(version: str, facts: Facts, *, crc: bool = False) -> bytes:
     if facts.tls_version:
         client = proxyproto.CLIENT_SSL
         if facts.client_cert:
-            client |= proxyproto.CLIENT_CERT_CONN | proxyproto.CLIENT_CERT_SESS
+            client |= proxyproto.CLIENT_CERT_SESS
+            if not facts.session_reused:
+                client |= proxyproto.CLIENT_CERT_CONN
         tlvs.append(proxyproto.tlv_ssl(client=client, verify=0 if facts.client_verified else 1,
                                        version=facts.tls_version, cn=facts.client_cn, cipher=facts.tls_cipher))
     return proxyproto.build_v2(facts.src, facts.dst, tlvs=tlvs, crc=crc)
