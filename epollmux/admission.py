@@ -18,10 +18,13 @@ class Admission:
         self.limits = Limits(settings.max_connections_per_source, settings.max_sniffing_per_source,
                              settings.rate_per_source, ipv6_prefix=settings.source_ipv6_prefix)
         self.per_source = self.limits.enabled
+        self.max_connections = settings.max_connections
         self.listeners: Counter[str] = Counter()
         self.routes: Counter[str] = Counter()
 
-    def enter(self, grant: "Grant", listener, ip: str, now: float) -> str | None:
+    def enter(self, grant: "Grant", listener, ip: str, now: float, open_connections: int) -> str | None:
+        if self.max_connections and open_connections > self.max_connections:
+            return "limit-global"
         if listener.access is not None and not listener.access.permits(ip):
             return "denied"
         if listener.max_connections and self.listeners[listener.name] >= listener.max_connections:

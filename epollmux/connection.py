@@ -184,7 +184,8 @@ class Connection:
         return self._admit()
 
     def _admit(self) -> str | None:
-        reason = self.ctx.admission.enter(self.grant, self.listener, self.src[0], self.ctx.reactor.clock())
+        ctx = self.ctx
+        reason = ctx.admission.enter(self.grant, self.listener, self.src[0], ctx.reactor.clock(), len(ctx.connections))
         return reason or self._begin_sniff()
 
     # --- sniffing --------------------------------------------------------------------------
@@ -241,7 +242,8 @@ class Connection:
         self.route = route
         self.ctx.stats.count("routed", route.name)
         admission = self.ctx.admission
-        admission.sniffed(self.grant)
+        if route.server_context is None:       # a TLS handshake still counts as sniffing
+            admission.sniffed(self.grant)
         reason = admission.route(self.grant, route, self.src[0])
         if reason:
             return reason
@@ -269,6 +271,7 @@ class Connection:
         engine = self.cend.engine
         self.tls = {"tls": engine.version(), "cipher": engine.cipher(), "alpn": engine.alpn(),
                     "client_cn": engine.peer_cn()}
+        self.ctx.admission.sniffed(self.grant)
         route = self.route
         if route.inner_routes:
             self.outer = route
@@ -342,7 +345,10 @@ class Connection:
         if (":" in ip) != (family == socket.AF_INET6):
             return "transparent-family"
         level, option = (socket.IPPROTO_IPV6, IPV6_TRANSPARENT) if family == socket.AF_INET6 else (socket.SOL_IP, IP_TRANSPARENT)
-        sock.setsockopt(level, option, 1)
+        try:
+            sock.setsockopt(level, option, 1)
+        except PermissionError:
+            return "transparent-denied"     # no CAP_NET_ADMIN / CAP_NET_RAW (--check warns)
         sock.bind((ip, 0))
         return None
 

@@ -103,7 +103,6 @@ class Acceptor:
 
     def on_event(self, fd: int, events: int) -> None:
         ctx = self.ctx
-        limit = ctx.settings.max_connections
         for _ in range(ACCEPT_BATCH):
             try:
                 client, sockaddr = self.sock.accept()
@@ -114,10 +113,6 @@ class Acceptor:
                     return
                 continue
             ctx.stats.accepted += 1
-            if limit and len(ctx.connections) >= limit:
-                ctx.stats.count("refused_limit")
-                client.close()
-                continue
             client.setblocking(False)
             Connection(ctx, self.listener, client, sockaddr).start()
 

@@ -75,8 +75,9 @@ class Daemon:
         self.config_path = tmp_path / "epollmux.conf"
 
     def start(self, config: str | None = None, args: list[str] | None = None, wait: int | None = None,
-              env: dict | None = None, preexec_fn=None) -> "Daemon":
-        cmd = [sys.executable, "-m", "epollmux"]
+              env: dict | None = None, preexec_fn=None, wrap: list[str] | None = None) -> "Daemon":
+        """wrap: a command that runs the daemon (e.g. setpriv with its options)."""
+        cmd = [*(wrap or []), sys.executable, "-m", "epollmux"]
         if config is not None:
             self.config_path.write_text(textwrap.dedent(config))
             cmd += ["-c", str(self.config_path)]

@@ -810,7 +810,7 @@ def test_global_listener_and_route_max_connections(daemon, server):
     block = stats(d)
     assert closed_count(block, "-", "limit-listener") == 2
     assert closed_count(block, "limited", "limit-route") == 1
-    assert counter(block, "refused_limit") == 1
+    assert closed_count(block, "-", "limit-global") == 1
     close_all(a_served, a_closed, r_served, r_closed, [other, again])
 
 
@@ -981,6 +981,23 @@ def test_transparent_backend_connection_from_the_client_address(daemon, server):
         line = conn_line(d, f"[::1]:{c.getsockname()[1]}")
     assert line["route"] == "tp" and line["reason"] == "transparent-family", line
     assert backend.server.accepted == 2
+
+
+@pytest.mark.timeout(30)
+def test_transparent_without_capabilities_is_a_clear_reason(daemon, server):
+    """Regression: IP_TRANSPARENT refused (EPERM) was logged as an unexpected error."""
+    backend = PeerServer(server)
+    port = free_port()
+    cfg = config({"main": {"address": f"127.0.0.1:{port}", "routes": "tp"}},
+                 {"tp": {"probe": "any", "transparent": "yes", "backend": f"127.0.0.1:{backend.port}"}})
+    d = daemon().start(cfg, wait=port, wrap=["setpriv", "--bounding-set", "-net_admin,-net_raw"])
+    with client(port, "127.0.0.8") as c:
+        c.sendall(b"x")
+        assert closed_by_daemon(c)
+        line = conn_line(d, f"127.0.0.8:{c.getsockname()[1]}")
+    assert line["reason"] == "transparent-denied", line
+    assert "Traceback" not in d.log_text()
+    assert backend.server.accepted == 0
 
 
 # --- --check ------------------------------------------------------------------------------------------------
