@@ -8,7 +8,8 @@ For each load, two separate runs (so neither tool distorts the other's numbers):
   attached to the worker: self and inclusive shares per Python function and per source line,
   beside the worker's CPU seconds (user and system) over the same load;
 - strace -c attached to the worker: the count of every syscall, divided by the connections
-  served (wrk's request count) or the megabytes relayed (iperf3's byte count).
+  served (wrk's request count) or the megabytes relayed (iperf3's byte count); the same for
+  HAProxy (nbthread 1), for comparison.
 Writes DIR/hotpaths.json and DIR/hotpaths.md (raw figures; bench/PROFILE.md is the reading of them).
 Needs py-spy (pip) and strace; a missing tool skips its runs. Attaching needs ptrace rights.
 """
@@ -37,7 +38,7 @@ from bench.backends import Iperf3, Nginx
 from bench.bulk import iperf3
 from bench.connrate import wrk
 from bench.procs import Ports, children_of
-from bench.subjects import EpollmuxSplice
+from bench.subjects import EpollmuxSplice, Haproxy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -155,9 +156,11 @@ def report_md(results: dict) -> str:
                 lines += [f"| {title} | |", "|---|---|"]
                 lines += [f"| {share * 100:.1f}% | `{f}` |" for f, share in sp[key][:25]]
                 lines.append("")
-        st = runs.get("strace", {})
-        if st.get("calls"):
-            lines += [f"strace -c (separate run): syscalls per {st['unit']}; load: "
+        for key, who in (("strace", "epollmux"), ("strace-haproxy", "HAProxy (for comparison)")):
+            st = runs.get(key, {})
+            if not st.get("calls"):
+                continue
+            lines += [f"strace -c on {who} (separate run): syscalls per {st['unit']}; load: "
                       f"{json.dumps({k: v for k, v in st['load'].items() if not isinstance(v, dict)})}", "",
                       f"| syscall | calls | per {st['unit']} |", "|---|---|---|"]
             for name, n in sorted(st["calls"].items(), key=lambda kv: -kv[1]):
@@ -184,11 +187,12 @@ def main(argv=None) -> int:
         backend = backend_cls(tmp, ports.take()).start()
         runs = results["loads"].setdefault(kind, {})
         try:
-            for tool, fn in (("pyspy", pyspy), ("strace", strace)):
-                if not tools[tool]:
+            for tool, fn, cls in (("pyspy", pyspy, EpollmuxSplice), ("strace", strace, EpollmuxSplice),
+                                  ("strace-haproxy", strace, Haproxy)):
+                if not tools[tool.split("-")[0]]:
                     runs[tool] = {"error": f"{tool} not installed"}
                     continue
-                subject = EpollmuxSplice(tmp, ports.take(), backend.address).start()
+                subject = cls(tmp, ports.take(), backend.address).start()
                 try:
                     time.sleep(0.5)
                     runs[tool] = fn(subject, o.seconds, kind, tmp)
