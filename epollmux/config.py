@@ -95,11 +95,18 @@ class Listener:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    address: addr.Address | None = None     # Prometheus over HTTP; None = off
+    stats_socket: str = ""                  # unix socket answering `show stat` / `show conns`; "" = off
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     settings: Settings
     listeners: tuple[Listener, ...]
     routes: dict[str, Route]
+    metrics: MetricsSettings = MetricsSettings()
 
 
 def spec_lines() -> list[str]:
@@ -186,7 +193,32 @@ def _typed(source: str, cfg, problems: _Problems) -> Config:
     for route in routes.values():
         if route.inner_names:
             _resolve_inner(route, routes, cfg["routes"], settings, problems)
-    return Config(source, settings, tuple(listeners), routes)
+    return Config(source, settings, tuple(listeners), routes, _metrics(cfg["metrics"], problems))
+
+
+SUN_PATH_MAX = 107      # bytes of a unix socket path, without the terminating NUL
+
+
+def _metrics(section, problems: _Problems) -> MetricsSettings:
+    where = ["metrics"]
+    address = None
+    if section["address"].strip():
+        try:
+            address = addr.parse(section["address"])
+            if address.family == addr.socket.AF_UNIX:
+                problems.add(where, "address", f"'{section['address']}': takes host:port or [v6]:port")
+                address = None
+        except ValueError as exc:
+            problems.add(where, "address", str(exc))
+    path = section["stats_socket"].strip()
+    if path:
+        if not path.startswith("/"):
+            problems.add(where, "stats_socket", f"'{path}': must be an absolute path")
+        elif len(path.encode()) > SUN_PATH_MAX:
+            problems.add(where, "stats_socket", f"'{path}': longer than {SUN_PATH_MAX} bytes")
+        elif not os.path.isdir(os.path.dirname(path) or "/"):
+            problems.add(where, "stats_socket", f"'{path}': directory {os.path.dirname(path)} does not exist")
+    return MetricsSettings(address, path)
 
 
 def _settings(section, problems: _Problems) -> Settings:

@@ -60,6 +60,7 @@ class Connection:
     __slots__ = ("ctx", "listener", "client", "cfd", "src", "dst", "peer", "backend", "bfd", "route", "outer",
                  "phase", "timer", "cend", "bend", "up", "down", "started", "last_active", "_peek_len", "_soon",
                  "_inner", "detail", "tls", "grant", "hello", "names", "verdict")
+    __slots__ += ("connect_started",)     # metrics: when the backend connect began
 
     def __init__(self, ctx, listener, client: socket.socket, sockaddr):
         self.ctx = ctx
@@ -89,6 +90,7 @@ class Connection:
         self.verdict = "none"      # how the route was chosen: match, timeout
         self.grant = Grant()       # what admission granted, undone at close
         self.hello = None          # the peeked ClientHello, kept when a PROXY v2 header will need its SNI
+        self.connect_started = 0.0
 
     # --- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -241,6 +243,7 @@ class Connection:
             self.verdict = "match"
         self.route = route
         self.ctx.stats.count("routed", route.name)
+        self.ctx.stats.sniffed(self.listener.name, self.ctx.reactor.clock() - self.started, self.outer is not None)
         admission = self.ctx.admission
         if route.server_context is None:       # a TLS handshake still counts as sniffing
             admission.sniffed(self.grant)
@@ -271,6 +274,7 @@ class Connection:
         engine = self.cend.engine
         self.tls = {"tls": engine.version(), "cipher": engine.cipher(), "alpn": engine.alpn(),
                     "client_cn": engine.peer_cn()}
+        self.ctx.stats.tls_handshake(self.route.name, "client")
         self.ctx.admission.sniffed(self.grant)
         route = self.route
         if route.inner_routes:
@@ -323,6 +327,7 @@ class Connection:
     # --- connecting ------------------------------------------------------------------------
     def _connect(self) -> str | None:
         self._set_phase(Phase.CONNECTING, self.ctx.settings.connect_timeout, lambda: "backend-timeout")
+        self.connect_started = self.ctx.reactor.clock()
         target = self.route.backend
         sock = socket.socket(target.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         self.backend = sock
@@ -356,6 +361,7 @@ class Connection:
         err = self.backend.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             return errors.connect_reason(err)
+        self.ctx.stats.connected(self.route.name, self.ctx.reactor.clock() - self.connect_started)
         route = self.route
         if route.send_proxy:
             header = proxyout.header(route.send_proxy, self._facts(), crc=route.send_proxy_crc)
@@ -373,6 +379,7 @@ class Connection:
     def _backend_handshake(self) -> str | None:
         result = self._drive(self.bend)
         if result is Event.HANDSHAKE_DONE:
+            self.ctx.stats.tls_handshake(self.route.name, "backend")
             return self._start_relay()
         return None if result is None else "backend-" + result
 
@@ -463,6 +470,7 @@ class Connection:
     def close(self, reason: str) -> None:
         if self.phase is Phase.CLOSED:
             return
+        self.ctx.stats.ending(self.listener.name, self.route.name if self.route else "-", self.phase.value, reason)
         self._set_phase(Phase.CLOSED)
         ctx = self.ctx
         ctx.connections.discard(self)

@@ -113,6 +113,7 @@ class Acceptor:
                     return
                 continue
             ctx.stats.accepted += 1
+            ctx.stats.accepted_on(self.listener.name)
             client.setblocking(False)
             Connection(ctx, self.listener, client, sockaddr).start()
 

@@ -1,10 +1,11 @@
 """The supervisor: the process that holds the listening sockets and keeps the workers running.
 
-Owns: the start sequence (privileges checked, sockets bound or adopted from systemd, RLIMIT_NOFILE
-raised, optional detach, workers forked), worker generations (a reload starts a new generation over
+Owns: the start sequence (privileges checked, sockets bound or adopted from systemd, the metrics
+endpoints bound, RLIMIT_NOFILE raised, optional detach, workers forked), worker generations (a reload starts a new generation over
 the same sockets and stops the old one only once the new one accepts), replacing dead workers with
 back-off, the supervisor's signals handled in its own Reactor (SIGTERM/SIGINT stop, SIGHUP reload,
-SIGUSR1 stats, SIGCHLD reap), what systemd is told, and the exit code: 0 clean stop, 2 runtime
+SIGUSR1 stats, SIGCHLD reap), the metrics the workers report (collector.py sums them; exporter.py
+serves them, from this loop), what systemd is told, and the exit code: 0 clean stop, 2 runtime
 failure at start (cannot bind, cannot drop privileges, workers that cannot start).
 The supervisor keeps the credentials it was started with, like nginx's master: it must read the
 file and bind new addresses on reload, and it never reads a client byte. Each worker drops to
@@ -19,9 +20,10 @@ import logging
 import os
 import signal
 import time
-from collections import deque
+from collections import Counter, deque
 
-from epollmux import config, daemonize, logsetup, privileges, systemd, workerproc
+from epollmux import (__version__, collector, config, daemonize, exporter, logsetup, metrics, privileges, stats,
+                      systemd, workerproc)
 from epollmux.reactor import IN, Reactor
 from epollmux.sockettable import SocketTable
 
@@ -83,27 +85,35 @@ def run(cfg, args) -> int:
         return EXIT_RUNTIME
     for inherited in table.unused_inherited(cfg):
         log.warning("inherited %s matches no listener: not served", inherited.describe())
+    try:
+        endpoints = exporter.bind(cfg.metrics.address, cfg.metrics.stats_socket)
+    except OSError as exc:
+        log.error("%s", exc.strerror or exc)
+        table.close_all()
+        return EXIT_RUNTIME
     soft, hard = privileges.raise_nofile()
     log.debug("open files limit %d (hard %d)", soft, hard)
     pidfile = daemonize.PidFile(args.pidfile) if getattr(args, "pidfile", None) else None
     try:
         if getattr(args, "daemon", False):
-            daemonize.detach(pidfile, [s.fileno() for s in table.sockets()])
+            daemonize.detach(pidfile, [s.fileno() for s in table.sockets() + endpoints.sockets()])
         elif pidfile is not None:
             pidfile.__enter__()
     except daemonize.PidFileError as exc:
         log.error("%s", exc)
+        endpoints.close()
         table.close_all()
         return EXIT_RUNTIME
     try:
-        return Supervisor(path, verbose, table, pidfile).run(cfg, sockets, keys, creds)
+        return Supervisor(path, verbose, table, pidfile, endpoints).run(cfg, sockets, keys, creds)
     finally:
         if pidfile is not None:
             pidfile.__exit__(None, None, None)
 
 
 class Supervisor:
-    def __init__(self, path: str | None, verbose: bool, table: SocketTable, pidfile=None):
+    def __init__(self, path: str | None, verbose: bool, table: SocketTable, pidfile=None,
+                 endpoints: exporter.Endpoints | None = None):
         self.path = path                # None: config-free mode, nothing to reload from
         self.verbose = verbose
         self.table = table
@@ -124,6 +134,11 @@ class Supervisor:
         wd = self.notifier.watchdog_interval
         self.report_interval = min(REPORT_INTERVAL, wd / 2) if wd else REPORT_INTERVAL
         self.samples: deque = deque(maxlen=int(RATE_SECONDS / self.report_interval) + 1)
+        self.collector = collector.Collector(self.reactor)
+        self.exporter = exporter.Exporter(endpoints)
+        self.reloads: Counter[str] = Counter()      # ok | refused | abandoned
+        self.crashes = 0
+        self.started_at = time.time()
 
     # --- life cycle --------------------------------------------------------------------------
     def run(self, cfg, sockets: list, keys: set, creds) -> int:
@@ -134,6 +149,9 @@ class Supervisor:
                                 (signal.SIGCHLD, self.handle_child)):
             reactor.on_signal(signum, handler)
         log.info("listening on %s", ", ".join(_describe_socket(lst, s) for lst, s in sockets))
+        self.exporter.start(reactor, self._answer)
+        if self.exporter.describe():
+            log.info("%s", self.exporter.describe())
         self.current = self._new_generation(cfg, sockets, keys, creds)
         self._fill(self.current)
         reactor.call_later(self.report_interval, self._tick_status)
@@ -159,6 +177,7 @@ class Supervisor:
                 os.waitpid(proc.pid, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
+        self.exporter.close()
         self.reactor.close()
         self.notifier.close()
         self.table.close_all()
@@ -199,6 +218,7 @@ class Supervisor:
     def _in_child(self, gen: Generation) -> None:
         """In a new worker: close what only the supervisor may hold."""
         self.reactor.close_after_fork()
+        self.exporter.close_in_child()
         self.notifier.close()
         for proc in self._live():
             if proc.report_fd >= 0:
@@ -212,10 +232,10 @@ class Supervisor:
             os.close(self.pidfile.fd)
             self.pidfile.fd = -1
 
-    def _read_reports(self, proc: workerproc.WorkerProc) -> None:
-        for _ in range(16):
+    def _read_reports(self, proc: workerproc.WorkerProc, limit: int = 16) -> None:
+        for _ in range(limit):
             try:
-                data = os.read(proc.report_fd, 4096)
+                data = os.read(proc.report_fd, workerproc.MAX_MESSAGE)
             except BlockingIOError:
                 return
             except OSError:
@@ -223,9 +243,15 @@ class Supervisor:
             if not data:
                 self._close_reports(proc)
                 return
-            for words in proc.feed(data):
-                if proc.apply(words):
+            for line in proc.feed(data):
+                message = proc.apply(line)
+                if message is None:
+                    continue
+                kind, qid, payload = message
+                if kind == "ready":
                     self._worker_ready(proc)
+                elif qid:
+                    self.collector.reply(proc, kind, qid, payload)
 
     def _close_reports(self, proc: workerproc.WorkerProc) -> None:
         self.reactor.unregister(proc.report_fd)
@@ -271,11 +297,12 @@ class Supervisor:
     def _worker_exited(self, proc: workerproc.WorkerProc, status: int) -> None:
         gen = proc.generation
         if proc.report_fd >= 0:
-            self._read_reports(proc)        # its last words, then EOF closes the pipe
+            self._read_reports(proc, 1024)  # its last words (its final snapshot), then EOF closes the channel
         if proc.report_fd >= 0:
             self._close_reports(proc)
         gen.workers.pop(proc.pid, None)
         self.accepted_gone += proc.accepted
+        self.collector.worker_gone(proc)
         how = _describe_status(status)
         if proc.stopping or self.state is State.STOPPING:
             log.info("worker %d (generation %d) %s", proc.pid, gen.number, how)
@@ -287,6 +314,7 @@ class Supervisor:
 
     def _worker_died(self, proc, gen: Generation, how: str, status: int) -> None:
         log.error("worker %d (generation %d) %s unexpectedly", proc.pid, gen.number, how)
+        self.crashes += 1
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == workerproc.EXIT_PRIVILEGES:
             self._generation_failed(gen, "workers cannot drop privileges")
             return
@@ -386,13 +414,16 @@ class Supervisor:
         self.notifier.reloading()
         if self.path is None:
             log.warning("reload is not possible: started from command-line flags, there is no file")
+            self.reloads["refused"] += 1
             self.notifier.ready(self._status_text())
             return
         log.info("reloading %s", self.path)
+        endpoints = None
         try:
             cfg = config.load_file(self.path)
             creds = privileges.resolve(cfg.settings.user, cfg.settings.group)
             privileges.check(creds)
+            endpoints = exporter.bind(cfg.metrics.address, cfg.metrics.stats_socket, self.exporter.endpoints)
             sockets, keys = self.table.assign(cfg)
         except config.ConfigError as exc:
             self._refuse(exc.problems)
@@ -401,8 +432,13 @@ class Supervisor:
             self._refuse([str(exc)])
             return
         except OSError as exc:
+            if endpoints is not None:       # bound for this reload only: the running ones stay
+                for sock in endpoints.sockets():
+                    if sock not in self.exporter.endpoints.sockets():
+                        sock.close()
             self._refuse([exc.strerror or str(exc)])
             return
+        self.exporter.replace(endpoints)
         for inherited in self.table.unused_inherited(cfg):
             log.warning("inherited %s matches no listener: not served", inherited.describe())
         self._apply_logging(cfg)
@@ -414,6 +450,7 @@ class Supervisor:
         for problem in problems:
             log.error("reload refused: %s", problem)
         log.error("reload refused (%d problems): the running configuration stays", len(problems))
+        self.reloads["refused"] += 1
         self.notifier.ready(self._status_text() + "; last reload refused")
 
     def _apply_logging(self, cfg) -> None:
@@ -434,12 +471,14 @@ class Supervisor:
                 self._terminate(proc)
         log.info("reloaded: generation %d accepting, generation %d draining",
                  gen.number, old.number if old else 0)
+        self.reloads["ok"] += 1
         self.notifier.ready(self._status_text())
         self._forget_idle_generations()
         self._run_queued_reload()
 
     def _abandon(self, gen: Generation, why: str) -> None:
         log.error("reload abandoned: %s; the running configuration stays", why)
+        self.reloads["abandoned"] += 1
         self.pending = None
         self.retired.append(gen)
         for proc in gen.workers.values():
@@ -462,6 +501,55 @@ class Supervisor:
                 except ProcessLookupError:
                     pass
         log.info("%s", "\n".join(lines))
+        self.collector.ask(self._live(), ("snap", "conns"), lambda query: log.info(
+            "show stat:\n%sshow conns:\n%s", self._stat_text(), self._conns_text(query)))
+
+    # --- metrics -----------------------------------------------------------------------------
+    def _answer(self, what: str, reply) -> None:
+        """An endpoint's question (metrics, stat, conns): ask the workers, then reply with fresh numbers."""
+        if what == "conns":
+            self.collector.ask(self._live(), ("conns",), lambda query: reply(self._conns_text(query)))
+        elif what == "stat":
+            self.collector.ask(self._live(), ("snap",), lambda query: reply(self._stat_text()))
+        else:
+            self.collector.ask(self._live(), ("snap",), lambda query: reply(metrics.prometheus(self._snapshot())))
+
+    def _snapshot(self) -> metrics.Snapshot:
+        """The workers' sums plus the supervisor's own families."""
+        snapshot = self.collector.totals(self._live())
+        states = Counter(_proc_state(p) for p in self._live())
+        return metrics.add(snapshot, {
+            "epollmux_workers": {(s,): states[s] for s in ("ready", "starting", "draining")},
+            "epollmux_worker_crashes_total": {(): self.crashes},
+            "epollmux_reloads_total": {(r,): self.reloads[r] for r in ("ok", "refused", "abandoned")},
+            "epollmux_start_time_seconds": {(): round(self.started_at, 3)},
+            "epollmux_info": {(__version__,): 1},
+            "epollmux_open_fds": {("supervisor",): stats.open_fds()},
+        })
+
+    def _stat_text(self) -> str:
+        up = time.time() - self.started_at
+        head = [f"epollmux {__version__}: supervisor {os.getpid()}, {self.state.value}, up {up:.0f}s, "
+                f"generation {self.current.number if self.current else 0}, reloads {self.reloads['ok']} ok "
+                f"{self.reloads['refused']} refused {self.reloads['abandoned']} abandoned, "
+                f"{self.crashes} worker crashes",
+                f"status: {self._status_text()}"]
+        for gen in self._generations():
+            for proc in gen.workers.values():
+                fds = proc.snapshot.get("epollmux_open_fds", {}).get(("workers",), "?")
+                head.append(f"worker {proc.pid}: generation {gen.number}, {_proc_state(proc)}, "
+                            f"accepted {proc.accepted}, open {proc.open}, fds {fds}")
+        return metrics.stat_text(self._snapshot(), head)
+
+    def _conns_text(self, query: collector.Query) -> str:
+        rows = [[pid, *row] for pid in query.asked for row in query.rows.get(pid, [])]
+        notes = [f"{len(rows)} connections listed"]
+        for pid in query.asked:
+            unlisted = query.open.get(pid, 0) - len(query.rows.get(pid, []))
+            if unlisted > 0:
+                notes.append(f"worker {pid}: {unlisted} more not listed")
+        notes += [f"worker {pid}: no complete answer within {self.collector.timeout:g}s" for pid in query.incomplete()]
+        return metrics.conns_text(rows, notes)
 
     # --- systemd -----------------------------------------------------------------------------
     def _status_text(self) -> str:
@@ -503,6 +591,10 @@ class _Reports:
 
     def on_event(self, fd: int, events: int) -> None:
         self.supervisor._read_reports(self.proc)
+
+
+def _proc_state(proc: workerproc.WorkerProc) -> str:
+    return "draining" if proc.stopping else "ready" if proc.ready else "starting"
 
 
 def _describe_status(status: int) -> str:
