@@ -47,6 +47,9 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="epollmux", description="Share one TCP port between many services.")
     p.add_argument("-c", "--config", metavar="FILE", help=f"configuration file (default: {DEFAULT_CONFIG})")
     p.add_argument("--check", action="store_true", help="validate the configuration, print every problem, exit")
+    p.add_argument("--explain", nargs="+", metavar="CAPTURE",
+                   help="show, per listener and route, what the daemon would do with a client's first bytes "
+                        "(a file of bytes, or a pcap/pcapng: its first connection's client payload); no network")
     p.add_argument("--daemon", action="store_true", help="detach (classic double fork)")
     p.add_argument("--pidfile", metavar="P", help="with --daemon: write the PID here")
     p.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
@@ -126,5 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{cfg.source}: warning: {warning}", file=sys.stderr)
         print(f"{cfg.source}: OK ({len(cfg.listeners)} listeners, {len(cfg.routes)} routes)")
         return EXIT_OK
+    if args.explain:
+        from epollmux import explain
+        return explain.main(cfg, args.explain)
     from epollmux import supervisor   # imported late: --check and --version need none of it
     return supervisor.run(cfg, args)
