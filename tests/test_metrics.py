@@ -19,6 +19,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from certs import tls_ca  # noqa: F401  (fixture)
 from conftest import connect, free_port, recv_all
 from epollmux import collector, metrics
 
@@ -241,6 +242,48 @@ def test_scripted_mix_access_log_and_prometheus_counters_agree(daemon, server, t
     assert d.stop() == 0
     assert not os.path.exists(sock_path), "the stats socket is removed at a clean stop"
     assert not backend.errors
+
+
+# --- TLS termination -------------------------------------------------------------------------------
+def test_tls_handshakes_and_failures_are_counted(daemon, server, tls_ca):  # noqa: F811
+    backend = server()
+    port, mport = free_port(), free_port()
+    leaf = tls_ca.issue("s.example")
+    d = daemon().start(f"""
+[global]
+workers = 1
+log_format = json
+[metrics]
+address = 127.0.0.1:{mport}
+[listen]
+  [[main]]
+  address = 127.0.0.1:{port}
+[routes]
+  [[secure]]
+  probe = tls
+  tls_cert = {leaf.chain}
+  tls_key = {leaf.key}
+  backend = 127.0.0.1:{backend.port}
+""", wait=port)
+    d.wait_log("ready: 1 workers accepting")
+    good = ssl.create_default_context(cafile=str(tls_ca.cert))
+    with good.wrap_socket(connect(port), server_hostname="s.example") as tls:
+        tls.sendall(b"hello")
+        assert tls.recv(5) == b"hello"
+        tls.unwrap()
+    distrustful = ssl.create_default_context()          # does not know the test CA: it aborts the handshake
+    with pytest.raises(ssl.SSLError):
+        distrustful.wrap_socket(connect(port), server_hostname="s.example")
+    records = access_records(d, 2)
+    ok = next(r for r in records if r.get("tls"))
+    assert ok["route"] == "secure" and ok["cipher"] and ok["up"] == 5
+    bad = next(r for r in records if not r.get("tls"))
+    s = scrape(mport)
+    assert value(s, "epollmux_tls_handshakes_total", route="secure", side="client") == 1
+    assert value(s, "epollmux_tls_handshake_failures_total", route="secure", side="client",
+                 reason=bad["reason"]) == 1
+    assert value(s, "epollmux_connections_closed_total", route="secure") == 2
+    assert d.stop() == 0
 
 
 # --- counters never go backwards ------------------------------------------------------------------
