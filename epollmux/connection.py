@@ -57,7 +57,7 @@ _ALLOWED = {
 
 
 class Connection:
-    __slots__ = ("ctx", "listener", "client", "cfd", "src", "dst", "peer", "backend", "bfd", "route", "outer",
+    __slots__ = ("ctx", "listener", "client", "cfd", "src", "dst", "backend", "bfd", "route", "outer",
                  "phase", "timer", "cend", "bend", "up", "down", "started", "last_active", "_peek_len", "_soon",
                  "_inner", "detail", "tls", "grant", "hello", "names", "verdict")
     __slots__ += ("connect_started",)     # metrics: when the backend connect began
@@ -69,7 +69,6 @@ class Connection:
         self.cfd = client.fileno()
         self.src = sockaddr        # the client's (ip, port, ...): from a PROXY header when one is taken
         self.dst = None            # the address the client connected to, looked up when needed
-        self.peer = addr.peer_text(client.family, sockaddr)
         self.backend: socket.socket | None = None
         self.bfd = -1
         self.route = None          # the route whose backend we use
@@ -91,6 +90,12 @@ class Connection:
         self.grant = Grant()       # what admission granted, undone at close
         self.hello = None          # the peeked ClientHello, kept when a PROXY v2 header will need its SNI
         self.connect_started = 0.0
+
+    @property
+    def peer(self) -> str:
+        """The client as logs show it (made only when a log line needs it)."""
+        host, port = self.src[0], self.src[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     # --- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -130,7 +135,7 @@ class Connection:
             elif isinstance(self.cend, TLSEndpoint) and events & OUT:
                 self._event(self.cend.flush)
         elif phase is Phase.CONNECTING:
-            self._event(self._connected)
+            self._event(self._connected, events)
         elif phase is Phase.BACKEND_HANDSHAKING:
             self._event(self._backend_handshake)
 
@@ -181,7 +186,6 @@ class Connection:
         self.client.recv(result.length)        # consume exactly the header; the stream starts after it
         if result.src is not None and result.src.port is not None:    # UNIX addresses: keep the socket's
             self.src, self.dst = (result.src.host, result.src.port), (result.dst.host, result.dst.port)
-            self.peer = str(result.src)
         self._set_phase(Phase.SNIFFING)
         return self._admit()
 
@@ -357,10 +361,13 @@ class Connection:
         sock.bind((ip, 0))
         return None
 
-    def _connected(self) -> str | None:
-        err = self.backend.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            return errors.connect_reason(err)
+    def _connected(self, events: int) -> str | None:
+        """The connect finished: writable without an error means it worked (no SO_ERROR lookup then)."""
+        if events & (ERR | HUP):
+            err = self.backend.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            return errors.connect_reason(err or errno.ECONNREFUSED)
+        if not events & OUT:
+            return None
         self.ctx.stats.connected(self.route.name, self.ctx.reactor.clock() - self.connect_started)
         route = self.route
         if route.send_proxy:
@@ -404,10 +411,10 @@ class Connection:
     # --- relaying --------------------------------------------------------------------------
     def _start_relay(self) -> str | None:
         self._set_phase(Phase.RELAYING)
-        self.client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         pool = self.ctx.pool
         self.up = Direction(self.cend, self.bend, pool)
         self.down = Direction(self.bend, self.cend, pool)
+        self.up.other, self.down.other = self.down, self.up
         if self.ctx.settings.idle_timeout:
             self._arm(self.ctx.settings.idle_timeout, self._idle_check)
         return self._pump(self.up) or self._pump(self.down) or self._after_pump()
@@ -485,7 +492,7 @@ class Connection:
         for sock, fd in ((self.client, self.cfd), (self.backend, self.bfd)):
             if sock is None:
                 continue
-            ctx.reactor.unregister(fd)
+            ctx.reactor.forget(fd)     # close() takes it out of the epoll set
             if abort:   # pass the reset on: the other peer sees RST, not a clean end
                 try:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)

@@ -32,6 +32,7 @@ def bind(address: addr.Address) -> socket.socket:
         if address.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address.sockaddr)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)     # accepted sockets inherit it
         sock.listen(BACKLOG)
         sock.setblocking(False)
     except OSError as exc:

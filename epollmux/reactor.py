@@ -80,6 +80,12 @@ class Reactor:
                     raise
         self._closed_in_batch.add(fd)
 
+    def forget(self, fd: int) -> None:
+        """Forget fd that is about to be closed: closing removes it from the epoll set, so no
+        EPOLL_CTL_DEL is needed (the fd is never duplicated). Queued events for it are skipped."""
+        self._handlers.pop(fd, None)
+        self._closed_in_batch.add(fd)
+
     def handler_count(self) -> int:
         return len(self._handlers)
 

@@ -24,10 +24,13 @@ class State(enum.Enum):
 
 
 ROUNDS = 16   # fill+drain rounds per pump call, so one fast stream cannot starve the others
+# A short read does not prove the source drained: a non-blocking splice stops when the pipe runs out of
+# slots (one per skb fragment), long before its byte capacity. So a pump reads until EAGAIN.
 
 
 class Direction:
-    __slots__ = ("src", "dst", "zero_copy", "pool", "channel", "pending", "eof", "state", "moved", "spliced", "detail")
+    __slots__ = ("src", "dst", "zero_copy", "pool", "channel", "pending", "eof", "state", "moved", "spliced", "detail",
+                 "other")
 
     def __init__(self, src, dst, pool: ChannelPool):
         self.src = src           # endpoints (endpoints.py)
@@ -41,6 +44,7 @@ class Direction:
         self.moved = 0
         self.spliced = 0         # of moved, the bytes that went through a pipe
         self.detail = None       # what an endpoint said about the error that stopped this direction
+        self.other = None        # the opposite direction of the same connection
 
     def pump(self) -> str | None:
         """Move what can be moved now; return a close reason on error, else None."""
@@ -85,6 +89,8 @@ class Direction:
     def _finish(self) -> str | None:
         self._release()
         self.state = State.DONE
+        if self.dst.zero_copy and self.other is not None and self.other.state is State.DONE:
+            return None          # both ends are done: the close that follows sends the FIN
         try:
             self.dst.shutdown_write()
         except errors.Closed as exc:
