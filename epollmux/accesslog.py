@@ -40,19 +40,67 @@ def text(record: dict) -> str:
 
 
 def _text_value(value) -> str:
-    if isinstance(value, float):
+    if value.__class__ is int:
+        return str(value)
+    if value.__class__ is float:
         return f"{value:.3f}s"
     value = str(value)
     return value if value and " " not in value and '"' not in value else json.dumps(value)
 
 
-def as_json(record: dict) -> str:
-    now = time.time()
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+def as_json(record: dict, stamp: str) -> str:
     return json.dumps({"time": stamp, **{k: v for k, v in record.items() if v is not None}},
                       separators=(",", ":"))
 
 
-def write(record: dict, fmt: str) -> None:
-    record = {"worker": os.getpid(), **record}
-    log.info("%s", as_json(record) if fmt == "json" else text(record))
+class Writer:
+    """Collects access lines and writes them to stderr once per loop turn, in one write.
+
+    The logging module costs ~15 µs a line, a quarter of what a connection costs; stderr lines keep
+    its format ("TIME epollmux[PID] INFO epollmux.access: ...", or bare JSON objects). To syslog,
+    lines go through logging as before.
+    """
+
+    def __init__(self, fmt: str, target: str, fd: int = 2):
+        self.json = fmt == "json"
+        self.direct = target == "stderr"
+        self.fd = fd
+        self.lines: list[str] = []
+        self._second = -1
+        self._stamp = ""
+        self._prefix = f" epollmux[{os.getpid()}] INFO epollmux.access: "
+
+    def enabled(self) -> bool:
+        return log.isEnabledFor(logging.INFO)
+
+    def write(self, record: dict) -> None:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now) if not self.json else time.gmtime(now))
+        millis = f".{int(now % 1 * 1000):03d}"
+        if self.json:
+            line = as_json({"worker": os.getpid(), **record}, self._stamp + millis + "Z")
+        else:
+            line = text({"worker": os.getpid(), **record})
+        if not self.direct:
+            log.info("%s", line)
+        elif self.json:
+            self.lines.append(line + "\n")
+        else:
+            self.lines.append(self._stamp + millis + self._prefix + line + "\n")
+
+    def flush(self) -> None:
+        if not self.lines:
+            return
+        data = "".join(self.lines).encode()
+        self.lines.clear()
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self.fd, view):]
+            except BlockingIOError:      # a full non-blocking stderr: drop the rest rather than block the loop
+                return
+            except OSError:
+                return

@@ -508,9 +508,9 @@ class Connection:
         ctx.stats.closed(route, reason, up, down)
         if reason == "exhausted":
             ctx.exhausted(f"{self.peer}: out of file descriptors or memory")
-        if accesslog.log.isEnabledFor(logging.INFO):
+        if ctx.access.enabled():
             try:
-                accesslog.write(self._record(route, reason, up, down, spliced), ctx.settings.log_format)
+                ctx.access.write(self._record(route, reason, up, down, spliced))
             except Exception:     # a log line must never take the worker down
                 log.exception("%s: cannot log the connection", self.peer)
 

@@ -59,6 +59,7 @@ class Reactor:
         self._closed_in_batch: set[int] = set()
         self._signal_callbacks: dict[int, Callable[[], None]] = {}
         self._signal_r = self._signal_w = -1
+        self._after_turn: list[Callable[[], None]] = []
         self.running = False
 
     # --- fds -----------------------------------------------------------------------------
@@ -94,6 +95,10 @@ class Reactor:
         timer = Timer(self.clock() + delay, callback)
         heapq.heappush(self._timers, (timer.deadline, next(self._seq), timer))
         return timer
+
+    def after_turn(self, callback: Callable[[], None]) -> None:
+        """Run callback at the end of every turn of the loop (batched output, say)."""
+        self._after_turn.append(callback)
 
     def call_soon(self, callback: Callable[[], None]) -> None:
         """Run callback on the next turn of the loop, before waiting for events."""
@@ -156,6 +161,8 @@ class Reactor:
         self._run_due_timers()
         for _ in range(len(self._soon)):
             self._soon.popleft()()
+        for callback in self._after_turn:
+            callback()
 
     def run(self) -> None:
         self.running = True

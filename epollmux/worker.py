@@ -15,6 +15,7 @@ import signal
 import socket
 import time
 
+from epollmux import accesslog
 from epollmux.admission import Admission
 from epollmux.channels import ChannelPool
 from epollmux.config import Config, Listener
@@ -43,6 +44,8 @@ class Context:
         self.draining = False
         self.acceptors: list[Acceptor] = []
         self.admission = Admission(config.settings)
+        self.access = accesslog.Writer(config.settings.log_format, config.settings.log_target)
+        reactor.after_turn(self.access.flush)
         self._ids = itertools.count(1)
         self._id_prefix = f"{os.getpid():x}-{int(time.time() * 1000):x}-"
 
@@ -115,6 +118,7 @@ class Worker:
             acceptor.stop()
         for conn in list(self.ctx.connections):
             conn.close("shutdown")
+        self.ctx.access.flush()
         self.ctx.pool.close()
         self.ctx.reserve.close()
         self.reactor.close()
