@@ -76,6 +76,11 @@ class ChannelPool:
         self.lent = 0           # channels lent out now
         self.fallbacks = 0      # times a buffer stood in for a pipe
 
+    @property
+    def idle_pipes(self) -> int:
+        """Pipes kept for reuse, holding no bytes."""
+        return len(self._idle_pipes)
+
     def get(self, zero_copy: bool = True) -> PipeChannel | BufferChannel:
         """A channel for one direction; zero_copy=False when an end is not a plain socket (TLS)."""
         self.lent += 1

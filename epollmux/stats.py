@@ -97,7 +97,7 @@ class Stats:
                 pair[0] += conn.up.moved
                 pair[1] += conn.down.moved
         fds = open_fds()
-        idle = len(getattr(pool, "_idle_pipes", ()))
+        idle = pool.idle_pipes
         return {
             "epollmux_connections_accepted_total": {(k,): n for k, n in self.accepted_by.items()},
             "epollmux_connections_active": dict(active),
