@@ -147,6 +147,28 @@ class CpuGroup:
     def __init__(self, path: str):
         self.path = path
 
+    @staticmethod
+    def sweep_stale() -> None:
+        """Remove groups left by bench runs that died (their PID is gone and no task is left)."""
+        try:
+            names = os.listdir(CGROUP_ROOT)
+        except OSError:
+            return
+        for name in names:
+            if not name.startswith("epollmux-bench.") or os.path.exists(f"/proc/{name.split('.', 1)[1]}"):
+                continue
+            parent = os.path.join(CGROUP_ROOT, name)
+            for sub in os.listdir(parent):
+                if os.path.isdir(os.path.join(parent, sub)):
+                    try:
+                        os.rmdir(os.path.join(parent, sub))
+                    except OSError:
+                        pass
+            try:
+                os.rmdir(parent)
+            except OSError:
+                pass
+
     @classmethod
     def make(cls, name: str) -> "CpuGroup | None":
         parent = os.path.join(CGROUP_ROOT, f"epollmux-bench.{os.getpid()}")

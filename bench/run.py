@@ -16,6 +16,7 @@ if not __package__:   # run as a script (python3 bench/run.py): import the packa
     _sys.path[0] = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 
 import argparse
+import json
 import os
 import platform
 import resource
@@ -26,7 +27,7 @@ import time
 
 from bench import bulk, connrate, idle, report, subjects
 from bench.context import Context
-from bench.procs import Ports
+from bench.procs import CpuGroup, Ports
 
 SECTIONS = {"bulk": bulk.run_section, "connrate": connrate.run_section, "idle": idle.run_section}
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -35,7 +36,8 @@ NOTES = [
     "Everything runs on 127.0.0.1 on this one machine: load generator, subject and backend share its CPUs, "
     "so Gbit/s is bounded by the machine; Gbit per proxy CPU-second is the fairer comparison.",
     "Subjects forward every connection to one backend without sniffing (`probe = any`, sslh `--anyprot`).",
-    "epollmux runs 1 worker (the multi-worker supervisor has not landed), so HAProxy runs `nbthread 1`; "
+    "epollmux runs `workers = 1` (one event loop, plus its supervisor process, counted too), so HAProxy runs "
+    "`nbthread 1`; "
     "HAProxy: TCP mode, `option splice-request` + `option splice-response`, `tune.pipesize` 256 KiB = "
     "epollmux's `pipe_size`, `maxconn 9000`, `maxpipes 512`.",
     "sslh 1.20 (Debian): sslh-fork is /usr/sbin/sslh (a process per connection), sslh-select is single-process "
@@ -69,6 +71,7 @@ def options(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="directory for JSON, tables, charts")
     p.add_argument("--results-md", default=os.path.join(HERE, "RESULTS.md"))
     p.add_argument("--keep-tmp", action="store_true", help="keep configs and logs of the run")
+    p.add_argument("--from-json", metavar="FILE", help="measure nothing: rewrite the reports from a bench.json")
     o = p.parse_args(argv)
     q = o.quick
     o.repeat = o.repeat or (1 if q else 3)
@@ -103,10 +106,23 @@ def machine() -> dict:
             "load_start": " ".join(f"{x:.2f}" for x in os.getloadavg())}
 
 
+def rerender(opts) -> int:
+    """Rewrite tables, charts and RESULTS.md from a saved bench.json (e.g. after a report change)."""
+    with open(opts.from_json) as f:
+        results = json.load(f)
+    results["notes"] = NOTES
+    for path in report.write(results, opts.out, opts.results_md):
+        print(f"wrote {os.path.relpath(path)}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     opts = options(argv)
+    if opts.from_json:
+        return rerender(opts)
     first, last = (int(x) for x in opts.ports.split("-"))
+    CpuGroup.sweep_stale()
     started_at = time.time()
     t0 = time.monotonic()
     tmpdir = tempfile.mkdtemp(prefix="epollmux-bench-")

@@ -6,8 +6,9 @@ its version is read. Every subject gets the same job: forward everything from 12
 to one backend, with no protocol sniffing (`probe = any`, sslh `--anyprot`).
 
 Choices that matter for fairness (also written into RESULTS.md):
-- epollmux runs one worker (the multi-worker supervisor has not landed), so HAProxy runs with
-  `nbthread 1`; all of a subject's processes are counted, so forking peers pay for their forks.
+- epollmux runs `workers = 1` (one event loop; its supervisor process is counted too), so
+  HAProxy runs with `nbthread 1`; all of a subject's processes are counted, so forking peers
+  pay for their forks. `epollmux-splice-2w` and `haproxy-2t` are the 2-core pair.
 - HAProxy: TCP mode, `option splice-request` + `option splice-response` (splice forced both
   ways), and `tune.pipesize` equal to epollmux's `pipe_size` (256 KiB) unless told otherwise.
 - sslh and socat run as shipped (sslh-fork = Debian's /usr/sbin/sslh; socat with `fork`,
@@ -30,7 +31,6 @@ PIPE_SIZE = 262144
 class Subject:
     name = "?"
     label = "?"
-    process_per_connection = False   # forking relays: no idle section for them
 
     def __init__(self, tmpdir: str, port: int, backend: tuple[str, int]):
         self.tmpdir = tmpdir
@@ -189,12 +189,10 @@ class SslhSelect(Subject):
 class SslhFork(SslhSelect):
     name, label = "sslh-fork", "sslh-fork"
     binary = "sslh"
-    process_per_connection = True
 
 
 class Socat(Subject):
     name, label = "socat", "socat (fork)"
-    process_per_connection = True
 
     def argv(self):
         return ["socat", f"TCP-LISTEN:{self.port},bind={HOST},reuseaddr,fork,backlog=4096",
