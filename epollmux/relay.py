@@ -48,25 +48,31 @@ class Direction:
 
     def pump(self) -> str | None:
         """Move what can be moved now; return a close reason on error, else None."""
+        try:
+            self._pump()
+        except OSError as exc:
+            return errors.relay_reason(exc)
+        except errors.Closed as exc:
+            self.detail = exc.detail
+            return exc.reason
+        return None
+
+    def _pump(self) -> None:
         for _ in range(ROUNDS):
             if self.pending:
                 try:
                     n = self.channel.drain(self.dst, self.pending)
                 except BlockingIOError:
                     self.state = State.WAIT_DST
-                    return None
-                except OSError as exc:
-                    return errors.relay_reason(exc)
-                except errors.Closed as exc:
-                    self.detail = exc.detail
-                    return exc.reason
+                    return
                 self.pending -= n
                 self.moved += n
                 if self.channel.zero_copy:
                     self.spliced += n
                 continue
             if self.eof:
-                return self._finish()
+                self._finish()
+                return
             if self.channel is None:
                 self.channel = self.pool.get(self.zero_copy)
             try:
@@ -74,32 +80,22 @@ class Direction:
             except BlockingIOError:
                 self._release()
                 self.state = State.WAIT_SRC
-                return None
-            except OSError as exc:
-                return errors.relay_reason(exc)
-            except errors.Closed as exc:
-                self.detail = exc.detail
-                return exc.reason
+                return
             if n == 0:
                 self.eof = True
             self.pending = n
         self.state = State.BUSY
-        return None
 
-    def _finish(self) -> str | None:
+    def _finish(self) -> None:
         self._release()
         self.state = State.DONE
         if self.dst.zero_copy and self.other is not None and self.other.state is State.DONE:
-            return None          # both ends are done: the close that follows sends the FIN
+            return               # both ends are done: the close that follows sends the FIN
         try:
             self.dst.shutdown_write()
-        except errors.Closed as exc:
-            self.detail = exc.detail
-            return exc.reason
         except OSError as exc:
             if not errors.is_peer_gone(exc):
-                return errors.relay_reason(exc)
-        return None
+                raise
 
     def _release(self) -> None:
         if self.channel is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -133,6 +134,24 @@ def daemon(tmp_path):
     yield make
     for d in started:
         d.stop(signal.SIGKILL)
+
+
+def stats(d: "Daemon", timeout: float = 10.0) -> str:
+    """SIGUSR1, then the worker's stats block (one worker)."""
+    before = d.log_text().count("stats:\n")
+    os.kill(d.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + timeout
+    while True:
+        chunks = d.log_text().split("stats:\n")
+        if len(chunks) > before + 1:
+            return chunks[-1]
+        assert time.monotonic() < deadline, "no stats after SIGUSR1"
+        time.sleep(0.05)
+
+
+def closed_count(block: str, route: str, reason: str) -> int:
+    m = re.search(rf"^closed route={re.escape(route)} reason={re.escape(reason)} (\d+)$", block, re.M)
+    return int(m.group(1)) if m else 0
 
 
 def simple_config(port: int, backend: str, **global_opts) -> str:

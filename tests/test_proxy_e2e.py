@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from certs import tls_ca  # noqa: F401  (fixture)
-from conftest import REPO, echo, free_port, recv_all, wait_port
+from conftest import closed_count, stats, REPO, echo, free_port, recv_all, wait_port
 from epollmux import proxyproto as pp
 from peers import need, nginx, wait_text  # noqa: F401  (fixture)
 
@@ -106,24 +106,6 @@ def seconds(f: dict[str, str]) -> float:
 def unconnected(f: dict[str, str]) -> bool:
     """The line says no byte moved either way (the backends' accept counts show no connect was made)."""
     return f["up"] == "0" and f["down"] == "0"
-
-
-def stats(d, timeout: float = 10.0) -> str:
-    """SIGUSR1, then the worker's stats block (one worker)."""
-    before = d.log_text().count("stats:\n")
-    os.kill(d.pid, signal.SIGUSR1)
-    deadline = time.monotonic() + timeout
-    while True:
-        chunks = d.log_text().split("stats:\n")
-        if len(chunks) > before + 1:
-            return chunks[-1]
-        assert time.monotonic() < deadline, "no stats after SIGUSR1"
-        time.sleep(0.05)
-
-
-def closed_count(block: str, route: str, reason: str) -> int:
-    m = re.search(rf"^closed route={re.escape(route)} reason={re.escape(reason)} (\d+)$", block, re.M)
-    return int(m.group(1)) if m else 0
 
 
 def counter(block: str, what: str, route: str = "-") -> int:

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from certs import make_ca_factory, tls_ca  # noqa: F401  (fixtures)
-from conftest import REPO, connect, echo, free_port, recv_all, tree_rss_kib
+from conftest import closed_count, stats, REPO, connect, echo, free_port, recv_all, tree_rss_kib
 from peers import need, nginx, sshd, text_server_block, tls_server_block  # noqa: F401  (fixtures)
 
 CLIENT_ENV = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
@@ -72,24 +72,6 @@ def wait_count(d, needle: str, n: int, timeout: float = 10.0) -> str:
 def log_lines(text: str, route: str) -> list[str]:
     """The connection log lines of one route (route=NAME exactly, or OUTER>INNER)."""
     return [line for line in text.splitlines() if f" route={route} " in line]
-
-
-def stats(d, timeout: float = 10.0) -> str:
-    """SIGUSR1, then the worker's stats block (one worker)."""
-    before = d.log_text().count("stats:\n")
-    os.kill(d.pid, signal.SIGUSR1)
-    deadline = time.monotonic() + timeout
-    while True:
-        chunks = d.log_text().split("stats:\n")
-        if len(chunks) > before + 1:
-            return chunks[-1]
-        assert time.monotonic() < deadline, "no stats after SIGUSR1"
-        time.sleep(0.05)
-
-
-def closed_count(block: str, route: str, reason: str) -> int:
-    m = re.search(rf"^closed route={re.escape(route)} reason={re.escape(reason)} (\d+)$", block, re.M)
-    return int(m.group(1)) if m else 0
 
 
 # --- client helpers ----------------------------------------------------------------------------------
