@@ -11,9 +11,9 @@ TESTVENV  = build/test-venv
 # Real peers the tests drive (Debian package names)
 DEB_TEST  = python3-venv openssh-server openssh-client nginx-light curl openssl iperf3 openvpn \
             bsdutils procps iproute2 socat haproxy systemd chromium
-DEB_BENCH = sslh haproxy stunnel4 socat nginx-light iperf3 wrk
+DEB_BENCH = sslh haproxy stunnel4 socat nginx-light iperf3 wrk strace
 
-.PHONY: all install uninstall run test test-deps deb-deps bench bench-deps clean
+.PHONY: all install uninstall run test test-deps deb-deps bench bench-deps bench-profile clean
 
 all:
 	@echo "targets: install uninstall run test bench bench-deps clean (PREFIX=$(PREFIX))"
@@ -61,10 +61,14 @@ test: test-deps
 
 bench-deps: test-deps
 	@$(MAKE) --no-print-directory deb-deps PKGS="$(DEB_BENCH)"
-	$(TESTVENV)/bin/pip install --quiet --disable-pip-version-check matplotlib
+	$(TESTVENV)/bin/pip install --quiet --disable-pip-version-check matplotlib py-spy
 
+# BENCH_ARGS: --quick, --sections bulk,connrate,idle, --subjects ..., --repeat N (see bench/README.md)
 bench: bench-deps
-	$(TESTVENV)/bin/python bench/run.py $(BENCH_ARGS)
+	$(TESTVENV)/bin/python -m bench.run $(BENCH_ARGS)
+
+bench-profile: bench-deps
+	$(TESTVENV)/bin/python -m bench.hotpaths
 
 clean:
 	rm -rf build *.egg-info .pytest_cache

@@ -250,3 +250,20 @@ def test_idle_timeout_spares_busy_connection(proxy):
     c.shutdown(socket.SHUT_WR)
     assert recv_all(c) == b""
     assert "idle-timeout" not in d.log_text()
+
+
+def test_server_closes_first_client_sees_eof_every_time(proxy):
+    """200 sequential exchanges where the backend answers and closes at once: each client gets the
+    whole answer and then EOF, never a hang (a lost wake-up would leave the backend in CLOSE-WAIT)."""
+    answer = b"HTTP/1.0 200 OK\r\n\r\n" + b"x" * 3000
+
+    def handle(sock):
+        sock.recv(100)
+        sock.sendall(answer)
+
+    port, _, _ = proxy(handle)
+    for _ in range(200):
+        c = connect(port, timeout=5)
+        c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert recv_all(c) == answer
+        c.close()
