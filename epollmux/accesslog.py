@@ -36,15 +36,21 @@ def peeked_names(data: bytes) -> dict:
 
 
 def text(record: dict) -> str:
-    return " ".join(f"{key}={_text_value(value)}" for key, value in record.items() if value is not None)
+    parts = []
+    for key, value in record.items():
+        if value is None:
+            continue
+        kind = value.__class__
+        if kind is int:
+            parts.append(f"{key}={value}")
+        elif kind is float:
+            parts.append(f"{key}={value:.3f}s")
+        else:
+            parts.append(f"{key}={_text_value(str(value))}")
+    return " ".join(parts)
 
 
-def _text_value(value) -> str:
-    if value.__class__ is int:
-        return str(value)
-    if value.__class__ is float:
-        return f"{value:.3f}s"
-    value = str(value)
+def _text_value(value: str) -> str:
     return value if value and " " not in value and '"' not in value else json.dumps(value)
 
 
@@ -68,7 +74,8 @@ class Writer:
         self.lines: list[str] = []
         self._second = -1
         self._stamp = ""
-        self._prefix = f" epollmux[{os.getpid()}] INFO epollmux.access: "
+        self.pid = os.getpid()
+        self._prefix = f" epollmux[{self.pid}] INFO epollmux.access: worker={self.pid} "
 
     def enabled(self) -> bool:
         return log.isEnabledFor(logging.INFO)
@@ -81,15 +88,16 @@ class Writer:
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now) if not self.json else time.gmtime(now))
         millis = f".{int(now % 1 * 1000):03d}"
         if self.json:
-            line = as_json({"worker": os.getpid(), **record}, self._stamp + millis + "Z")
+            line = as_json({"worker": self.pid, **record}, self._stamp + millis + "Z")
+            if self.direct:
+                self.lines.append(line + "\n")
+                return
+        elif self.direct:
+            self.lines.append(f"{self._stamp}{millis}{self._prefix}{text(record)}\n")
+            return
         else:
-            line = text({"worker": os.getpid(), **record})
-        if not self.direct:
-            log.info("%s", line)
-        elif self.json:
-            self.lines.append(line + "\n")
-        else:
-            self.lines.append(self._stamp + millis + self._prefix + line + "\n")
+            line = f"worker={self.pid} {text(record)}"
+        log.info("%s", line)
 
     def flush(self) -> None:
         if not self.lines:
