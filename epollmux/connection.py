@@ -2,10 +2,12 @@
 
 Owns: the connection's phases (changed only through `_set_phase`, which cancels the old phase's
 deadline; entering a waiting phase arms its own), its epoll registrations (each socket registered
-once, edge-triggered, never modified) and `close()`, the one place where a connection ends: it
+once, edge-triggered; only the kernel relay narrows them, see kernelrelay.PAIRED_EVENTS) and `close()`, the one place where a connection ends: it
 records the reason, counts it per route and writes the connection's log line.
 Handlers return None to go on or a close reason; only `_event` turns a reason into a close.
-Must not parse protocols (the sniffer and the TLS engine do) or move bytes itself (relay.Direction does).
+Must not parse protocols (the sniffer and the TLS engine do) or move bytes itself (relay.Direction does,
+or the kernel: a passthrough connection between two TCP sockets may be handed to ctx.kernel, a
+kernelrelay.KernelRelay, which reports its close reasons through `_event` like any handler).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class Connection:
                  "phase", "timer", "cend", "bend", "up", "down", "started", "last_active", "_peek_len", "_soon",
                  "_inner", "detail", "tls", "grant", "hello", "names", "verdict")
     __slots__ += ("connect_started",)     # metrics: when the backend connect began
+    __slots__ += ("kernel",)              # True: ctx.kernel relays this connection, not Directions
 
     def __init__(self, ctx, listener, client: socket.socket, sockaddr):
         self.ctx = ctx
@@ -90,6 +93,7 @@ class Connection:
         self.grant = Grant()       # what admission granted, undone at close
         self.hello = None          # the peeked ClientHello, kept when a PROXY v2 header will need its SNI
         self.connect_started = 0.0
+        self.kernel = False
 
     @property
     def peer(self) -> str:
@@ -411,6 +415,11 @@ class Connection:
     # --- relaying --------------------------------------------------------------------------
     def _start_relay(self) -> str | None:
         self._set_phase(Phase.RELAYING)
+        if self._kernel_relayable() and self.ctx.kernel.take(self, self.client, self.backend):
+            self.kernel = True
+            if self.ctx.settings.idle_timeout:
+                self._arm(self.ctx.settings.idle_timeout, self._idle_check)
+            return None
         pool = self.ctx.pool
         self.up = Direction(self.cend, self.bend, pool)
         self.down = Direction(self.bend, self.cend, pool)
@@ -419,7 +428,15 @@ class Connection:
             self._arm(self.ctx.settings.idle_timeout, self._idle_check)
         return self._pump(self.up) or self._pump(self.down) or self._after_pump()
 
+    def _kernel_relayable(self) -> bool:
+        """Passthrough between two TCP sockets, with a kernel relay in this worker."""
+        tcp = (socket.AF_INET, socket.AF_INET6)
+        return (self.ctx.kernel is not None and type(self.cend) is PlainEndpoint and type(self.bend) is PlainEndpoint
+                and self.client.family in tcp and self.backend.family in tcp)
+
     def _relay_event(self, fd: int, events: int) -> str | None:
+        if self.kernel:
+            return self.ctx.kernel.socket_event(self, fd, events)
         if fd == self.cfd:
             sock, end, src, dst = self.client, self.cend, self.up, self.down
         else:
@@ -467,6 +484,8 @@ class Connection:
 
     def _idle_check(self) -> str | None:
         idle = self.ctx.settings.idle_timeout
+        if self.kernel and self.ctx.kernel.active(self):     # payload wakes no one: ask the kernel
+            self.last_active = self.ctx.reactor.clock()
         left = self.last_active + idle - self.ctx.reactor.clock()
         if left <= 0:
             return "idle-timeout"
@@ -483,6 +502,9 @@ class Connection:
         ctx.connections.discard(self)
         ctx.admission.leave(self.grant)
         abort = reason == "reset"
+        up = down = spliced = 0
+        if self.kernel:        # out of the maps before the sockets close; the counts need them open
+            up, down = ctx.kernel.release(self)
         for end in (self.cend, self.bend):
             if isinstance(end, TLSEndpoint) and not abort:
                 try:
@@ -499,7 +521,6 @@ class Connection:
                 except OSError:
                     pass
             sock.close()
-        up = down = spliced = 0
         if self.up is not None:
             self.up.discard()
             self.down.discard()

@@ -19,6 +19,7 @@ from epollmux import accesslog
 from epollmux.admission import Admission
 from epollmux.channels import ChannelPool
 from epollmux.config import Config, Listener
+from epollmux.kernelrelay import KernelRelay
 from epollmux.listener import PAUSE_ON_EXHAUSTION, Acceptor, Reserve
 from epollmux.reactor import Reactor
 from epollmux.stats import Stats
@@ -37,7 +38,10 @@ class Context:
         self.config = config
         self.settings = config.settings
         self.reactor = reactor
-        self.pool = ChannelPool(config.settings.relay, config.settings.pipe_size, config.settings.max_pipes)
+        relay = config.settings.relay
+        kind = relay if relay in ("splice", "copy") else "splice"   # sockmap, auto: splice where the kernel cannot
+        self.pool = ChannelPool(kind, config.settings.pipe_size, config.settings.max_pipes)
+        self.kernel = KernelRelay(reactor, relay) if relay in ("sockmap", "auto") else None   # loads on first use
         self.stats = Stats()
         self.connections: set = set()
         self.reserve = Reserve()
@@ -111,7 +115,10 @@ class Worker:
         self.reactor.stop()
 
     def dump_stats(self) -> None:
-        log.info("stats:\n%s", self.ctx.stats.render(len(self.ctx.connections), self.ctx.pool))
+        text = self.ctx.stats.render(len(self.ctx.connections), self.ctx.pool)
+        if self.ctx.kernel is not None:
+            text = f"{text.rstrip()}\n{self.ctx.kernel.describe()}\n"
+        log.info("stats:\n%s", text)
 
     def close(self) -> None:
         for acceptor in self.acceptors:
@@ -120,5 +127,7 @@ class Worker:
             conn.close("shutdown")
         self.ctx.access.flush()
         self.ctx.pool.close()
+        if self.ctx.kernel is not None:
+            self.ctx.kernel.close()
         self.ctx.reserve.close()
         self.reactor.close()

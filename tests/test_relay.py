@@ -1,4 +1,5 @@
-"""The relay contract, written once and run for each relay (splice and copy), through the real daemon."""
+"""The relay contract, written once and run for each relay (splice, copy and the kernel's sockmap),
+through the real daemon."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import time
 
 import pytest
 
-from conftest import connect, free_port, recv_all, simple_config, tree_rss_kib
+from conftest import connect, free_port, recv_all, simple_config, stats, tree_rss_kib
 
-RELAYS = ["splice", "copy"]
+RELAYS = ["splice", "copy", "sockmap"]
 
 
 @pytest.fixture(params=RELAYS)
@@ -209,10 +210,35 @@ def test_slow_backend_bounded_memory(proxy):
     # stated bound: the daemon grows by less than 16 MiB whatever it relays (pipes live in the kernel,
     # a copy buffer is pipe_size bytes per direction)
     assert peak - base < 16 * 1024, (base, peak)
+    if proxy.relay == "sockmap":
+        # the kernel holds what the backend has not taken yet, charged to no socket (not in `ss -m`):
+        # the relay pauses the direction above 8 MiB, seen once per 1 MiB notification; loopback
+        # senders outrun the notifications by tens of MiB, so the high-water mark is bounded at 64 MiB
+        kernel = kernel_stats(d)
+        assert kernel["pairs"] == 1 and kernel["pauses"] > 0, kernel
+        assert kernel["max_backlog"] < 64 << 20, kernel
+
+
+def kernel_stats(d) -> dict:
+    """The kernel relay's lines of the workers' stats blocks, summed: pairs, pauses, max_backlog, ..."""
+    lines = lambda: [x for x in d.log_text().splitlines() if x.startswith("kernel relay: ")]
+    before = len(lines())
+    stats(d)
+    deadline = time.monotonic() + 10
+    while len(lines()) <= before:
+        assert time.monotonic() < deadline, "no kernel relay line after SIGUSR1"
+        time.sleep(0.05)
+    time.sleep(0.5)              # every worker answers
+    total: dict = {}
+    for line in lines()[before:]:
+        assert line.split()[2] == "loaded", line
+        for k, v in (f.split("=") for f in line.split()[3:]):
+            total[k] = total.get(k, 0) + int(v)
+    return total
 
 
 def test_500_concurrent_echo_connections(proxy):
-    port, _, _ = proxy()
+    port, _, d = proxy()
     socks = [connect(port) for _ in range(500)]
     payloads = [os.urandom(random.randint(1, 5000)) for _ in socks]
     for s, p in zip(socks, payloads):
@@ -224,6 +250,9 @@ def test_500_concurrent_echo_connections(proxy):
             assert data, "connection closed early"
             got += data
         assert got == p
+    if proxy.relay == "sockmap":
+        kernel = kernel_stats(d)
+        assert kernel["pairs"] == 500 and kernel["fallbacks"] == 0, kernel
     for s in socks:
         s.close()
 
@@ -267,3 +296,28 @@ def test_server_closes_first_client_sees_eof_every_time(proxy):
         c.sendall(b"GET / HTTP/1.0\r\n\r\n")
         assert recv_all(c) == answer
         c.close()
+
+
+def test_sockmap_unavailable_falls_back_to_splice(daemon, server):
+    """Without CAP_BPF and friends the maps cannot load: one log line, and splice relays instead."""
+    backend = server()
+    port = free_port()
+    d = daemon().start(simple_config(port, f"127.0.0.1:{backend.port}", relay="sockmap", workers=1), wait=port,
+                       wrap=["setpriv", "--bounding-set", "-bpf,-sys_admin,-net_admin,-perfmon", "--"])
+    for _ in range(3):
+        c = connect(port)
+        payload = os.urandom(200_000)
+        c.sendall(payload)
+        c.shutdown(socket.SHUT_WR)
+        assert recv_all(c) == payload
+        c.close()
+    d.wait_log("relays with splice")
+    lines = [x for x in d.log_text().splitlines() if "kernel relay (sockmap) unavailable" in x]
+    assert len(lines) == 1 and "CAP_BPF" in lines[0], lines
+    assert "Traceback" not in d.log_text()
+    before = d.log_text().count("kernel relay: unavailable pairs=0")
+    stats(d)
+    deadline = time.monotonic() + 10
+    while d.log_text().count("kernel relay: unavailable pairs=0") <= before:
+        assert time.monotonic() < deadline, "no kernel relay line after SIGUSR1"
+        time.sleep(0.05)
