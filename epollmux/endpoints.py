@@ -17,6 +17,8 @@ from epollmux import errors
 from epollmux.tlsengine import CloseReason, TLSEngine
 
 SEND_CHUNK = 256 * 1024
+RECV_CHUNK = 64 * 1024
+_RECV_VIEW = memoryview(bytearray(RECV_CHUNK))   # one per process: ciphertext passes through it into a BIO
 
 
 class PlainEndpoint:
@@ -62,9 +64,9 @@ class TLSEndpoint:
         room = self.engine.ciphertext_room()
         if room <= 0:
             return False
-        data = self.sock.recv(min(room, SEND_CHUNK))
-        if data:
-            self.engine.feed_ciphertext(data)
+        n = self.sock.recv_into(_RECV_VIEW, min(room, RECV_CHUNK))
+        if n:
+            self.engine.feed_ciphertext(_RECV_VIEW[:n])
         else:
             self.engine.feed_eof()
         return True
@@ -97,7 +99,7 @@ class TLSEndpoint:
             self.pushback = self.pushback[n:]
             return n
         while True:
-            result = self.engine.read_plaintext(len(view))
+            result = self.engine.read_into(view)
             if self.engine.pending_ciphertext():
                 self.flush()     # a read can produce records to send (a TLS 1.3 KeyUpdate reply)
             if isinstance(result, CloseReason):
@@ -105,8 +107,7 @@ class TLSEndpoint:
                     return 0
                 raise errors.Closed(self.prefix + result.value, self.engine.detail)
             if result:
-                view[:len(result)] = result
-                return len(result)
+                return result
             if not self.receive():
                 raise BlockingIOError
 

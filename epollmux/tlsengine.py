@@ -236,6 +236,36 @@ class TLSEngine:
             return self._finish_read(self._deferred)
         return self._read_records(size)
 
+    def read_into(self, view: memoryview) -> int | CloseReason:
+        """read_plaintext() into the caller's buffer, with no allocation: the count (0 = nothing yet)."""
+        if self._drained or self._deferred is not None or self.state not in (TLSState.OPEN, TLSState.CLOSING):
+            data = self.read_plaintext(len(view))
+            if isinstance(data, CloseReason):
+                return data
+            view[:len(data)] = data
+            return len(data)
+        size = len(view)
+        got = 0
+        end: CloseReason | None = None
+        while got < size and end is None:
+            try:
+                count = self._sslobj.read(size - got, view[got:])
+            except ssl.SSLWantReadError:
+                if self._incoming.eof:
+                    end = CloseReason.TRUNCATED
+                break
+            except ssl.SSLError as exc:
+                end = classify_ssl_error(exc, handshaking=False)
+                self.detail = _error_detail(exc)
+                break
+            if count == 0:
+                end = CloseReason.CLOSE_NOTIFY
+            got += count
+        if got:
+            self._deferred = end
+            return got
+        return self._finish_read(end) if end is not None else 0
+
     def _read_records(self, size: int) -> bytes | CloseReason:
         buffer = bytearray(size)
         view = memoryview(buffer)

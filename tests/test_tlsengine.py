@@ -458,3 +458,22 @@ def test_failed_handshakes_do_not_leak(server_ctx, leaf, tls_ca):  # noqa: F811
     assert traced < 64 << 10, f"Python heap grew {traced} bytes over 10,000 failed handshakes"
     assert elapsed < 20
     print(f"10,000 failed handshakes: {elapsed:.2f} s, RSS +{grown} B, Python heap +{traced} B")
+
+
+def test_read_into_fills_the_callers_buffer_then_reports_the_end(server_ctx, tls_ca):  # noqa: F811
+    engine, peer = open_pair(server_ctx, tls_ca)
+    payload = bytes(range(256)) * 160                # 40,960 bytes: several records, within the inbound cap
+    peer.obj.write(payload)
+    pump(engine, peer)
+    engine.feed_eof()
+    buf = bytearray(10_000)
+    view = memoryview(buf)
+    got = b""
+    while True:
+        n = engine.read_into(view)
+        if isinstance(n, CloseReason):
+            break
+        assert 0 < n <= len(buf)
+        got += bytes(view[:n])
+    assert got == payload
+    assert n is CloseReason.TRUNCATED and engine.state is TLSState.CLOSED
