@@ -61,11 +61,14 @@ def parse_wrk(out: str) -> dict:
     return res
 
 
-def wrk(port: int, seconds: float, connections: int, close: bool) -> dict:
+def wrk(port: int, seconds: float, connections: int, close: bool, scheme: str = "http",
+        host: str = HOST) -> dict:
+    """wrk -t1 for `seconds`; scheme https makes wrk a TLS client (it resumes sessions when the server
+    lets it, and sends `host` as SNI)."""
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "5s"]
     if close:
         argv += ["-H", "Connection: close"]
-    argv.append(f"http://{HOST}:{port}/")
+    argv.append(f"{scheme}://{host}:{port}/")
     try:
         out = run(argv, timeout=seconds + 30)
     except subprocess.TimeoutExpired:

@@ -35,13 +35,18 @@ class Context:
 
 
 @contextlib.contextmanager
-def started(ctx: Context, names: list[str], backend: tuple[str, int]):
-    """Start the named subjects in front of backend; yield {name: subject} of those that run."""
+def started(ctx: Context, names: list[str], backend: tuple[str, int], make=None):
+    """Start the named subjects in front of backend; yield {name: subject} of those that run.
+
+    `make(name, port)` builds the subject for a name (default: subjects.ALL[name] in front of backend);
+    sections that run several configurations of one subject pass their own (see bench.tls)."""
     running: dict[str, subjects_mod.Subject] = {}
+    if make is None:
+        def make(name, port):
+            return subjects_mod.ALL[name](ctx.tmpdir, port, backend)
     try:
         for name in names:
-            cls = subjects_mod.ALL[name]
-            subject = cls(ctx.tmpdir, ctx.ports.take(), backend)
+            subject = make(name, ctx.ports.take())
             try:
                 running[name] = subject.start()
             except (RuntimeError, OSError) as exc:

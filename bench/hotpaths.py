@@ -66,30 +66,32 @@ def detach(proc: subprocess.Popen, timeout: float = 15) -> None:
 
 
 def load(kind: str, port: int, seconds: float) -> dict:
+    """Run one load; the result names its unit and how many units it moved ("units")."""
     if kind == "bulk":
         res = iperf3(port, seconds, 1)
         res["mb"] = res.get("bytes", 0) / 1e6
+        res.update(unit="MB", units=res["mb"])
         return res
     res = wrk(port, seconds, 32, close=True)
     res["connections"] = res.get("requests", 0)
+    res.update(unit="connection", units=res["connections"])
     return res
 
 
-def pyspy(subject, seconds: float, kind: str, tmp: str) -> dict:
+def pyspy(subject, seconds: float, kind: str, tmp: str, loader=load) -> dict:
     raw = os.path.join(tmp, f"pyspy-{kind}.txt")
     spy = attach(["py-spy", "record", "-p", str(worker_pid(subject.pid)), "--nonblocking", "--rate", "200",
                   "--format", "raw", "-o", raw, "-d", str(int(seconds + 2))], raw + ".log")
     time.sleep(1.0)
     cpu0, user0 = subject.cpu(), subject.cpu_user()
-    res = load(kind, subject.port, seconds)
+    res = loader(kind, subject.port, seconds)
     cpu, user = subject.cpu() - cpu0, subject.cpu_user() - user0
     try:
         spy.wait(seconds + 20)
     except subprocess.TimeoutExpired:
         detach(spy)
-    per = res.get("mb") if kind == "bulk" else res.get("connections")
-    res.update(cpu_s=cpu, user_s=user, cpu_us_per_unit=cpu / per * 1e6 if per else None,
-               unit="MB" if kind == "bulk" else "connection")
+    per = res.get("units")
+    res.update(cpu_s=cpu, user_s=user, cpu_us_per_unit=cpu / per * 1e6 if per else None)
     return {"load": res, **collapse(raw)}
 
 
@@ -122,11 +124,11 @@ def collapse(path: str) -> dict:
             "function_self": share(fself, 30), "function_inclusive": share(fincl, 40)}
 
 
-def strace(subject, seconds: float, kind: str, tmp: str) -> dict:
-    out = os.path.join(tmp, f"strace-{kind}.txt")
+def strace(subject, seconds: float, kind: str, tmp: str, loader=load) -> dict:
+    out = os.path.join(tmp, f"strace-{subject.ident}-{kind}.txt")
     tracer = attach(["strace", "-c", "-f", "-p", str(worker_pid(subject.pid)), "-o", out], out + ".log")
     time.sleep(1.0)
-    res = load(kind, subject.port, seconds)
+    res = loader(kind, subject.port, seconds)
     time.sleep(0.5)
     detach(tracer)
     counts = {}
@@ -137,8 +139,8 @@ def strace(subject, seconds: float, kind: str, tmp: str) -> dict:
                 counts[m.group(2)] = int(m.group(1))
     except OSError:
         return {"load": res, "error": "no strace output"}
-    per = res.get("mb") if kind == "bulk" else res.get("connections")
-    return {"load": res, "calls": counts, "unit": "MB" if kind == "bulk" else "connection",
+    per = res.get("units")
+    return {"load": res, "calls": counts, "unit": res.get("unit"),
             "per_unit": {k: v / per for k, v in counts.items()} if per else {}}
 
 

@@ -11,30 +11,8 @@ from __future__ import annotations
 import json
 import os
 
-from bench.subjects import ALL
-
-LABELS = {name: cls.label for name, cls in ALL.items()}
-
-
-def _f(v, fmt="{:.2f}") -> str:
-    return "—" if v is None else fmt.format(v)
-
-
-def _med(s: dict | None, fmt="{:.2f}", spread=True) -> str:
-    if not s:
-        return "—"
-    text = fmt.format(s["median"])
-    if spread and s["n"] > 1:
-        text += f" ({fmt.format(s['min'])}–{fmt.format(s['max'])})"
-    return text
-
-
-def _pct(s: dict | None) -> str:
-    return "—" if not s else f"{s['median'] * 100:.0f}%"
-
-
-def _x(v) -> str:
-    return "—" if v is None else f"{v:.2f}×"
+from bench import report_tls
+from bench.fmt import LABELS, _bars, _f, _med, _pct, _series, _x
 
 
 # --- markdown ---------------------------------------------------------------------------------
@@ -106,38 +84,17 @@ def idle_md(sec: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-MD = {"bulk": bulk_md, "connrate": connrate_md, "idle": idle_md}
+MD = {"bulk": bulk_md, "connrate": connrate_md, "idle": idle_md, **report_tls.MD}
 TITLES = {"bulk": "Bulk throughput (iperf3)", "connrate": "Connection rate and latency (nginx + wrk)",
-          "idle": "Idle connections: memory per connection"}
+          "idle": "Idle connections: memory per connection", **report_tls.TITLES}
 
 
 # --- charts -----------------------------------------------------------------------------------
-def _bars(ax, names, meds, lows, highs, title, ylabel):
-    xs = range(len(names))
-    err = [[m - lo if m is not None else 0 for m, lo in zip(meds, lows)],
-           [hi - m if m is not None else 0 for m, hi in zip(meds, highs)]]
-    ax.bar(xs, [m or 0 for m in meds], yerr=err, capsize=3,
-           color=["#c44" if n.startswith("epollmux") else "#999" if n == "direct" else "#48a" for n in names])
-    ax.set_xticks(list(xs))
-    ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
-    ax.set_title(title, fontsize=10)
-    ax.set_ylabel(ylabel, fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-
-
-def _series(rows, key_fn):
-    meds, lows, highs = [], [], []
-    for row in rows:
-        s = key_fn(row)
-        meds.append(s["median"] if s else None)
-        lows.append(s["min"] if s else 0)
-        highs.append(s["max"] if s else 0)
-    return meds, lows, highs
-
-
 def chart(sec: dict, path: str, plt) -> None:
     kind = sec["section"]
-    if kind == "bulk":
+    if kind in report_tls.MD:
+        fig = report_tls.chart(sec, plt)
+    elif kind == "bulk":
         streams = sec["params"]["streams"]
         fig, axes = plt.subplots(2, len(streams), figsize=(5 * len(streams), 7), squeeze=False)
         for col, st in enumerate(streams):
@@ -237,6 +194,9 @@ def targets(results: dict, subject: str = "epollmux-splice") -> list[dict]:
                 add(f"idle: RSS per connection ({row.get('ping_ok')} held of {row['n']})",
                     f"{row['rss_per_conn_kb']:.2f} KB", "≤ 2.0 KB, all held",
                     row["rss_per_conn_kb"] <= 2.0 and row.get("all_held"))
+    if "tls" in secs:
+        for what, value, goal, ok in report_tls.targets(secs["tls"]):
+            add(what, value, goal, ok)
     return out
 
 
@@ -249,7 +209,7 @@ def targets_md(results: dict) -> str:
     if not rows:
         return ""
     mark = {True: "met", False: "**missed**", None: "—"}
-    lines = ["## Issue 6 targets (epollmux splice, this run)", "", "| target | value | goal | |", "|---|---|---|---|"]
+    lines = ["## Issue 6 targets (this run: epollmux splice for TCP, epollmux 1 worker for TLS)", "", "| target | value | goal | |", "|---|---|---|---|"]
     lines += [f"| {r['target']} | {r['value']} | {r['goal']} | {mark[r['met']]} |" for r in rows]
     return "\n".join(lines) + "\n"
 
@@ -263,6 +223,9 @@ def header_md(results: dict) -> str:
              f"Python {m['python']}, fd limit {m['nofile']}. Load average at start {m['load_start']}, "
              f"at end {m['load_end']} (other work on the machine shows here and widens the spread).", "",
              "Versions: " + "; ".join(f"{k} {val}" for k, val in v.items()) + ".", ""]
+    if results.get("epollmux_at_end"):
+        lines += [f"**The epollmux tree changed during the run**: {v['epollmux']} at the start, "
+                  f"{results['epollmux_at_end']} at the end; each subject runs the code it loaded when it started.", ""]
     return "\n".join(lines)
 
 

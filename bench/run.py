@@ -1,10 +1,10 @@
 """The benchmark driver: `python3 -m bench.run [--quick] [--sections ...] [--repeat N] ...`.
 
 Owns: options, the run's time budget (every section checks it before each measurement, so a run
-ends in bounded time: ~10 min by default, ~2 min with --quick), the temp dir, the machine and
-version record, and handing the results to bench.report. Sections run one after another:
-bulk (iperf3), connrate (nginx + wrk), idle (held connections). TLS sections will slot in here
-as further entries of SECTIONS once TLS termination lands.
+ends in bounded time: at most 15 min by default, ~3 min with --quick), the temp dir, the machine
+and version record, and handing the results to bench.report. Sections run one after another:
+bulk (iperf3), connrate (nginx + wrk), idle (held connections), sniff (probe decision cost, SNI
+routing under load), tls (TLS termination beside stunnel and HAProxy).
 """
 
 from __future__ import annotations
@@ -25,11 +25,14 @@ import sys
 import tempfile
 import time
 
-from bench import bulk, connrate, idle, report, subjects
+from bench import bulk, connrate, idle, report, sniff, subjects, tls, tlssubjects
 from bench.context import Context
 from bench.procs import CpuGroup, Ports
 
-SECTIONS = {"bulk": bulk.run_section, "connrate": connrate.run_section, "idle": idle.run_section}
+SECTIONS = {"bulk": bulk.run_section, "connrate": connrate.run_section, "idle": idle.run_section,
+            "sniff": sniff.run_section, "tls": tls.run_section}
+KNOWN = {**subjects.ALL, **tlssubjects.ALL}
+DEFAULT = subjects.DEFAULT + tlssubjects.DEFAULT
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 NOTES = [
@@ -50,15 +53,26 @@ NOTES = [
     "measured in turn, with the order rotated each round, all started at once in front of the same backend.",
     "Idle: memory per connection = (RSS or PSS with all held − baseline after a 16-connection warm-up) / held; "
     "kernel socket buffers are not in RSS.",
+    "Sniff: the decision cost is timed in a fresh interpreter on the captured fixtures (no I/O); the SNI routers "
+    "pass TLS through to nginx, which terminates it; wrk resumes sessions there, as a browser would.",
+    "TLS: TLS 1.3 only, the ciphers each side picks by default (all subjects negotiated the same suite, see the "
+    "checks table); no client verifies the self-signed certificates (wrk, curl -k), so the clients' cost is the "
+    "same for every subject. epollmux terminates on a `probe = any` route (no sniffing), `workers = 1`; HAProxy "
+    "`bind ... ssl crt`, TCP mode, `nbthread 1`; stunnel as shipped (a thread per connection). Resumption off: "
+    "epollmux `tls_resumption = no`, HAProxy `no-tls-tickets` + `tune.ssl.cachesize 0`, stunnel "
+    "`sessionResume = no`, nginx `ssl_session_tickets off` + `ssl_session_cache off`; the checks table shows none "
+    "of them resumed. Load generator, terminator and nginx share the machine's 2 CPUs, and a full handshake costs "
+    "the client about as much as the server: compare the per-CPU-second columns, not only the rates.",
 ]
 
 
 def options(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python3 -m bench.run", description="epollmux beside its peers")
-    p.add_argument("--quick", action="store_true", help="1 run each, short durations, ~2 minutes")
+    p.add_argument("--quick", action="store_true", help="1 run each, short durations, ~3 minutes")
     p.add_argument("--sections", default=",".join(SECTIONS), help="comma list of " + ",".join(SECTIONS))
-    p.add_argument("--subjects", default=",".join(subjects.DEFAULT),
-                   help="comma list of " + ",".join(subjects.ORDER) + " (default: all but the 2-worker/2-thread pair)")
+    p.add_argument("--subjects", default=",".join(DEFAULT),
+                   help="comma list of " + ",".join(KNOWN) + " (default: all but the 2-worker/2-thread ones); "
+                   "each section measures those of them it knows")
     p.add_argument("--repeat", type=int, help="runs per measurement (default 3, quick 1)")
     p.add_argument("--bulk-seconds", type=float, help="iperf3 duration (default 5, quick 2)")
     p.add_argument("--streams", default="1,4", help="iperf3 parallel stream counts")
@@ -66,7 +80,9 @@ def options(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rate-connections", type=int, default=32, help="wrk connections")
     p.add_argument("--latency-count", type=int, help="sequential connections for unloaded latency (default 500)")
     p.add_argument("--idle-n", type=int, help="idle connections to hold (default 9000, quick 2000)")
-    p.add_argument("--budget", type=float, help="seconds the whole run may take (default 600, quick 150)")
+    p.add_argument("--tls-seconds", type=float, help="duration of each TLS run (default 3, quick 1)")
+    p.add_argument("--tls-streams", type=int, default=4, help="parallel curl downloads in TLS bulk runs")
+    p.add_argument("--budget", type=float, help="seconds the whole run may take (default 900, quick 200)")
     p.add_argument("--ports", default="25000-25999", help="port range to use on 127.0.0.1")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="directory for JSON, tables, charts")
     p.add_argument("--results-md", default=os.path.join(HERE, "RESULTS.md"))
@@ -79,7 +95,8 @@ def options(argv: list[str]) -> argparse.Namespace:
     o.rate_seconds = o.rate_seconds or (2 if q else 4)
     o.latency_count = o.latency_count or (200 if q else 500)
     o.idle_n = o.idle_n or (2000 if q else 9000)
-    o.budget = o.budget or (150 if q else 600)
+    o.tls_seconds = o.tls_seconds or (1 if q else 3)
+    o.budget = o.budget or (200 if q else 900)
     o.sections = [s for s in o.sections.split(",") if s]
     o.subjects = [s for s in o.subjects.split(",") if s]
     o.streams = [int(s) for s in o.streams.split(",")]
@@ -87,7 +104,7 @@ def options(argv: list[str]) -> argparse.Namespace:
         if s not in SECTIONS:
             p.error(f"unknown section {s}")
     for s in o.subjects:
-        if s not in subjects.ALL:
+        if s not in KNOWN:
             p.error(f"unknown subject {s}")
     return o
 
@@ -139,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         ctx.log("interrupted: writing what was measured")
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    end_version = subjects.versions()["epollmux"]
+    if end_version != results["versions"]["epollmux"]:     # the tree changed under the run (shared checkout)
+        results["epollmux_at_end"] = end_version
     results["wall_seconds"] = time.monotonic() - t0
     results["machine"]["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     for path in report.write(results, opts.out, opts.results_md):

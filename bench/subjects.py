@@ -31,6 +31,7 @@ PIPE_SIZE = 262144
 class Subject:
     name = "?"
     label = "?"
+    variant = ""      # set per instance when one section runs several configurations of a subject
 
     def __init__(self, tmpdir: str, port: int, backend: tuple[str, int]):
         self.tmpdir = tmpdir
@@ -38,13 +39,18 @@ class Subject:
         self.backend = backend
         self.proc: Proc | None = None
 
+    @property
+    def ident(self) -> str:
+        """Unique among the instances of a run: names its config, log file and cgroup."""
+        return f"{self.name}.{self.variant}" if self.variant else self.name
+
     # subclasses give argv (and write their config file)
     def argv(self) -> list[str]:
         raise NotImplementedError
 
     def start(self) -> "Subject":
-        self.proc = Proc(self.name, self.argv(), self.tmpdir, cwd=REPO, env=self.env(),
-                         cgroup=CpuGroup.make(f"{self.name}.{self.port}"))
+        self.proc = Proc(self.ident, self.argv(), self.tmpdir, cwd=REPO, env=self.env(),
+                         cgroup=CpuGroup.make(f"{self.ident}.{self.port}"))
         self.proc.wait_listening(self.port)
         return self
 
@@ -79,7 +85,7 @@ class Subject:
             self.proc.stop()
 
     def path(self, name: str) -> str:
-        return os.path.join(self.tmpdir, f"{self.name}.{name}")
+        return os.path.join(self.tmpdir, f"{self.ident}.{name}")
 
 
 class Direct(Subject):
@@ -235,4 +241,6 @@ def versions() -> dict[str, str]:
         "iperf3": first(["iperf3", "--version"]),
         "wrk": first(["wrk", "-v"], r"wrk \S+"),
         "stunnel": first(["stunnel", "-version"], r"stunnel \S+"),
+        "openssl": first(["openssl", "version"]),
+        "curl": first(["curl", "--version"], r"curl \S+"),
     }

@@ -1,0 +1,105 @@
+"""Probe decision cost: `python3 -m bench.sniffcost [--repeat N] [--seconds S]` prints JSON.
+
+Owns: timing epollmux's pure sniffing functions on real first flights (tests/fixtures/probes/*.bin)
+over the example config's route table (ssh, tls with `sni`, http, any), in a fresh interpreter so
+the driver's own state does not weigh on it. Each case is timed with `timeit` (GC off while timing,
+as `timeit` does; the worker freezes its startup objects, so little is left for the GC), `repeat`
+times, each for about `seconds`; the result is microseconds per call.
+Cases: `sniff.decide()` on the whole first flight (what a connection pays once its bytes are in),
+`decide()` on the first half of a ClientHello (a hello split over two segments pays this AGAIN
+first), `clienthello.parse_client_hello()` alone, and `accesslog.peeked_names()` (a routed
+connection parses its hello once more there, for the access record).
+Imports epollmux's pure modules only (probes, sniff, clienthello, accesslog); runs nothing else.
+"""
+
+from __future__ import annotations
+
+import os as _os
+import sys as _sys
+
+if not __package__:
+    _sys.path[0] = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+
+import argparse
+import json
+import os
+import sys
+import timeit
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(REPO, "tests", "fixtures", "probes")
+SNI = "www.example.org"          # the name in the curl fixtures
+# The example config's routes, in its order, with the tls route narrowed by SNI.
+TABLE = (("ssh", {}), ("tls", {"sni": [SNI]}), ("http", {}), ("any", {}))
+
+# (case id, what it shows, fixture, function: decide | decide-half | parse)
+CASES = [
+    ("tls-sni", "TLS 1.3 ClientHello (curl, SNI + ALPN http/1.1, 517 B) → tls route (2nd)",
+     "tls_curl_sni.bin", "decide"),
+    ("tls-h2", "TLS 1.3 ClientHello (curl, ALPN h2) → tls route", "tls_curl_h2.bin", "decide"),
+    ("tls-other-sni", "TLS 1.3 ClientHello, SNI not in the table (Python ssl) → any (4th)",
+     "tls_python_sni.bin", "decide"),
+    ("tls-2-records", "1 KB ClientHello in two records (openssl) → any (its SNI is not in the table)",
+     "tls_openssl13_fragmented.bin", "decide"),
+    ("tls-half", "first half of the curl ClientHello → AGAIN (wait for more)", "tls_curl_sni.bin", "decide-half"),
+    ("ssh", "SSH banner (OpenSSH) → ssh route (1st)", "ssh_openssh.bin", "decide"),
+    ("http", "HTTP/1.1 GET head (curl) → http route (3rd)", "http_curl_get.bin", "decide"),
+    ("parse-sni", "`parse_client_hello()` alone: curl ClientHello", "tls_curl_sni.bin", "parse"),
+    ("parse-2-records", "`parse_client_hello()` alone: 1 KB hello in two records", "tls_openssl13_fragmented.bin",
+     "parse"),
+    ("names", "`accesslog.peeked_names()`: the hello parsed again for the access record, once routed",
+     "tls_curl_sni.bin", "names"),
+]
+
+
+def _callable(kind: str, data: bytes, table):
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    from epollmux import accesslog, clienthello, sniff
+    if kind == "names":
+        return (lambda: accesslog.peeked_names(data)), ",".join(f"{k}={v}" for k, v in accesslog.peeked_names(data).items())
+    if kind == "parse":
+        return lambda: clienthello.parse_client_hello(data), clienthello.parse_client_hello(data).status.value
+    if kind == "decide-half":
+        data = data[:len(data) // 2]
+    decision = sniff.decide(data, table)
+    outcome = "again" if not decision.done else (table[decision.route][0] if decision.route is not None else "close")
+    return (lambda: sniff.decide(data, table)), outcome
+
+
+def table():
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    from epollmux import probes
+    return tuple((probe, probes.prepare_options(probe, opts)) for probe, opts in TABLE)
+
+
+def measure(repeat: int, seconds: float) -> dict:
+    routes = table()
+    cases = []
+    for case_id, what, fixture, kind in CASES:
+        with open(os.path.join(FIXTURES, fixture), "rb") as f:
+            data = f.read()
+        fn, outcome = _callable(kind, data, routes)
+        timer = timeit.Timer(fn)
+        number, _ = timer.autorange()           # calls taking >= 0.2 s
+        number = max(1, int(number * seconds / 0.2))
+        runs = [t / number * 1e6 for t in timer.repeat(repeat=repeat, number=number)]
+        cases.append({"case": case_id, "what": what, "fixture": fixture, "bytes": len(data), "function": kind,
+                      "outcome": outcome, "calls_per_run": number, "us": runs})
+    return {"table": [[p, {k: v for k, v in o.items()}] for p, o in TABLE], "python": sys.version.split()[0],
+            "cases": cases}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python3 -m bench.sniffcost")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--seconds", type=float, default=0.3, help="about this long per timed run")
+    o = p.parse_args(argv)
+    json.dump(measure(o.repeat, o.seconds), sys.stdout)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
