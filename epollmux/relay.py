@@ -103,7 +103,9 @@ class Direction:
             self.channel = None
 
     def discard(self) -> None:
-        """Give the channel back at close, whatever it still holds."""
+        """Give the channel back at close, whatever it still holds, and unlink the opposite direction
+        (the two form a cycle that would keep the connection, TLS engines included, until a GC pass)."""
+        self.other = None
         if self.channel is not None:
             if self.pending:
                 self.pool.kill(self.channel)
