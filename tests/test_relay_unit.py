@@ -11,15 +11,21 @@ from epollmux.endpoints import PlainEndpoint
 from epollmux.relay import Direction
 
 
+class Endpoint(PlainEndpoint):
+    """A PlainEndpoint that can be weakly referenced (no __slots__), to see when its directions go."""
+
+
 def test_discarded_directions_are_freed_without_the_cyclic_gc():
     """Regression: up.other/down.other kept closed connections (and their TLS engines) alive until a GC
     pass, which the worker's raised GC thresholds made rare: RSS grew 51 -> 125 MB under TLS load."""
     a, b = socket.socketpair()
     pool = ChannelPool("splice", 65536, 4)
-    up = Direction(PlainEndpoint(a), PlainEndpoint(b), pool)
-    down = Direction(PlainEndpoint(b), PlainEndpoint(a), pool)
+    ea, eb = Endpoint(a), Endpoint(b)
+    up = Direction(ea, eb, pool)
+    down = Direction(eb, ea, pool)
     up.other, down.other = down, up
-    refs = [weakref.ref(up), weakref.ref(down)]
+    refs = [weakref.ref(ea), weakref.ref(eb)]
+    del ea, eb
     gc.disable()
     try:
         up.discard()
