@@ -21,7 +21,7 @@ from bench.context import Context, started
 from bench.procs import HOST, OtherLoad, run
 
 SUBJECTS = ["direct", "epollmux-splice", "epollmux-copy", "haproxy", "sslh-select", "sslh-fork", "socat",
-            "epollmux-splice-2w", "haproxy-2t"]
+            "epollmux-splice-2w", "haproxy-2t", "epollmux-sockmap"]
 REFERENCE = "haproxy"
 
 

@@ -27,7 +27,7 @@ from bench.context import Context, started
 from bench.idle_client import round_trip
 from bench.procs import HOST
 
-SUBJECTS = ["epollmux-splice", "haproxy", "sslh-select"]
+SUBJECTS = ["epollmux-splice", "haproxy", "sslh-select", "epollmux-sockmap"]
 CLIENT_CHUNK = 4500
 CAPS = {"epollmux-splice": (9000, "20,000 fds per process, 2 per connection (1 worker)"),
         "epollmux-copy": (9000, "20,000 fds per process, 2 per connection (1 worker)"),

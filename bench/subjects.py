@@ -139,6 +139,11 @@ class EpollmuxCopy(Epollmux):
     name, label, relay = "epollmux-copy", "epollmux (copy)", "copy"
 
 
+class EpollmuxSockmap(Epollmux):
+    """The kernel relay (BPF sockmap): payload never wakes the worker (issue 9)."""
+    name, label, relay = "epollmux-sockmap", "epollmux (sockmap)", "sockmap"
+
+
 class EpollmuxSplice2(Epollmux):
     """Two workers (needs the multi-worker supervisor); compare with haproxy-2t, not in the defaults."""
     name, label, relay = "epollmux-splice-2w", "epollmux (splice, 2 workers)", "splice"
@@ -206,7 +211,7 @@ class Socat(Subject):
 
 
 ALL = {cls.name: cls for cls in (Direct, EpollmuxSplice, EpollmuxCopy, Haproxy, SslhSelect, SslhFork, Socat,
-                                 EpollmuxSplice2, Haproxy2)}
+                                 EpollmuxSplice2, Haproxy2, EpollmuxSockmap)}
 DEFAULT = ["direct", "epollmux-splice", "epollmux-copy", "haproxy", "sslh-select", "sslh-fork", "socat"]
 ORDER = list(ALL)
 
