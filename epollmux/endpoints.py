@@ -77,7 +77,7 @@ class TLSEndpoint:
             if not self._out:
                 if not self.engine.pending_ciphertext():
                     break
-                self._out = self.engine.take_ciphertext(SEND_CHUNK)
+                self._out = memoryview(self.engine.take_ciphertext(SEND_CHUNK))   # sliced, never copied
             try:
                 sent = self.sock.send(self._out)
             except BlockingIOError:
