@@ -244,6 +244,18 @@ class TLSEngine:
                 return data
             view[:len(data)] = data
             return len(data)
+        got = self._decrypt(view)
+        return got if got else self._end_of_read(0)
+
+    def _read_records(self, size: int) -> bytes | CloseReason:
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        got = self._decrypt(view)
+        view.release()
+        return bytes(buffer[:got]) if got else self._end_of_read(b"")
+
+    def _decrypt(self, view: memoryview) -> int:
+        """Decrypt complete records into view; how the stream ended, if it did, waits in _deferred."""
         size = len(view)
         got = 0
         end: CloseReason | None = None
@@ -261,35 +273,12 @@ class TLSEngine:
             if count == 0:
                 end = CloseReason.CLOSE_NOTIFY
             got += count
-        if got:
-            self._deferred = end
-            return got
-        return self._finish_read(end) if end is not None else 0
+        self._deferred = end
+        return got
 
-    def _read_records(self, size: int) -> bytes | CloseReason:
-        buffer = bytearray(size)
-        view = memoryview(buffer)
-        got = 0
-        end: CloseReason | None = None
-        while got < size and end is None:
-            try:
-                count = self._sslobj.read(size - got, view[got:])
-            except ssl.SSLWantReadError:
-                if self._incoming.eof:
-                    end = CloseReason.TRUNCATED
-                break
-            except ssl.SSLError as exc:
-                end = classify_ssl_error(exc, handshaking=False)
-                self.detail = _error_detail(exc)
-                break
-            if count == 0:
-                end = CloseReason.CLOSE_NOTIFY
-            got += count
-        view.release()
-        if got:
-            self._deferred = end
-            return bytes(buffer[:got])
-        return self._finish_read(end) if end is not None else b""
+    def _end_of_read(self, nothing):
+        """No bytes were decrypted: the end of the stream if it came, else `nothing` (wait for more)."""
+        return self._finish_read(self._deferred) if self._deferred is not None else nothing
 
     def _finish_read(self, end: CloseReason) -> CloseReason:
         self._deferred = None
