@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, tree_pids
 
 # Plays systemd: sets LISTEN_PID / WATCHDOG_PID to its own PID, moves the passed fd to 3, then execs.
@@ -261,3 +263,12 @@ drain_timeout = 30
   probe = any
   backend = 127.0.0.1:{backend_port}
 """
+
+
+@pytest.fixture
+def procs():
+    """Daemons a test starts, each ended by PID afterwards."""
+    started: list[Proc] = []
+    yield started
+    for p in started:
+        p.end()

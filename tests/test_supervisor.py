@@ -15,19 +15,11 @@ from collections import Counter
 import pytest
 
 from conftest import free_port, listening, tree_pids
-from svhelpers import NotifySocket, Proc, TaggedBackend, config, exchange, status_field, uid_of
+from svhelpers import NotifySocket, Proc, TaggedBackend, procs, config, exchange, status_field, uid_of
 
 pytestmark = pytest.mark.timeout(60)
 
 STATS = re.compile(r"epollmux\[(\d+)\] INFO epollmux\.worker: stats:\naccepted=(\d+)")
-
-
-@pytest.fixture
-def procs():
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.end()
 
 
 @pytest.fixture

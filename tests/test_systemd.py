@@ -13,17 +13,9 @@ import time
 import pytest
 
 from conftest import REPO, free_port, listening, wait_port
-from svhelpers import NotifySocket, Proc, TaggedBackend, config, exchange
+from svhelpers import NotifySocket, Proc, TaggedBackend, procs, config, exchange
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def procs():
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.end()
 
 
 @pytest.fixture
