@@ -67,6 +67,25 @@ class Nginx(Process):
             wait_port(port, proc=self.proc)
 
 
+class HAProxy(Process):
+    """/usr/sbin/haproxy in the foreground (-db), one TCP frontend to one `server` line; ended by its PID.
+
+    `bind` is appended to each bind line (e.g. " accept-proxy"); `ipv6` adds a [::1] bind on the same port."""
+
+    def __init__(self, tmp: Path, server: str, bind: str = "", ipv6: bool = False,
+                 unique_id: str = "%ci:%cp"):
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        binds = f"  bind 127.0.0.1:{self.port}{bind}\n" + (f"  bind [::1]:{self.port}{bind}\n" if ipv6 else "")
+        cfg = tmp / "haproxy.cfg"
+        cfg.write_text("global\n  nbthread 1\n  maxconn 64\n"
+                       "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 10s\n  timeout server 10s\n"
+                       f"frontend f\n{binds}  unique-id-format {unique_id}\n  default_backend b\n"
+                       f"backend b\n  server s {server}\n")
+        super().__init__([need("haproxy"), "-db", "-f", str(cfg)], tmp / "haproxy.log")
+        wait_port(self.port, proc=self.proc)
+
+
 @pytest.fixture
 def nginx(tmp_path):
     started = []

@@ -12,7 +12,7 @@
   its number under a burst; source ACLs per listener and route, never reaching a backend; transparent mode.
 - `--check` messages for bad values.
 Clients take distinct 127.0.0.x source addresses by binding before connect. Every process is ended by its
-PID (the fixtures of conftest.py and peers.py, and the HAProxy fixture here).
+PID (the fixtures of conftest.py and peers.py, and the haproxy fixture here).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 from certs import tls_ca  # noqa: F401  (fixture)
 from conftest import closed_count, stats, REPO, echo, free_port, recv_all, wait_port
 from epollmux import proxyproto as pp
-from peers import need, nginx, wait_text  # noqa: F401  (fixture)
+from peers import HAProxy, need, nginx, wait_text  # noqa: F401  (fixture)
 
 SIG = pp.SIGNATURE_V2
 OK, NEED_MORE, INVALID = pp.Status.OK, pp.Status.NEED_MORE, pp.Status.INVALID
@@ -272,34 +272,6 @@ def check_v2_fixed(header: bytes, fam: int, src: tuple, dst: tuple) -> dict[int,
 
 
 # --- HAProxy in front --------------------------------------------------------------------------------
-class HAProxy:
-    """/usr/sbin/haproxy in the foreground (-db), one TCP frontend to one server; ended by its PID."""
-
-    def __init__(self, tmp: Path, server: str, bind: str = ""):
-        tmp.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        cfg = tmp / "haproxy.cfg"
-        cfg.write_text("global\n  nbthread 1\n  maxconn 64\n"
-                       "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 10s\n  timeout server 10s\n"
-                       f"frontend f\n  bind 127.0.0.1:{self.port}{bind}\n  unique-id-format %ci:%cp\n"
-                       "  default_backend b\n"
-                       f"backend b\n  server s {server}\n")
-        self.log = open(tmp / "haproxy.log", "ab")
-        self.proc = subprocess.Popen([need("haproxy"), "-db", "-f", str(cfg)], stdout=self.log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        wait_port(self.port, proc=self.proc)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()                       # SIGTERM to this PID only
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
-
-
 @pytest.fixture
 def haproxy(tmp_path):
     started: list[HAProxy] = []

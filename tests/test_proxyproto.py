@@ -9,19 +9,16 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from certs import tls_ca  # noqa: F401
-from conftest import free_port, wait_port
 from epollmux import proxyproto as pp
 from epollmux.proxyproto import Endpoint, Status
-from peers import need
+from peers import HAProxy
 
 SIG = bytes.fromhex("0D0A0D0A000D0A515549540A")
 V1_EXAMPLE = b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n"
@@ -574,34 +571,6 @@ def test_captured_haproxy_tls_header():
 
 # ---------------------------------------------------------------------------------------------- HAProxy
 
-class HAProxy:
-    """/usr/sbin/haproxy in the foreground (-db) with one TCP frontend; ended by its PID."""
-
-    def __init__(self, tmp: Path, frontend: str, server: str):
-        self.port = free_port()
-        self.config = tmp / "haproxy.cfg"
-        self.config.write_text(
-            "global\n  nbthread 1\n  maxconn 64\n"
-            "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 10s\n  timeout server 10s\n"
-            f"frontend f\n  bind 127.0.0.1:{self.port}{frontend}\n  bind [::1]:{self.port}{frontend}\n"
-            "  unique-id-format %ci:%cp_%fp\n  default_backend b\n"
-            f"backend b\n  server s {server}\n")
-        self.log = open(tmp / "haproxy.log", "ab")
-        self.proc = subprocess.Popen([need("haproxy"), "-db", "-f", str(self.config)], stdout=self.log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        wait_port(self.port, proc=self.proc)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()                       # SIGTERM to this PID only
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
-
-
 @pytest.fixture
 def haproxy(tmp_path):
     started: list[HAProxy] = []
@@ -612,7 +581,8 @@ def haproxy(tmp_path):
         backend.listen(4)
         backend.settimeout(10)
         sockets.append(backend)
-        h = HAProxy(tmp_path, frontend, f"127.0.0.1:{backend.getsockname()[1]} {server_options}")
+        h = HAProxy(tmp_path / f"haproxy{len(started)}", f"127.0.0.1:{backend.getsockname()[1]} {server_options}",
+                    frontend, ipv6=True, unique_id="%ci:%cp_%fp")
         started.append(h)
         return h, backend
 
