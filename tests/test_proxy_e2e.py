@@ -18,10 +18,8 @@ PID (the fixtures of conftest.py and peers.py, and the haproxy fixture here).
 from __future__ import annotations
 
 import json
-import os
 import queue
 import re
-import signal
 import socket
 import ssl
 import struct
@@ -29,14 +27,13 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from certs import tls_ca  # noqa: F401  (fixture)
-from conftest import closed_count, stats, REPO, echo, free_port, recv_all, wait_port
+from conftest import closed_count, stats, REPO, echo, free_port, recv_all
 from epollmux import proxyproto as pp
 from peers import HAProxy, need, nginx, wait_text  # noqa: F401  (fixture)
 
