@@ -79,6 +79,7 @@ class _NotTls(Exception):
 # against the bytes present (past them: NEED_MORE), so the first overrun in wire order decides.
 _type_and_length = struct.Struct(">HH").unpack_from
 _NEED_MORE = HelloResult(HelloStatus.NEED_MORE)
+_OPENED = frozenset((EXT_SERVER_NAME, EXT_ALPN, EXT_SUPPORTED_VERSIONS, EXT_ECH))
 
 
 def _reassemble(data: bytes) -> tuple[bytes, int | None, int]:
@@ -195,6 +196,7 @@ def _parse_extensions(hs: bytes, pos: int, limit: int, avail: int, legacy_versio
     versions = (legacy_version,)
     has_ech = False
     seen: set[int] = set()
+    add = seen.add
     while pos != limit:
         body = pos + 4
         if body > limit:                                   # type (2 bytes), then length (2 bytes)
@@ -209,7 +211,9 @@ def _parse_extensions(hs: bytes, pos: int, limit: int, avail: int, legacy_versio
             raise _Invalid(f"vector of {n} bytes overruns its container")
         if ext_type in seen:
             raise _Invalid(f"duplicate extension {ext_type:#06x}")
-        seen.add(ext_type)
+        add(ext_type)
+        if ext_type not in _OPENED:
+            continue
         if ext_type == EXT_SERVER_NAME:
             server_name = _parse_sni(hs, body, pos, avail)
             sni = server_name.lower() if server_name else None
@@ -278,7 +282,7 @@ def _parse_versions(hs: bytes, pos: int, limit: int, avail: int) -> tuple[int, .
         raise _Invalid("bad supported_versions length")
     if limit > avail:
         raise _NeedMore()
-    return tuple(v for v in struct.unpack_from(f">{n >> 1}H", hs, pos) if v not in GREASE)
+    return tuple([v for v in struct.unpack_from(f">{n >> 1}H", hs, pos) if v not in GREASE])
 
 
 def parse_client_hello(data: bytes) -> HelloResult:
