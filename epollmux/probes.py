@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 import fnmatch
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from epollmux.clienthello import HelloStatus, parse_client_hello
@@ -45,9 +45,11 @@ class ProbeSpec:
 
 # ---------------------------------------------------------------- byte shapes
 # A shape is a sequence of byte sets, one per position.  Matching a family of shapes against a prefix is
-# what makes AGAIN exact: AGAIN while some shape is still possible, NEXT when none is.
+# what makes AGAIN exact: AGAIN while some shape is still possible, NEXT when none is.  A family is indexed
+# by first byte, so bytes of another protocol (a TLS record before the http probe) cost one lookup.
 
 Shape = tuple[frozenset[int], ...]
+Family = tuple[tuple[Shape, ...], ...]      # [b]: the shapes whose first cell allows byte b; [256]: all
 DIGITS = frozenset(b"0123456789")
 
 
@@ -63,10 +65,14 @@ def _shape_state(data: bytes, shape: Shape) -> Verdict:
     return Verdict.MATCH if len(data) >= len(shape) else Verdict.AGAIN
 
 
-def match_shapes(data: bytes, shapes: Iterable[Shape]) -> Verdict:
+def family(*shapes: Shape) -> Family:
+    return tuple(tuple(s for s in shapes if b in s[0]) for b in range(256)) + (shapes,)
+
+
+def match_shapes(data: bytes, shapes: Family) -> Verdict:
     """MATCH if any shape matches, else AGAIN if any is still possible, else NEXT."""
     verdict = Verdict.NEXT
-    for shape in shapes:
+    for shape in shapes[data[0] if data else 256]:
         state = _shape_state(data, shape)
         if state is Verdict.MATCH:
             return state
@@ -91,8 +97,8 @@ def glob_any(name: str, patterns: Sequence[str]) -> bool:
 
 
 # ---------------------------------------------------------------- simple prefix probes
-SSH_SHAPES = (literal(b"SSH-"),)
-TINC_SHAPES = (literal(b"0 "),)
+SSH_SHAPES = family(literal(b"SSH-"))
+TINC_SHAPES = family(literal(b"0 "))
 
 
 def probe_ssh(data: bytes, opts: Mapping[str, object]) -> Verdict:
@@ -135,9 +141,9 @@ def probe_tls(data: bytes, opts: Mapping[str, object]) -> Verdict:
 
 # ---------------------------------------------------------------- http
 HTTP_METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"TRACE", b"CONNECT", b"PATCH")
-HTTP1_SHAPES = tuple(literal(m + b" ") for m in HTTP_METHODS)
 H2_PREFACE_LINE = b"PRI * HTTP/2.0\r\n"
-HTTP_SHAPES = HTTP1_SHAPES + (literal(H2_PREFACE_LINE),)
+HTTP1_SHAPES = family(*(literal(m + b" ") for m in HTTP_METHODS))
+HTTP_SHAPES = family(*(literal(m + b" ") for m in HTTP_METHODS), literal(H2_PREFACE_LINE))
 HEAD_END = b"\r\n\r\n"
 
 
@@ -217,7 +223,7 @@ def probe_openvpn(data: bytes, opts: Mapping[str, object]) -> Verdict:
 
 
 # ---------------------------------------------------------------- xmpp
-XMPP_SHAPES = (literal(b"<?xml"), literal(b"<stream:stream"))
+XMPP_SHAPES = family(literal(b"<?xml"), literal(b"<stream:stream"))
 XMPP_WINDOW = 1024          # bytes searched for the stream header
 
 
@@ -262,7 +268,7 @@ def probe_socks5(data: bytes, opts: Mapping[str, object]) -> Verdict:
 
 
 # ---------------------------------------------------------------- adb
-ADB_SHAPES = (
+ADB_SHAPES = family(
     _placed({0: b"CNXN", 24: b"host:"}),
     _placed({0: bytes(20) + b"\xff" * 4, 24: b"CNXN", 48: b"host:"}),   # after ADB 26's empty message
 )
@@ -275,11 +281,11 @@ def probe_adb(data: bytes, opts: Mapping[str, object]) -> Verdict:
 
 
 # ---------------------------------------------------------------- syslog
-def _syslog_shapes() -> tuple[Shape, ...]:
+def _syslog_shapes() -> Family:
     """sslh's `^([0-9]{1,3} )?<[0-9]{1,3}>` spelled out as 12 fixed shapes."""
     prefixes = [()] + [(DIGITS,) * n + literal(b" ") for n in (1, 2, 3)]
     pris = [literal(b"<") + (DIGITS,) * n + literal(b">") for n in (1, 2, 3)]
-    return tuple(p + q for p in prefixes for q in pris)
+    return family(*(p + q for p in prefixes for q in pris))
 
 
 SYSLOG_SHAPES = _syslog_shapes()
