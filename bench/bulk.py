@@ -5,20 +5,25 @@ at once (idle subjects cost nothing) and measured in turn, round after round, wi
 order rotated each round so that drift on a shared machine does not favour one position.
 Per run: Gbit/s received (iperf3 -J `sum_received`), the subject's CPU seconds over the run
 (all its processes, `Subject.cpu()`) and the user-mode share of them, Gbit per proxy
-CPU-second, and the CPU the rest of the machine used meanwhile (`OtherLoad`: other work on a
+CPU-second, and the machine's CPU split by `hostcpu.HostCPU`: host CPU-s (the whole machine less
+unrelated processes: the relay, iperf3 and the kernel's work for them, the one figure comparable
+between direct, splice and sockmap, whose work runs in kworkers and softirqs), its kernel part
+(kernel threads and interrupts charged to no process), and unrelated CPU-s (other work on a
 shared machine, which makes a sample less trustworthy).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 
 from bench import stats
+from bench.hostcpu import HostCPU
 from bench.backends import Iperf3
 from bench.context import Context, started
-from bench.procs import HOST, OtherLoad, run
+from bench.procs import HOST, run, tree_pids
 
 SUBJECTS = ["direct", "epollmux-splice", "epollmux-copy", "haproxy", "sslh-select", "sslh-fork", "socat",
             "epollmux-splice-2w", "haproxy-2t", "epollmux-sockmap"]
@@ -43,7 +48,8 @@ def iperf3(port: int, seconds: float, streams: int) -> dict:
 def measure(ctx: Context, subject, seconds: float, streams: int, backend_pid: int | None = None) -> dict:
     if not subject.alive():
         return {"error": "subject not running"}
-    other = OtherLoad(backend_pid)
+    relay_pids = set(tree_pids(subject.pid)) if subject.pid else set()
+    host = HostCPU()
     cpu0, user0, t0 = subject.cpu(), subject.cpu_user(), time.monotonic()
     try:
         res = iperf3(subject.port, seconds, streams)
@@ -55,11 +61,17 @@ def measure(ctx: Context, subject, seconds: float, streams: int, backend_pid: in
     time.sleep(0.1)       # let the relay finish its last close before reading its CPU
     cpu = subject.cpu() - cpu0
     user = subject.cpu_user() - user0
+    if subject.pid:
+        relay_pids |= set(tree_pids(subject.pid))
+    load_pids = {os.getpid(), *(tree_pids(backend_pid) if backend_pid else ())}   # the driver: iperf3 -c reaped
+    split = host.split(relay_pids, load_pids, cpu if subject.pid else 0.0)
     res.update(user_share=user / cpu if cpu > 0 else None, wall_s=time.monotonic() - t0,
-               other_cpu_s=other.seconds(cpu), cpu_s=cpu if subject.pid else None)
+               cpu_s=cpu if subject.pid else None, host_cpu_s=split["host"], kernel_cpu_s=split["kernel"],
+               load_cpu_s=split["load"], unrelated_cpu_s=split["unrelated"], host_split=split)
     if "error" not in res:
         res["gbps"] = res["bits_per_second"] / 1e9
         res["gbit_per_cpu_s"] = res["bytes"] * 8 / 1e9 / cpu if subject.pid and cpu > 0 else None
+        res["gbit_per_host_cpu_s"] = res["bytes"] * 8 / 1e9 / split["host"] if split["host"] > 0 else None
     if not subject.alive():
         res["error"] = res.get("error", "") + " subject died"
     return res
@@ -88,7 +100,8 @@ def run_section(ctx: Context) -> dict:
                         res.update(subject=name, streams=streams, rep=rep)
                         samples.append(res)
                         ctx.log(f"bulk {name:16} P={streams} rep={rep}: " + (
-                            f"{res['gbps']:.2f} Gbit/s, cpu {res['cpu_s'] or 0:.2f}s" if "gbps" in res
+                            f"{res['gbps']:.2f} Gbit/s, cpu {res['cpu_s'] or 0:.2f}s, host {res['host_cpu_s']:.2f}s "
+                            f"(kernel {res['kernel_cpu_s']:.2f}s, unrelated {res['unrelated_cpu_s']:.2f}s)" if "gbps" in res
                             else f"ERROR {res['error']}"))
             cpu_methods = {n: running[n].cpu_method for n in order}
     finally:
@@ -114,7 +127,10 @@ def summarize(names: list[str], streams_list: list[int], samples: list[dict]) ->
                 "cpu_s": stats.summary([s["cpu_s"] for s in ok]),
                 "gbit_per_cpu_s": stats.summary([s["gbit_per_cpu_s"] for s in ok]),
                 "user_share": stats.summary([s.get("user_share") for s in ok]),
-                "other_cpu_s": stats.summary([s.get("other_cpu_s") for s in ok]),
+                "host_cpu_s": stats.summary([s.get("host_cpu_s") for s in ok]),
+                "kernel_cpu_s": stats.summary([s.get("kernel_cpu_s") for s in ok]),
+                "gbit_per_host_cpu_s": stats.summary([s.get("gbit_per_host_cpu_s") for s in ok]),
+                "unrelated_cpu_s": stats.summary([s.get("unrelated_cpu_s") for s in ok]),
                 "errors": len(mine) - len(ok),
             }
         ref = block.get(REFERENCE)

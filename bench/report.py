@@ -20,13 +20,20 @@ def bulk_md(sec: dict) -> str:
     p = sec["params"]
     lines = [f"iperf3, {p['seconds']} s per run, {p['repeat']} runs each (median, min–max); "
              "proxy CPU = all the subject's processes; ratios are medians over HAProxy's. "
-             "\"Other CPU-s\" is what the rest of the machine used during a run (not the subject, iperf3 "
-             "or this driver): the higher, the less a run's Gbit/s can be trusted.", ""]
+             "Host CPU-s = the whole machine's busy time during a run less unrelated processes: the relay, "
+             "iperf3 (both ends) and the kernel's work for them, wherever it ran (bench/hostcpu.py). It is the "
+             "figure comparable across direct, splice and sockmap: a kernel relay's work runs in kworkers and "
+             "in softirqs charged to whichever task they interrupted (often iperf3), which proxy CPU cannot "
+             "see. Kernel = kernel threads plus interrupt time charged to no process (noise of either sign "
+             "included). \"Unrelated CPU-s\" is other processes' work during a run: the higher, the less a "
+             "run's figures can be trusted; kernel threads and softirqs also serve other work, so a busy "
+             "machine inflates host and kernel CPU-s too.", ""]
     for streams in p["streams"]:
         lines += [f"**{streams} stream{'s' if streams > 1 else ''}**", "",
                   "| subject | Gbit/s | × HAProxy | proxy CPU-s per run | user-mode share | Gbit per proxy CPU-s "
-                  "| × HAProxy | other CPU-s per run | failed runs |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| × HAProxy | host CPU-s per run | of which kernel | Gbit per host CPU-s | unrelated CPU-s per run "
+                  "| failed runs |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in sec["summary"]:
             if row["streams"] != streams:
                 continue
@@ -34,7 +41,10 @@ def bulk_md(sec: dict) -> str:
                          f"{_x(row['gbps_vs_ref'])} | {_med(row['cpu_s'], spread=False)} | "
                          f"{_pct(row.get('user_share'))} | "
                          f"{_med(row['gbit_per_cpu_s'])} | {_x(row['eff_vs_ref'])} | "
-                         f"{_med(row.get('other_cpu_s'), spread=False)} | {row['errors']} |")
+                         f"{_med(row.get('host_cpu_s'), spread=False)} | "
+                         f"{_med(row.get('kernel_cpu_s'), spread=False)} | "
+                         f"{_med(row.get('gbit_per_host_cpu_s'))} | "
+                         f"{_med(row.get('unrelated_cpu_s'), spread=False)} | {row['errors']} |")
         lines.append("")
     return "\n".join(lines)
 
