@@ -61,35 +61,38 @@ class TLSEndpoint:
     # --- ciphertext ------------------------------------------------------------------------
     def receive(self) -> bool:
         """Feed the engine what the socket has; False when the engine has no room. BlockingIOError if empty."""
-        room = self.engine.ciphertext_room()
+        engine = self.engine
+        room = engine.ciphertext_room()
         if room <= 0:
             return False
-        n = self.sock.recv_into(_RECV_VIEW, min(room, RECV_CHUNK))
+        n = self.sock.recv_into(_RECV_VIEW, room if room < RECV_CHUNK else RECV_CHUNK)
         if n:
-            self.engine.feed_ciphertext(_RECV_VIEW[:n])
+            engine.feed_ciphertext(_RECV_VIEW[:n])
         else:
-            self.engine.feed_eof()
+            engine.feed_eof()
         return True
 
     def flush(self) -> bool:
         """Send pending ciphertext; True when nothing is left (then a requested shutdown happens)."""
-        while True:
-            if not self._out:
-                if not self.engine.pending_ciphertext():
-                    break
-                self._out = memoryview(self.engine.take_ciphertext(SEND_CHUNK))   # sliced, never copied
+        out = self._out
+        outgoing = self.engine.outgoing
+        while out or outgoing.pending:
+            if not out:
+                out = self.engine.take_ciphertext(SEND_CHUNK)
             try:
-                sent = self.sock.send(self._out)
+                sent = self.sock.send(out)
             except BlockingIOError:
+                self._out = out
                 return False
-            self._out = self._out[sent:]
+            out = memoryview(out)[sent:] if sent < len(out) else b""    # the rest is sliced, never copied
+        self._out = b""
         if self._shut:
             self._shut = False
             self.sock.shutdown(socket.SHUT_WR)
         return True
 
     def pending_output(self) -> bool:
-        return bool(self._out) or self.engine.pending_ciphertext() > 0 or self._shut
+        return bool(self._out) or self._shut or self.engine.outgoing.pending > 0
 
     # --- plaintext -------------------------------------------------------------------------
     def readinto(self, view: memoryview) -> int:
@@ -98,28 +101,30 @@ class TLSEndpoint:
             view[:n] = self.pushback[:n]
             self.pushback = self.pushback[n:]
             return n
+        engine = self.engine
         while True:
-            result = self.engine.read_into(view)
-            if self.engine.pending_ciphertext():
+            result = engine.read_into(view)
+            if engine.outgoing.pending:
                 self.flush()     # a read can produce records to send (a TLS 1.3 KeyUpdate reply)
             if isinstance(result, CloseReason):
                 if result is CloseReason.CLOSE_NOTIFY:
                     return 0
-                raise errors.Closed(self.prefix + result.value, self.engine.detail)
+                raise errors.Closed(self.prefix + result.value, engine.detail)
             if result:
                 return result
             if not self.receive():
                 raise BlockingIOError
 
     def write(self, view: memoryview) -> int:
-        if not self.flush():
+        engine = self.engine
+        if (self._out or engine.outgoing.pending) and not self.flush():
             raise BlockingIOError
-        n = self.engine.write_plaintext(view)
-        if self.engine.reason is not None and n == 0:
-            raise errors.Closed(self.prefix + self.engine.reason.value, self.engine.detail)
-        self.flush()
+        n = engine.write_plaintext(view)
         if n == 0:
+            if engine.reason is not None:
+                raise errors.Closed(self.prefix + engine.reason.value, engine.detail)
             raise BlockingIOError
+        self.flush()
         return n
 
     def shutdown_write(self) -> None:

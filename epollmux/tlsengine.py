@@ -20,6 +20,9 @@ Contract for the caller (the connection):
 * `write_plaintext()` accepts only what fits under the outbound cap and returns the count accepted.
 * After every call, send `take_ciphertext()` while `pending_ciphertext()` > 0 (alerts too: after a failure,
   flush best-effort, then close the socket). CLOSED with nothing pending means the socket can be closed.
+  `outgoing.pending` is the same count without a Python call, for the per-record path.
+* Calls are cheap when there is nothing to do: once OpenSSL has consumed all the ciphertext fed and asked
+  for more, `step()` and the reads return at once without calling it, until more ciphertext (or EOF) comes.
 * `close()` sends close_notify (OPEN -> CLOSING, or -> CLOSED if the peer's already came). In CLOSING keep
   calling `read_plaintext()` (forward or drop the data) until it returns a reason. `close()` during the
   handshake goes straight to CLOSED with `reason` None: the caller owns that reason (e.g. a timeout).
@@ -56,11 +59,13 @@ class TLSState(enum.Enum):
 
 
 _TRANSITIONS = {
-    TLSState.HANDSHAKING: {TLSState.OPEN, TLSState.CLOSED},
-    TLSState.OPEN: {TLSState.CLOSING, TLSState.CLOSED},
-    TLSState.CLOSING: {TLSState.CLOSED},
-    TLSState.CLOSED: set(),
+    TLSState.HANDSHAKING: (TLSState.OPEN, TLSState.CLOSED),
+    TLSState.OPEN: (TLSState.CLOSING, TLSState.CLOSED),
+    TLSState.CLOSING: (TLSState.CLOSED,),
+    TLSState.CLOSED: (),
 }
+for _state, _allowed in _TRANSITIONS.items():
+    _state.allowed = _allowed     # read in _set_state: `in` on a tuple compares identity, no Enum.__hash__
 
 
 class Event(enum.Enum):
@@ -120,8 +125,8 @@ class TLSEngine:
             # A record is decrypted only once whole: a smaller cap could never make progress.
             raise ValueError(f"max_inbound must be at least one TLS record ({MAX_RECORD_WIRE} bytes)")
         self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
-        self._sslobj = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side,
+        self.outgoing = ssl.MemoryBIO()   # ciphertext to send: read `outgoing.pending`, take with take_ciphertext()
+        self._sslobj = context.wrap_bio(self._incoming, self.outgoing, server_side=server_side,
                                         server_hostname=server_hostname)
         self._server_side = server_side
         self._max_inbound = max_inbound
@@ -130,6 +135,10 @@ class TLSEngine:
         self._first_byte_seen = False
         self._handshake_done = False
         self._not_tls = False
+        # OpenSSL consumed all the ciphertext it was given and wants more: until feed_ciphertext() or
+        # feed_eof(), neither do_handshake nor read can make progress, so neither is called. A server
+        # has nothing to say before the ClientHello: it starts out waiting.
+        self._starved = server_side
         self._drained = b""            # plaintext read out of the BIO before sending close_notify
         self._deferred: CloseReason | None = None   # an end seen while returning data
         self.state = TLSState.HANDSHAKING
@@ -141,7 +150,7 @@ class TLSEngine:
 
     def _set_state(self, new: TLSState) -> None:
         old = self.state
-        if new not in _TRANSITIONS[old]:
+        if new not in old.allowed:
             raise TLSStateError(f"TLS state {old.name} -> {new.name} is not allowed")
         self.state = new
         if self._on_state_change is not None:
@@ -163,7 +172,7 @@ class TLSEngine:
         """How many more ciphertext bytes `feed_ciphertext()` accepts now."""
         if self.state is TLSState.CLOSED:
             return 0
-        return max(0, self._max_inbound - self._incoming.pending)
+        return self._max_inbound - self._incoming.pending     # never negative: feed_ciphertext() checks
 
     def wants_more_ciphertext(self) -> bool:
         return self.ciphertext_room() > 0
@@ -172,7 +181,7 @@ class TLSEngine:
         """Bytes received from the peer. Raises BufferError beyond `ciphertext_room()`; dropped once CLOSED."""
         if not data or self.state is TLSState.CLOSED:
             return
-        if len(data) > self.ciphertext_room():
+        if len(data) > self._max_inbound - self._incoming.pending:
             raise BufferError(f"{len(data)} ciphertext bytes exceed the room of {self.ciphertext_room()}")
         if not self._first_byte_seen:
             self._first_byte_seen = True
@@ -180,6 +189,7 @@ class TLSEngine:
                 self._not_tls = True
                 return
         self._incoming.write(data)
+        self._starved = False
 
     def _can_start_tls(self, first: int) -> bool:
         # A client always opens with a handshake record; a server may answer with an alert.
@@ -189,15 +199,16 @@ class TLSEngine:
         """The peer closed its TCP direction."""
         if not self._incoming.eof:
             self._incoming.write_eof()
+            self._starved = False
 
     # -- ciphertext out ------------------------------------------------------------------------------
 
     def pending_ciphertext(self) -> int:
-        return self._outgoing.pending
+        return self.outgoing.pending
 
     def take_ciphertext(self, size: int = -1) -> bytes:
         """Up to `size` bytes (all when negative) to send to the peer."""
-        return self._outgoing.read(size)
+        return self.outgoing.read(size)
 
     # -- handshake -----------------------------------------------------------------------------------
 
@@ -209,10 +220,15 @@ class TLSEngine:
             return None
         if self._not_tls:
             return self._end(CloseReason.NOT_TLS, "first byte is not a TLS record")
+        if self._starved:
+            return None
         try:
             self._sslobj.do_handshake()
         except ssl.SSLWantReadError:
-            return self._end(CloseReason.TRUNCATED, "eof during handshake") if self._incoming.eof else None
+            if self._incoming.eof:
+                return self._end(CloseReason.TRUNCATED, "eof during handshake")
+            self._starved = True
+            return None
         except ssl.SSLError as exc:
             return self._fail(exc)
         self._handshake_done = True
@@ -234,6 +250,8 @@ class TLSEngine:
             return b""
         if self._deferred is not None:
             return self._finish_read(self._deferred)
+        if self._starved:
+            return b""
         return self._read_records(size)
 
     def read_into(self, view: memoryview) -> int | CloseReason:
@@ -244,6 +262,8 @@ class TLSEngine:
                 return data
             view[:len(data)] = data
             return len(data)
+        if self._starved:
+            return 0
         got = self._decrypt(view)
         return got if got else self._end_of_read(0)
 
@@ -255,16 +275,23 @@ class TLSEngine:
         return bytes(buffer[:got]) if got else self._end_of_read(b"")
 
     def _decrypt(self, view: memoryview) -> int:
-        """Decrypt complete records into view; how the stream ended, if it did, waits in _deferred."""
+        """Decrypt complete records into view; how the stream ended, if it did, waits in _deferred.
+
+        A read that returns less than asked for has emptied OpenSSL's plaintext; with no ciphertext left
+        in the BIO either, the next read could only raise SSLWantReadError: stop (starved) instead.
+        """
         size = len(view)
         got = 0
         end: CloseReason | None = None
-        while got < size and end is None:
+        incoming = self._incoming
+        while True:
             try:
-                count = self._sslobj.read(size - got, view[got:])
+                count = self._sslobj.read(size - got, view[got:] if got else view)
             except ssl.SSLWantReadError:
-                if self._incoming.eof:
+                if incoming.eof:
                     end = CloseReason.TRUNCATED
+                else:
+                    self._starved = True
                 break
             except ssl.SSLError as exc:
                 end = classify_ssl_error(exc, handshaking=False)
@@ -272,7 +299,13 @@ class TLSEngine:
                 break
             if count == 0:
                 end = CloseReason.CLOSE_NOTIFY
+                break
             got += count
+            if got == size:
+                break
+            if not incoming.pending and not incoming.eof:
+                self._starved = True
+                break
         self._deferred = end
         return got
 
@@ -297,17 +330,18 @@ class TLSEngine:
             return 0
         if self.state is not TLSState.OPEN:
             raise TLSStateError(f"write in state {self.state.name}")
-        room = self._max_outbound - self._outgoing.pending
+        room = self._max_outbound - self.outgoing.pending
         if room <= 0 or not data:
             return 0
-        chunk = memoryview(data)[:room]
+        chunk = data if len(data) <= room else memoryview(data)[:room]
         try:
             return self._sslobj.write(chunk)
         except ssl.SSLError as exc:
             self._fail(exc)
             return 0
         finally:
-            chunk.release()
+            if chunk is not data:
+                chunk.release()
 
     # -- close ---------------------------------------------------------------------------------------
 
@@ -333,7 +367,9 @@ class TLSEngine:
     def _drain_before_close(self) -> bool:
         # OpenSSL's second SSL_shutdown() (CPython calls it twice) fails on unread application data
         # (APPLICATION_DATA_AFTER_CLOSE_NOTIFY) and discards it: read complete records out first.
-        # Bounded: the inbound BIO never holds more than max_inbound bytes.
+        # Bounded: the inbound BIO never holds more than max_inbound bytes. Starved: nothing to read.
+        if self._starved:
+            return True
         result = self._read_records(self._max_inbound + _MAX_RECORD)
         if isinstance(result, bytes):
             self._drained += result

@@ -817,3 +817,43 @@ def test_headless_chromium_renders_a_page_through_a_terminating_route(daemon, ng
     lines = [line for line in text.splitlines() if " route=web>" in line]
     assert any(" route=web>h2c " in line and " alpn=h2" in line for line in lines), lines
     assert not any(" route=web>h1 " in line for line in lines), lines        # chromium chose h2
+
+
+@pytest.mark.timeout(60)
+def test_a_late_client_hello_and_many_small_records_on_a_probe_any_route(daemon, server, leaves, tls_ca):  # noqa: F811
+    """`probe = any` terminates at accept: the daemon waits, silent, for a ClientHello sent late, then
+    relays small records one by one, a burst of many records in one segment, and records cut byte by byte."""
+    backend = server(echo)
+    port = free_port()
+    d = start(daemon, config({"raw": (port, ["strict"])},
+                             {"strict": terminating(leaves["a"], backend.port, probe="any")}), port)
+    client = HandClient(port, "a.example", tls_ca.cert)
+    assert select.select([client.sock], [], [], 0.5)[0] == []       # a server says nothing first
+    client.sock.sendall(client.handshake())
+    up = 0
+    for i in range(200):                                             # keep-alive: one small record each way
+        message = b"request %d\r\n" % i
+        up += len(message)
+        client.sock.sendall(client.record(message))
+        got = b""
+        while len(got) < len(message):
+            got += client.read(65536)
+        assert got == message
+    burst = [os.urandom(1 + i * 37) for i in range(64)]              # 64 records in one send
+    client.sock.sendall(b"".join(client.record(m) for m in burst))
+    wire = client.record(b"last, byte by byte")
+    for i in range(len(wire)):
+        client.sock.send(wire[i:i + 1])
+        time.sleep(0.001)
+    expected = b"".join(burst) + b"last, byte by byte"
+    got = b""
+    while len(got) < len(expected):
+        got += client.read(65536)
+    assert got == expected
+    client.sock.sendall(client.close_notify())
+    rest, clean = read_to_end(client)
+    client.close()
+    assert rest == b"" and clean
+    line = log_lines(wait_count(d, " route=strict ", 1), "strict")[0]
+    assert f" up={up + len(expected)} down={up + len(expected)} " in line, line
+    assert " reason=eof " in line, line

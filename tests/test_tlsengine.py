@@ -477,3 +477,78 @@ def test_read_into_fills_the_callers_buffer_then_reports_the_end(server_ctx, tls
         got += bytes(view[:n])
     assert got == payload
     assert n is CloseReason.TRUNCATED and engine.state is TLSState.CLOSED
+
+
+class CountingSSL:
+    """Stands in for the engine's SSLObject and counts the calls that reach OpenSSL."""
+
+    def __init__(self, obj: ssl.SSLObject) -> None:
+        self.obj = obj
+        self.calls = collections.Counter()
+
+    def __getattr__(self, name):
+        attr = getattr(self.obj, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*args, **kwargs):
+            self.calls[name] += 1
+            return attr(*args, **kwargs)
+        return counted
+
+
+def test_openssl_is_not_asked_when_no_ciphertext_came(server_ctx, tls_ca):  # noqa: F811
+    engine = TLSEngine(server_ctx)
+    spy = engine._sslobj = CountingSSL(engine._sslobj)
+    for _ in range(3):                                       # a server speaks only after the ClientHello
+        assert engine.step() is None
+    assert spy.calls["do_handshake"] == 0 and engine.pending_ciphertext() == 0
+    peer = Peer(client_context(tls_ca), "server.example")
+    assert handshake(engine, peer) == [Event.HANDSHAKE_DONE]
+    steps = spy.calls["do_handshake"]
+    assert engine.step() is None and spy.calls["do_handshake"] == steps
+
+    view = memoryview(bytearray(4096))
+    for request in (b"GET / HTTP/1.1\r\n\r\n", b"x" * 5000):     # one read, then two (the view fills)
+        peer.obj.write(request)
+        pump(engine, peer)
+        reads = spy.calls["read"]
+        got = b""
+        while n := engine.read_into(view):
+            got += bytes(view[:n])
+        assert got == request
+        # only the reads that returned plaintext: none just to hear "want more"
+        assert spy.calls["read"] - reads == -(-len(request) // len(view))
+        for _ in range(3):
+            assert engine.read_into(view) == 0 and engine.read_plaintext() == b""
+        assert spy.calls["read"] - reads == -(-len(request) // len(view))
+    peer.obj.write(b"last")
+    pump(engine, peer)
+    engine.feed_eof()                                        # EOF must still be read out of OpenSSL
+    assert engine.read_into(view) == 4 and bytes(view[:4]) == b"last"
+    assert engine.read_into(view) is CloseReason.TRUNCATED
+
+
+@pytest.mark.parametrize("maximum", [TLS12, TLS13], ids=["tls1.2", "tls1.3"])
+def test_read_into_never_stops_while_plaintext_is_buffered(server_ctx, tls_ca, maximum):  # noqa: F811
+    """Records of random sizes, fed in random chunks, read into views of random sizes: after each feed,
+    reading until read_into() says 0 must return every byte of every whole record fed so far."""
+    rng = random.Random(11)
+    engine, peer = open_pair(server_ctx, tls_ca, maximum)
+    sent = got = b""
+    buf = bytearray(20_000)
+    for _ in range(300):
+        for _ in range(rng.randint(1, 4)):
+            record = os.urandom(rng.choice((1, 17, 1000, 16384, rng.randint(1, 20_000))))
+            peer.obj.write(record)
+            sent += record
+        wire = peer.outgoing.read()
+        cut = rng.randint(0, len(wire))                      # the rest arrives with the next round
+        for chunk in chunks_of(wire[:cut], "random", rng):
+            engine.feed_ciphertext(chunk)
+            while n := engine.read_into(memoryview(buf)[:rng.randint(1, len(buf))]):
+                got += bytes(buf[:n])
+        engine.feed_ciphertext(wire[cut:])
+        while n := engine.read_into(memoryview(buf)[:rng.randint(1, len(buf))]):
+            got += bytes(buf[:n])
+        assert got == sent                                   # every whole record, nothing held back
