@@ -103,7 +103,7 @@ def _reassemble(data: bytes) -> tuple[bytes, int | None, int]:
         if left >= 4 and (data[pos + 3] << 8) > MAX_RECORD_LEN:
             raise _Invalid("record longer than 2**14")
         if left < RECORD_HEADER_LEN:
-            return hs, hello_len, pos + max(left, 0)
+            return hs, hello_len, size
         reclen = (data[pos + 3] << 8) | data[pos + 4]
         if reclen == 0:
             raise _Invalid("empty handshake record")
