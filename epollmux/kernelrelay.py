@@ -78,7 +78,9 @@ class _Link:
 class KernelRelay:
     """The per-worker kernel relay; `mode` is the configured relay ("sockmap" or "auto")."""
 
-    def __init__(self, reactor, mode: str, high: int = HIGH, low: int = LOW, notify: int = NOTIFY):
+    def __init__(self, reactor, mode: str, high: int = HIGH, low: int = LOW, notify: int = NOTIFY,
+                 maps: sockmap.Sockmap | None = None):
+        """maps: already loaded ones to use (tests share one set); else loaded on first use."""
         self.reactor = reactor
         self.mode = mode
         self.high, self.low, self.notify = high, low, notify
@@ -90,12 +92,14 @@ class KernelRelay:
         self.timer = None
         self.pairs = self.fallbacks = self.pauses = 0
         self.max_backlog = 0                         # highest backlog seen, for the stats
+        if maps is not None:
+            self._use(maps)
 
     # --- loading -----------------------------------------------------------------------------
     def _ready(self) -> bool:
         if self.maps is None and not self.failed:
             try:
-                self.maps = sockmap.Sockmap.load(notify=self.notify)
+                maps = sockmap.Sockmap.load(notify=self.notify)
             except sockmap.SockmapUnavailable as exc:
                 self.failed = True
                 level = logging.WARNING if self.mode == "sockmap" else logging.INFO
@@ -103,8 +107,12 @@ class KernelRelay:
                 if exc.verifier_log:
                     log.debug("verifier log:\n%s", exc.verifier_log)
                 return False
-            self.reactor.register(self.maps.fileno(), IN, self)
+            self._use(maps)
         return self.maps is not None
+
+    def _use(self, maps: sockmap.Sockmap) -> None:
+        self.maps = maps
+        self.reactor.register(maps.fileno(), IN, self)
 
     # --- taking and giving back a connection -------------------------------------------------
     def take(self, conn, client: socket.socket, backend: socket.socket) -> bool:

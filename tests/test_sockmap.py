@@ -1,10 +1,11 @@
 """The kernel relay (epollmux/sockmap.py) on real loopback sockets, no daemon: what the kernel does
 with a paired socket and what the caller has to do about it, one behaviour per test.
 
-`KernelRelay` below is the recipe connection.py follows, on one pair: pause a direction whose
-kernel backlog is high when the ring says it moved, resume when low, pass EOF on once `pending` is
-0, move the rest itself when a FIN made resuming impossible, and treat an error as a reset.
-Skipped where the maps cannot be loaded (not root, no sockmap in the kernel)."""
+The tests that relay a whole exchange drive epollmux.kernelrelay itself (`Relayed`: a real reactor,
+a stand-in connection): pause a direction whose kernel backlog is high when the ring says it moved,
+resume when low, pass EOF on once `pending` is 0, move the rest itself when a FIN made resuming
+impossible, and treat an error as a reset. Skipped where the maps cannot be loaded (not root, no
+sockmap in the kernel)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ import time
 import pytest
 
 from conftest import REPO
+from epollmux import kernelrelay
 from epollmux import sockmap as sm
+from epollmux.kernelrelay import KernelRelay
+from epollmux.reactor import Reactor
 
 MiB = 1 << 20
 NOTIFY = 1 * MiB
@@ -104,106 +108,57 @@ def wait_for(cond, timeout: float = 10.0) -> None:
         time.sleep(0.002)
 
 
-# --- the recipe ----------------------------------------------------------------------------------
+# --- the daemon's relay on one pair ----------------------------------------------------------------
 
-KERNEL, PAUSED, DRAIN, COPY, DONE = "kernel", "paused", "drain", "copy", "done"
+class Conn:
+    """What kernelrelay.KernelRelay needs of a connection (connection.py in the daemon): `_event`
+    runs a handler and the first close reason it returns ends the connection; the two sockets'
+    events go to `socket_event`. Errors raise here instead of closing, so a test sees them."""
+
+    def __init__(self, relay: KernelRelay):
+        self.relay, self.reason, self.last_active = relay, None, 0.0
+
+    def _event(self, handler, *args) -> None:
+        if self.reason is None:
+            reason = handler(*args)
+            if isinstance(reason, str):
+                self.reason = reason
+
+    def on_event(self, fd: int, events: int) -> None:
+        self._event(self.relay.socket_event, self, fd, events)
 
 
-class Direction:
-    def __init__(self, flow: sm.Flow):
-        self.flow, self.state, self.eof, self.buf = flow, KERNEL, False, bytearray()
+class Relayed:
+    """One client/backend pair in the hands of epollmux.kernelrelay, driven by a real reactor: the
+    ring and the sockets' RDHUP/errors wake it, a short timer runs while a direction is paused,
+    draining or passing EOF on. `run()` returns the close reason ("eof", "reset", "timeout")."""
 
-
-class KernelRelay:
-    """One pair relayed the way connection.py should: sources watched for EPOLLRDHUP and errors
-    only (payload raises no event), the ring watched for progress, a short tick only while a
-    direction is paused, draining or waiting to pass EOF on."""
-
-    def __init__(self, maps: sm.Sockmap, pair: sm.Pair, high: int | None = 8 * MiB, low: int = 2 * MiB):
-        self.maps, self.high, self.low = maps, high, low
-        self.dirs = [Direction(pair.up), Direction(pair.down)]
-        self.max_backlog = 0
-        self.pauses = 0
+    def __init__(self, maps: sm.Sockmap, c: socket.socket, b: socket.socket,
+                 high: int = kernelrelay.HIGH, low: int = kernelrelay.LOW):
+        self.maps, self.reactor = maps, Reactor()
+        self.relay = KernelRelay(self.reactor, "sockmap", high=high, low=low, maps=maps)
+        self.conn = Conn(self.relay)
+        for sock in (c, b):
+            sock.setblocking(False)                    # as the daemon's sockets are
+            self.reactor.register(sock.fileno(), kernelrelay.PAIRED_EVENTS, self.conn)
+        assert self.relay.take(self.conn, c, b)
+        self.pair = self.relay.links[self.conn].pair
 
     def run(self, timeout: float = 60.0) -> str:
-        ep = select.epoll()
-        by_fd = {d.flow.src.fileno(): d for d in self.dirs}
-        for fd in by_fd:
-            ep.register(fd, select.EPOLLRDHUP)
-        ep.register(self.maps.fileno(), select.EPOLLIN)
-        deadline = time.monotonic() + timeout
+        timer = self.reactor.call_later(timeout, lambda: setattr(self.conn, "reason", "timeout"))
         try:
-            while any(d.state != DONE for d in self.dirs):
-                if time.monotonic() > deadline:
-                    return "timeout"
-                busy = any(d.state in (PAUSED, DRAIN, COPY) or d.eof for d in self.dirs if d.state != DONE)
-                for fd, ev in ep.poll(0.002 if busy else 0.5):
-                    if fd == self.maps.fileno():
-                        self.watch(self.maps.notified())
-                        continue
-                    if ev & select.EPOLLERR:
-                        by_fd[fd].flow.src.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                        return "reset"        # the daemon: SO_LINGER 0 on the other socket, close both
-                    if ev & select.EPOLLRDHUP:
-                        by_fd[fd].eof = True
-                        ep.modify(fd, 0)      # keep errors, stop level-triggered RDHUP
-                for d in self.dirs:
-                    self.step(d)
-            return "eof"
+            while self.conn.reason is None:
+                self.reactor.run_once()
         finally:
-            ep.close()
+            timer.cancel()
+        return self.conn.reason
 
-    def watch(self, flows: list[sm.Flow]) -> None:
-        for d in self.dirs:
-            if d.flow in flows and d.state == KERNEL:
-                backlog = d.flow.backlog()
-                self.max_backlog = max(self.max_backlog, backlog)
-                if self.high is not None and backlog > self.high:
-                    d.flow.pause()
-                    d.state = PAUSED
-                    self.pauses += 1
-
-    def step(self, d: Direction) -> None:
-        flow = d.flow
-        if d.state == KERNEL and d.eof and flow.pending(eof=True) == 0:
-            self.finish(d)
-        elif d.state == PAUSED:
-            self.max_backlog = max(self.max_backlog, flow.backlog())
-            if d.eof or flow.backlog() <= self.low:
-                try:
-                    flow.resume()
-                    d.state = KERNEL
-                except OSError as exc:       # FIN arrived while paused: no way back into the map
-                    assert exc.errno == errno.EOPNOTSUPP
-                    d.state = DRAIN
-        if d.state == DRAIN and flow.backlog() == 0:
-            d.state = COPY
-            flow.src.setblocking(False)
-        if d.state == COPY:
-            self.copy(d)
-
-    def copy(self, d: Direction) -> None:
-        """The rest of a direction the kernel cannot take back: the plain relay does this part."""
-        src, dst = d.flow.src, d.flow.dst
-        while True:
-            if d.buf:
-                try:
-                    del d.buf[:dst.send(d.buf, socket.MSG_DONTWAIT)]
-                except BlockingIOError:
-                    return
-                continue
-            try:
-                data = src.recv(1 << 16)
-            except BlockingIOError:
-                return
-            if not data:
-                self.finish(d)
-                return
-            d.buf += data
-
-    def finish(self, d: Direction) -> None:
-        d.flow.dst.shutdown(socket.SHUT_WR)
-        d.state = DONE
+    def release(self) -> tuple[int, int]:
+        """Out of the maps, as before the daemon closes; (up, down) bytes moved."""
+        counts = self.relay.release(self.conn)
+        self.reactor.forget(self.maps.fileno())       # the maps outlive this reactor
+        self.reactor.close()
+        return counts
 
 
 # --- the program and its loading -----------------------------------------------------------------
@@ -326,9 +281,9 @@ def test_fin_reaches_the_source_but_is_not_passed_on(maps, conns):
     ep.close()
 
 
-def test_half_close_both_ways_through_the_recipe(maps, conns):
+def test_half_close_both_ways_through_the_relay(maps, conns):
     cp, c, b, bp = conns()
-    pair = maps.add_pair(c, b)
+    relay = Relayed(maps, c, b)
 
     def backend():
         assert bp.recv(64) == b"QUERY"
@@ -339,8 +294,8 @@ def test_half_close_both_ways_through_the_recipe(maps, conns):
     t.start()
     cp.sendall(b"QUERY")
     cp.shutdown(socket.SHUT_WR)
-    relay = KernelRelay(maps, pair)
     assert relay.run(20) == "eof"
+    assert relay.release() == (5, 21)
     t.join(5)
     assert cp.recv(64) == b"ANSWER after your EOF"
     assert cp.recv(64) == b""
@@ -348,19 +303,18 @@ def test_half_close_both_ways_through_the_recipe(maps, conns):
 
 def test_64mib_each_way_at_once_byte_exact(maps, conns):
     cp, c, b, bp = conns()
-    pair = maps.add_pair(c, b)
+    relay = Relayed(maps, c, b)
     rng = random.Random(9)
     up, down = os.urandom(64 * MiB), os.urandom(64 * MiB)
     got_up, got_down = bytearray(), bytearray()
     threads = [read_into(bp, got_up), read_into(cp, got_down),
                write_from(cp, up, rng=random.Random(1)), write_from(bp, down, rng=rng)]
-    relay = KernelRelay(maps, pair)
     assert relay.run(60) == "eof"
+    assert relay.release() == (len(up), len(down))
     for t in threads:
         t.join(10)
     assert len(got_up) == len(up) and bytes(got_up) == up
     assert len(got_down) == len(down) and bytes(got_down) == down
-    assert pair.up.moved(eof=True) == len(up) and pair.down.moved(eof=True) == len(down)
 
 
 def test_reset_is_an_error_on_the_reset_socket(maps, conns):
@@ -379,12 +333,12 @@ def test_reset_is_an_error_on_the_reset_socket(maps, conns):
     ep.close()
 
 
-def test_reset_by_the_recipe_and_passed_on(maps, conns):
+def test_reset_seen_by_the_relay_and_passed_on(maps, conns):
     cp, c, b, bp = conns()
-    pair = maps.add_pair(c, b)
+    relay = Relayed(maps, c, b)
     threading.Timer(0.2, reset, (bp,)).start()
-    assert KernelRelay(maps, pair).run(10) == "reset"
-    maps.remove_pair(pair)
+    assert relay.run(10) == "reset"
+    relay.release()
     reset(c)                                           # what connection.py does: RST the other side
     with pytest.raises(ConnectionResetError):
         cp.recv(10)
@@ -414,19 +368,19 @@ def test_slow_reader_unbounded_without_pause(maps, conns):
 
 def test_slow_reader_bounded_by_pause(maps, conns):
     cp, c, b, bp = conns()
-    pair = maps.add_pair(c, b)
+    relay = Relayed(maps, c, b, high=8 * MiB, low=2 * MiB)
     total = 128 * MiB
     data = os.urandom(total)
     got = bytearray()
     threads = [read_into(bp, got, delay=0.0005, size=1 << 16), write_from(cp, data), write_from(bp, b"")]
-    relay = KernelRelay(maps, pair, high=8 * MiB, low=2 * MiB)
     assert relay.run(90) == "eof"
+    relay.release()
     for t in threads:
         t.join(10)
     assert bytes(got) == data
-    assert relay.pauses > 0
+    assert relay.relay.pauses > 0
     # high-water mark + one notify step + what arrives before the pause takes effect
-    assert relay.max_backlog < 8 * MiB + NOTIFY + 8 * MiB, relay.max_backlog
+    assert relay.relay.max_backlog < 8 * MiB + NOTIFY + 8 * MiB, relay.relay.max_backlog
 
 
 def test_pause_and_resume_under_load_lose_nothing(maps, conns):
