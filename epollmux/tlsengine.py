@@ -232,6 +232,8 @@ class TLSEngine:
         except ssl.SSLError as exc:
             return self._fail(exc)
         self._handshake_done = True
+        # A server's do_handshake has sent everything (TLS 1.3 tickets too); only the peer's data can follow.
+        self._starved = not self._incoming.pending and not self._incoming.eof
         self._set_state(TLSState.OPEN)
         return Event.HANDSHAKE_DONE
 

@@ -1,0 +1,130 @@
+"""A/B of two epollmux trees terminating TLS: `python3 -m bench.tlsab --base DIR [--work DIR] ...`.
+
+Owns: short interleaved runs (base, work, base, work, ...) of one epollmux worker (1 worker, ECDSA P-256,
+`probe = any`, nginx behind, as bench.tlsprofile) under wrk handshake (`Connection: close`, resumption
+off or on) and keep-alive loads. Per run: the worker's CPU µs per unit from /proc/PID/stat and the rate;
+with --cprofile, one extra run per tree counts Python-visible calls per unit (cProfile in the worker, as
+bench.tlsprofile does; counts only). Prints medians with min-max. Measures; changes nothing.
+The base tree is any checkout or `git archive` of another commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pstats
+import re
+import statistics
+import sys
+import tempfile
+import time
+
+from bench import certs
+from bench.backends import Nginx
+from bench.connrate import wrk
+from bench.hotpaths import worker_pid
+from bench.procs import CpuGroup, Ports, Proc, cpu_seconds
+from bench.subjects import REPO
+from bench.tlsprofile import SITECUSTOMIZE
+from bench.tlssubjects import EpollmuxTLS
+
+LOADS = {"handshake": (True, False), "resumed": (True, True), "keepalive": (False, False)}
+
+
+class TreeTLS(EpollmuxTLS):
+    """epollmux-tls run from `tree` (its cwd and PYTHONPATH), optionally under cProfile."""
+
+    def __init__(self, tmpdir, port, backend, cert, resumption, tree: str, profile: bool):
+        super().__init__(tmpdir, port, backend, cert, resumption)
+        self.tree, self.profile = tree, profile
+        self.variant += f".{os.path.basename(tree)}.{port}"
+
+    def env(self):
+        env = dict(os.environ)
+        path = self.tree
+        if self.profile:
+            site = os.path.join(self.tmpdir, "cprofile-site")
+            os.makedirs(site, exist_ok=True)
+            with open(os.path.join(site, "sitecustomize.py"), "w") as f:
+                f.write(SITECUSTOMIZE)
+            path = site + os.pathsep + path
+            env["EPOLLMUX_BENCH_CPROFILE"] = os.path.join(self.tmpdir, f"cprofile-{self.port}-%d.out")
+        env["PYTHONPATH"] = path
+        return env
+
+    def start(self):
+        self.proc = Proc(self.ident, self.argv(), self.tmpdir, cwd=self.tree, env=self.env(),
+                         cgroup=CpuGroup.make(f"{self.ident}"))
+        self.proc.wait_listening(self.port)
+        return self
+
+
+def one_run(tree, load, seconds, tmp, ports, backend, cert, profile=False) -> dict:
+    close, resume = LOADS[load]
+    subject = TreeTLS(tmp, ports.take(), backend.address, cert, resume, tree, profile).start()
+    try:
+        time.sleep(0.5)
+        worker = worker_pid(subject.pid)
+        c0 = cpu_seconds(worker)
+        res = wrk(subject.port, seconds, 32, close=close, scheme="https")
+        cpu = cpu_seconds(worker) - c0
+    finally:
+        subject.stop()
+    units = res.get("requests") or 0
+    out = {"units": units, "rps": res.get("rps"), "us": cpu / units * 1e6 if units else None}
+    if profile:
+        dumps = [f for f in os.listdir(tmp) if f.startswith(f"cprofile-{subject.port}-")]
+        if dumps and units:
+            st = pstats.Stats(os.path.join(tmp, dumps[0]))
+            out["calls"] = st.total_calls / units
+            funcs = []
+            for (path, line, name), (cc, nc, tt, ct, callers) in st.stats.items():
+                where = re.sub(r".*/(epollmux|python3\.\d+)/", r"\1/", path)
+                funcs.append((nc / units, f"{name} ({where}:{line})" if line else name))
+            out["top"] = [f for f in sorted(funcs, reverse=True) if f[0] >= 0.3]
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python3 -m bench.tlsab")
+    p.add_argument("--base", required=True)
+    p.add_argument("--work", default=REPO)
+    p.add_argument("--loads", default="keepalive,handshake")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=3)
+    p.add_argument("--cprofile", action="store_true")
+    p.add_argument("--ports", default="26100-26199")
+    o = p.parse_args(argv)
+    first, last = (int(x) for x in o.ports.split("-"))
+    ports = Ports(first, last)
+    tmp = tempfile.mkdtemp(prefix="epollmux-tlsab-")
+    cert = certs.make(tmp, "ecdsa")
+    trees = {"base": os.path.abspath(o.base), "work": os.path.abspath(o.work)}
+    backend = Nginx(tmp, ports.take()).start()
+    try:
+        for load in o.loads.split(","):
+            runs = {name: [] for name in trees}
+            for r in range(o.rounds):
+                order = list(trees) if r % 2 == 0 else list(reversed(trees))
+                for name in order:
+                    runs[name].append(one_run(trees[name], load, o.seconds, tmp, ports, backend, cert))
+            for name in trees:
+                us = [x["us"] for x in runs[name] if x["us"]]
+                rps = [x["rps"] for x in runs[name] if x["rps"]]
+                if us:
+                    print(f"{load:9} {name}: worker {statistics.median(us):6.1f} µs/unit "
+                          f"({min(us):.1f}-{max(us):.1f}), rate {statistics.median(rps):8.0f}/s "
+                          f"({min(rps):.0f}-{max(rps):.0f})", flush=True)
+            if o.cprofile:
+                for name in trees:
+                    res = one_run(trees[name], load, o.seconds, tmp, ports, backend, cert, profile=True)
+                    print(f"{load:9} {name}: {res.get('calls', 0):.1f} Python calls per unit", flush=True)
+                    for per, func in res.get("top", []):
+                        print(f"      {per:6.2f}  {func}")
+    finally:
+        backend.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
