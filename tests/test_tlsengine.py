@@ -507,8 +507,10 @@ def test_openssl_is_not_asked_when_no_ciphertext_came(server_ctx, tls_ca):  # no
     assert handshake(engine, peer) == [Event.HANDSHAKE_DONE]
     steps = spy.calls["do_handshake"]
     assert engine.step() is None and spy.calls["do_handshake"] == steps
-
     view = memoryview(bytearray(4096))
+    assert engine.read_into(view) == 0 and spy.calls["read"] == 0    # nothing came after the Finished
+    assert peer.read() == b"" and peer.obj.session.has_ticket       # the tickets went with the handshake
+
     for request in (b"GET / HTTP/1.1\r\n\r\n", b"x" * 5000):     # one read, then two (the view fills)
         peer.obj.write(request)
         pump(engine, peer)
