@@ -23,7 +23,8 @@ class State(enum.Enum):
     DONE = "done"             # EOF read and passed on
 
 
-ROUNDS = 16   # fill+drain rounds per pump call, so one fast stream cannot starve the others
+BUDGET = 4 << 20   # bytes one pump call may move before it yields (BUSY), so one fast stream cannot starve the
+#                    others; checked when the channel is empty, so a call moves at most BUDGET + one channel's worth.
 # A short read does not prove the source drained: a non-blocking splice stops when the pipe runs out of
 # slots (one per skb fragment), long before its byte capacity. So a pump reads until EAGAIN.
 
@@ -58,33 +59,40 @@ class Direction:
         return None
 
     def _pump(self) -> None:
-        for _ in range(ROUNDS):
-            if self.pending:
-                try:
-                    n = self.channel.drain(self.dst, self.pending)
-                except BlockingIOError:
-                    self.state = State.WAIT_DST
+        channel, pending, moved = self.channel, self.pending, 0
+        try:
+            while True:
+                if pending:
+                    try:
+                        n = channel.drain(self.dst, pending)
+                    except BlockingIOError:
+                        self.state = State.WAIT_DST
+                        return
+                    pending -= n
+                    moved += n
+                    continue
+                if self.eof:
+                    self._finish()
                     return
-                self.pending -= n
-                self.moved += n
-                if self.channel.zero_copy:
-                    self.spliced += n
-                continue
-            if self.eof:
-                self._finish()
-                return
-            if self.channel is None:
-                self.channel = self.pool.get(self.zero_copy)
-            try:
-                n = self.channel.fill(self.src)
-            except BlockingIOError:
-                self._release()
-                self.state = State.WAIT_SRC
-                return
-            if n == 0:
-                self.eof = True
-            self.pending = n
-        self.state = State.BUSY
+                if moved >= BUDGET:
+                    self.state = State.BUSY
+                    return
+                if channel is None:
+                    channel = self.channel = self.pool.get(self.zero_copy)
+                try:
+                    pending = channel.fill(self.src)
+                except BlockingIOError:
+                    self._release()
+                    self.state = State.WAIT_SRC
+                    return
+                if not pending:
+                    self.eof = True
+        finally:     # also when an endpoint raised: discard() must see what the channel still holds
+            self.pending = pending
+            if moved:
+                self.moved += moved
+                if channel.zero_copy:
+                    self.spliced += moved
 
     def _finish(self) -> None:
         self._release()

@@ -1,0 +1,106 @@
+"""The pump's byte budget and what a direction holds when a pump stops, on real sockets (no daemon)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from epollmux import relay
+from epollmux.channels import ChannelPool
+from epollmux.endpoints import PlainEndpoint
+from epollmux.relay import Direction, State
+
+SIZE = 65536
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as lsock:
+        a = socket.create_connection(lsock.getsockname())
+        b, _ = lsock.accept()
+    return a, b
+
+
+@pytest.fixture
+def pairs():
+    """src_peer -> src  [relay]  dst -> dst_peer, all TCP on loopback; the relay's ends non-blocking."""
+    made = []
+
+    def make():
+        src_peer, src = tcp_pair()
+        dst, dst_peer = tcp_pair()
+        for s in (src, dst):
+            s.setblocking(False)
+        made.extend((src_peer, src, dst, dst_peer))
+        return src_peer, src, dst, dst_peer
+
+    yield make
+    for s in made:
+        s.close()
+
+
+@pytest.mark.parametrize("kind", ["splice", "copy"])
+def test_a_pump_stops_at_its_byte_budget_with_the_channel_empty(pairs, kind):
+    """A source that never runs dry: each pump moves its budget (plus at most one channel's worth) and
+    says BUSY with nothing in flight; pumped again until EOF, every byte arrives once, in order."""
+    total = 3 * relay.BUDGET + 12345
+    data = os.urandom(total)
+    src_peer, src, dst, dst_peer = pairs()
+    pool = ChannelPool(kind, SIZE, 4)
+    d = Direction(PlainEndpoint(src), PlainEndpoint(dst), pool)
+    got = bytearray()
+
+    def write():
+        src_peer.sendall(data)
+        src_peer.shutdown(socket.SHUT_WR)
+
+    def read():
+        while chunk := dst_peer.recv(1 << 20):
+            got.extend(chunk)
+
+    threads = [threading.Thread(target=write), threading.Thread(target=read)]
+    for t in threads:
+        t.start()
+    busy = 0
+    try:
+        while d.state is not State.DONE:
+            before = d.moved
+            assert d.pump() is None
+            moved = d.moved - before
+            assert moved <= relay.BUDGET + pool.size, moved
+            if d.state is State.BUSY:
+                busy += 1
+                assert moved >= relay.BUDGET and d.pending == 0, (moved, d.pending)
+            elif d.state is not State.DONE:    # waiting on a peer thread (a real caller would poll)
+                time.sleep(0.0005)
+    finally:
+        for t in threads:
+            t.join(30)
+    assert busy >= 1
+    assert d.moved == total and (d.spliced == total) == (kind == "splice")
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    assert pool.lent == 0
+
+
+def test_bytes_in_a_pipe_when_the_destination_fails_are_never_pooled(pairs):
+    """Regression guard for the pump's local bookkeeping: a fill succeeds, the drain fails (the
+    destination's peer reset); `pending` must still say the pipe holds bytes, so discard() kills it."""
+    src_peer, src, dst, dst_peer = pairs()
+    dst_peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    dst_peer.close()                      # RST: the first splice into dst fails
+    src_peer.sendall(b"x" * 1000)
+    pool = ChannelPool("splice", SIZE, 4)
+    d = Direction(PlainEndpoint(src), PlainEndpoint(dst), pool)
+    for _ in range(100):
+        reason = d.pump()
+        if reason:
+            break
+        time.sleep(0.01)
+    assert reason == "reset"
+    assert d.pending == 1000 and d.moved == 0
+    d.discard()
+    assert pool.pipes == 0 and pool.idle_pipes == 0 and pool.lent == 0
