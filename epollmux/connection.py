@@ -2,7 +2,8 @@
 
 Owns: the connection's phases (changed only through `_set_phase`, which cancels the old phase's
 deadline; entering a waiting phase arms its own), its epoll registrations (each socket registered
-once, edge-triggered; only the kernel relay narrows them, see kernelrelay.PAIRED_EVENTS) and `close()`, the one place where a connection ends: it
+once, edge-triggered; a plain socket without EPOLLOUT until a direction waits for it to drain, then one
+EPOLL_CTL_MOD adds it; the kernel relay narrows them, see kernelrelay.PAIRED_EVENTS) and `close()`, the one place where a connection ends: it
 records the reason, counts it per route and writes the connection's log line.
 Handlers return None to go on or a close reason; only `_event` turns a reason into a close.
 Must not parse protocols (the sniffer and the TLS engine do) or move bytes itself (relay.Direction does,
@@ -12,6 +13,7 @@ kernelrelay.KernelRelay, which reports its close reasons through `_event` like a
 
 from __future__ import annotations
 
+import _socket
 import enum
 import errno
 import logging
@@ -28,11 +30,23 @@ log = logging.getLogger("epollmux.conn")
 probe_log = logging.getLogger("epollmux.probe")
 
 EVENTS = IN | OUT | RDHUP | ET
+QUIET = IN | RDHUP | ET     # a plain socket's events until a direction waits for it to drain (saves an edge
+#                             per writable socket that nobody waits on); ERR and HUP come regardless
 READABLE = IN | ERR | HUP | RDHUP
 WRITABLE = OUT | ERR | HUP
 LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"   # struct linger {on, 0 s}: close() sends RST
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 IPV6_TRANSPARENT = 75
+TCP_ESTABLISHED = 1                                  # tcp_info.tcpi_state, its first byte
+TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+CLIENT_OUT, BACKEND_OUT = OUT, OUT << 16               # Connection.writable bits
+
+
+def client_events(listener) -> int:
+    """Events a listener's clients are registered with: QUIET unless a route may terminate TLS (a TLS
+    endpoint flushes ciphertext on writable edges, in the handshake too)."""
+    routes = [*listener.routes, listener.on_timeout]
+    return EVENTS if any(r is not None and r.server_context is not None for r in routes) else QUIET
 
 
 class Phase(enum.Enum):
@@ -56,6 +70,25 @@ _ALLOWED = {
     Phase.RELAYING: {Phase.CLOSED},
     Phase.CLOSED: set(),
 }
+for _phase, _next in _ALLOWED.items():
+    _phase.allowed = tuple(_next)     # `in` a tuple of members compares identity: no Enum.__hash__ (Python code)
+del _phase, _next
+
+
+def _proxy_timeout() -> str:
+    return "proxy-timeout"
+
+
+def _tls_handshake_timeout() -> str:
+    return "tls-handshake-timeout"
+
+
+def _backend_timeout() -> str:
+    return "backend-timeout"
+
+
+def _backend_tls_timeout() -> str:
+    return "backend-tls-timeout"
 
 
 class Connection:
@@ -64,8 +97,9 @@ class Connection:
                  "_inner", "detail", "tls", "grant", "hello", "names", "verdict")
     __slots__ += ("connect_started",)     # metrics: when the backend connect began
     __slots__ += ("kernel",)              # True: ctx.kernel relays this connection, not Directions
+    __slots__ += ("writable",)            # fds registered with OUT: CLIENT_OUT | BACKEND_OUT
 
-    def __init__(self, ctx, listener, client: socket.socket, sockaddr):
+    def __init__(self, ctx, listener, client: socket.socket, sockaddr, events: int = EVENTS):
         self.ctx = ctx
         self.listener = listener
         self.client = client
@@ -81,7 +115,7 @@ class Connection:
         self.cend = PlainEndpoint(client)
         self.bend = None
         self.up = self.down = None
-        self.started = ctx.reactor.clock()
+        self.started = ctx.reactor.now
         self.last_active = self.started
         self._peek_len = 0
         self._soon = False
@@ -94,6 +128,7 @@ class Connection:
         self.hello = None          # the peeked ClientHello, kept when a PROXY v2 header will need its SNI
         self.connect_started = 0.0
         self.kernel = False
+        self.writable = events      # start() registers the client with these events
 
     @property
     def peer(self) -> str:
@@ -104,12 +139,13 @@ class Connection:
     # --- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
         ctx = self.ctx
-        ctx.reactor.register(self.cfd, EVENTS, self)
+        ctx.reactor.register(self.cfd, self.writable, self)
+        self.writable &= CLIENT_OUT
         ctx.connections.add(self)
         self._event(self._begin)
 
     def _set_phase(self, phase: Phase, deadline: float = 0, on_expiry=None) -> None:
-        if phase not in _ALLOWED[self.phase]:
+        if phase not in self.phase.allowed:
             raise RuntimeError(f"connection phase {self.phase.value} -> {phase.value} not allowed")
         if self.timer is not None:
             self.timer.cancel()
@@ -119,7 +155,7 @@ class Connection:
             self._arm(deadline, on_expiry)
 
     def _arm(self, delay: float, callback) -> None:
-        self.timer = self.ctx.reactor.call_later(delay, lambda: self._event(callback))
+        self.timer = self.ctx.reactor.call_later(delay, self._event, callback)
 
     def on_event(self, fd: int, events: int) -> None:
         phase = self.phase
@@ -171,7 +207,7 @@ class Connection:
             return self._admit()
         if not listener.trusted.contains(self.src[0]):
             return "proxy-untrusted"
-        self._arm(self.ctx.settings.probe_timeout, lambda: "proxy-timeout")
+        self._arm(self.ctx.settings.probe_timeout, _proxy_timeout)
         return self._proxy_header(False)
 
     def _proxy_header(self, peer_done: bool) -> str | None:
@@ -195,7 +231,7 @@ class Connection:
 
     def _admit(self) -> str | None:
         ctx = self.ctx
-        reason = ctx.admission.enter(self.grant, self.listener, self.src[0], ctx.reactor.clock(), len(ctx.connections))
+        reason = ctx.admission.enter(self.grant, self.listener, self.src[0], ctx.reactor.now, len(ctx.connections))
         return reason or self._begin_sniff()
 
     # --- sniffing --------------------------------------------------------------------------
@@ -270,8 +306,7 @@ class Connection:
 
     # --- terminating TLS -------------------------------------------------------------------
     def _start_tls(self, route) -> str | None:
-        self._set_phase(Phase.HANDSHAKING, self.ctx.settings.tls_handshake_timeout,
-                        lambda: "tls-handshake-timeout")
+        self._set_phase(Phase.HANDSHAKING, self.ctx.settings.tls_handshake_timeout, _tls_handshake_timeout)
         self.cend = TLSEndpoint(self.client, TLSEngine(route.server_context, server_side=True))
         return self._handshake()
 
@@ -334,22 +369,38 @@ class Connection:
 
     # --- connecting ------------------------------------------------------------------------
     def _connect(self) -> str | None:
-        self._set_phase(Phase.CONNECTING, self.ctx.settings.connect_timeout, lambda: "backend-timeout")
-        self.connect_started = self.ctx.reactor.clock()
-        target = self.route.backend
-        sock = socket.socket(target.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        """Start the backend connect. A connect that is done by the time connect() returns (loopback, a
+        unix socket) goes on to relay in this turn; else the connection waits, with a deadline, for the
+        first writable edge."""
+        self._set_phase(Phase.CONNECTING)
+        ctx = self.ctx
+        self.connect_started = ctx.reactor.clock()
+        route = self.route
+        target = route.backend
+        family = target.family
+        # _socket.socket: the C socket type, without socket.socket's Python-level __init__/close/.family
+        sock = _socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         self.backend = sock
         self.bfd = sock.fileno()
-        if target.family != socket.AF_UNIX:
+        tcp = family in TCP_FAMILIES
+        if tcp:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.route.transparent:
-            reason = self._bind_as_client(sock, target.family)
+        if route.transparent:
+            reason = self._bind_as_client(sock, family)
             if reason:
                 return reason
         err = sock.connect_ex(target.sockaddr)
         if err not in (0, errno.EINPROGRESS):
             return "backend-busy" if err == errno.EAGAIN else errors.connect_reason(err)
-        self.ctx.reactor.register(self.bfd, EVENTS, self)
+        if route.backend_context is None and (
+                err == 0 or tcp and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == TCP_ESTABLISHED):
+            # done already (on loopback the handshake ran inside connect()): no turn spent waiting for EPOLLOUT.
+            # Bytes the backend sends make an edge after the registration (or are seen by it): no pump now.
+            ctx.reactor.register(self.bfd, QUIET, self)
+            return self._connected(OUT, pump_down=False)
+        ctx.reactor.register(self.bfd, EVENTS, self)
+        self.writable |= BACKEND_OUT
+        self._arm(ctx.settings.connect_timeout, _backend_timeout)
         return None
 
     def _bind_as_client(self, sock: socket.socket, family: int) -> str | None:
@@ -365,7 +416,7 @@ class Connection:
         sock.bind((ip, 0))
         return None
 
-    def _connected(self, events: int) -> str | None:
+    def _connected(self, events: int, pump_down: bool = True) -> str | None:
         """The connect finished: writable without an error means it worked (no SO_ERROR lookup then)."""
         if events & (ERR | HUP):
             err = self.backend.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -380,9 +431,8 @@ class Connection:
                 return "backend-error"
         if route.backend_context is None:
             self.bend = PlainEndpoint(self.backend)
-            return self._start_relay()
-        self._set_phase(Phase.BACKEND_HANDSHAKING, self.ctx.settings.connect_timeout,
-                        lambda: "backend-tls-timeout")
+            return self._start_relay(pump_down)
+        self._set_phase(Phase.BACKEND_HANDSHAKING, self.ctx.settings.connect_timeout, _backend_tls_timeout)
         engine = TLSEngine(route.backend_context, server_side=False, server_hostname=route.backend_sni)
         self.bend = TLSEndpoint(self.backend, engine, prefix="backend-")
         return self._backend_handshake()
@@ -413,26 +463,27 @@ class Connection:
         return facts
 
     # --- relaying --------------------------------------------------------------------------
-    def _start_relay(self) -> str | None:
+    def _start_relay(self, pump_down: bool = True) -> str | None:
+        """pump_down=False: the backend was registered this turn, so its first bytes will raise an edge."""
         self._set_phase(Phase.RELAYING)
-        if self._kernel_relayable() and self.ctx.kernel.take(self, self.client, self.backend):
+        ctx = self.ctx
+        if ctx.kernel is not None and self._kernel_relayable() and ctx.kernel.take(self, self.client, self.backend):
             self.kernel = True
-            if self.ctx.settings.idle_timeout:
-                self._arm(self.ctx.settings.idle_timeout, self._idle_check)
+            if ctx.settings.idle_timeout:
+                self._arm(ctx.settings.idle_timeout, self._idle_check)
             return None
-        pool = self.ctx.pool
-        self.up = Direction(self.cend, self.bend, pool)
-        self.down = Direction(self.bend, self.cend, pool)
-        self.up.other, self.down.other = self.down, self.up
-        if self.ctx.settings.idle_timeout:
-            self._arm(self.ctx.settings.idle_timeout, self._idle_check)
-        return self._pump(self.up) or self._pump(self.down) or self._after_pump()
+        pool = ctx.pool
+        up = self.up = Direction(self.cend, self.bend, pool)
+        down = self.down = Direction(self.bend, self.cend, pool)
+        up.other, down.other = down, up
+        if ctx.settings.idle_timeout:
+            self._arm(ctx.settings.idle_timeout, self._idle_check)
+        return self._pump(up) or (pump_down and self._pump(down)) or self._after_pump()
 
     def _kernel_relayable(self) -> bool:
         """Passthrough between two TCP sockets, with a kernel relay in this worker."""
-        tcp = (socket.AF_INET, socket.AF_INET6)
         return (self.ctx.kernel is not None and type(self.cend) is PlainEndpoint and type(self.bend) is PlainEndpoint
-                and self.client.family in tcp and self.backend.family in tcp)
+                and self.client.family in TCP_FAMILIES and self.backend.family in TCP_FAMILIES)
 
     def _relay_event(self, fd: int, events: int) -> str | None:
         if self.kernel:
@@ -443,24 +494,39 @@ class Connection:
             sock, end, src, dst = self.backend, self.bend, self.down, self.up
         if events & ERR and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
             return "reset"
+        moved = False          # an edge that finds nothing to do (a writable socket with nothing waiting) ends here
         if events & WRITABLE and end.pending_output():
             end.flush()
+            moved = True
         if events & READABLE and src.state is State.WAIT_SRC:
             reason = self._pump(src)
             if reason:
                 return reason
+            moved = True
         if events & WRITABLE and dst.state is State.WAIT_DST:
             reason = self._pump(dst)
             if reason:
                 return reason
-        return self._after_pump()
+            moved = True
+        return self._after_pump() if moved else None
 
     def _pump(self, direction: Direction) -> str | None:
-        self.last_active = self.ctx.reactor.clock()
+        self.last_active = self.ctx.reactor.now
         reason = direction.pump()
-        if reason and direction.detail:
-            self.detail = direction.detail
-        return reason
+        if reason:
+            if direction.detail:
+                self.detail = direction.detail
+            return reason
+        if direction.state is State.WAIT_DST:
+            self._want_writable(direction)
+        return None
+
+    def _want_writable(self, direction: Direction) -> None:
+        """A direction waits for its destination to drain: make sure that socket reports writable edges."""
+        bit, fd = (BACKEND_OUT, self.bfd) if direction is self.up else (CLIENT_OUT, self.cfd)
+        if not self.writable & bit:
+            self.ctx.reactor.modify(fd, EVENTS)    # ET: if it drained meanwhile, the edge is queued now
+            self.writable |= bit
 
     def _after_pump(self) -> str | None:
         up, down = self.up.state, self.down.state

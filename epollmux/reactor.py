@@ -1,7 +1,7 @@
 """The event loop: one `select.epoll`, fd handlers, a timer heap, deferred calls, signals.
 
 Owns: epoll registration bookkeeping, timers (heap with lazy cancellation), callbacks deferred to
-the next turn, and the signal wake-up fd. Signal handlers only record the signal; the loop
+the next turn, the signal wake-up fd, and `now` (the clock read once per turn, when the poll returns). Signal handlers only record the signal; the loop
 dispatches to the callback registered with `on_signal`.
 Must not import anything that knows about connections, protocols or configuration.
 """
@@ -36,16 +36,18 @@ class Handler(Protocol):
 class Timer:
     """A cancellable one-shot timer; cancelled entries stay in the heap until they surface."""
 
-    __slots__ = ("deadline", "callback", "cancelled")
+    __slots__ = ("deadline", "callback", "args", "cancelled")
 
-    def __init__(self, deadline: float, callback: Callable[[], None]):
+    def __init__(self, deadline: float, callback: Callable[..., None], args: tuple = ()):
         self.deadline = deadline
         self.callback = callback
+        self.args = args
         self.cancelled = False
 
     def cancel(self) -> None:
         self.cancelled = True
         self.callback = _noop      # a cancelled entry waits in the heap until it surfaces: keep nothing alive
+        self.args = ()
 
 
 class Reactor:
@@ -61,6 +63,7 @@ class Reactor:
         self._signal_r = self._signal_w = -1
         self._after_turn: list[Callable[[], None]] = []
         self.running = False
+        self.now = clock()          # the clock when the last poll returned: one reading per turn for handlers
 
     # --- fds -----------------------------------------------------------------------------
     def register(self, fd: int, events: int, handler: Handler) -> None:
@@ -91,8 +94,9 @@ class Reactor:
         return len(self._handlers)
 
     # --- time ----------------------------------------------------------------------------
-    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        timer = Timer(self.clock() + delay, callback)
+    def call_later(self, delay: float, callback: Callable[..., None], *args) -> Timer:
+        """Run callback(*args) once, `delay` seconds from now (bound methods and args: no closure per call)."""
+        timer = Timer(self.clock() + delay, callback, args)
         heapq.heappush(self._timers, (timer.deadline, next(self._seq), timer))
         return timer
 
@@ -105,14 +109,14 @@ class Reactor:
         self._soon.append(callback)
 
     def _run_due_timers(self) -> None:
-        now = self.clock()
+        now = self.now
         due = []
         while self._timers and self._timers[0][0] <= now:
             due.append(heapq.heappop(self._timers)[2])
         for timer in due:  # collected first: a callback's new timers wait for the next turn
             if not timer.cancelled:
                 timer.cancelled = True
-                timer.callback()
+                timer.callback(*timer.args)
 
     def _wait_timeout(self) -> float:
         if self._soon:
@@ -149,16 +153,19 @@ class Reactor:
             events = self._epoll.poll(self._wait_timeout(), MAX_EVENTS)
         except InterruptedError:
             events = []
-        self._closed_in_batch.clear()
-        handlers = self._handlers
+        self.now = self.clock()
         closed = self._closed_in_batch
+        closed.clear()
+        handlers = self._handlers
         for fd, mask in events:
             if fd in closed:
                 continue
             handler = handlers.get(fd)
             if handler is not None:
                 handler.on_event(fd, mask)
-        self._run_due_timers()
+        timers = self._timers
+        if timers and timers[0][0] <= self.now:
+            self._run_due_timers()
         for _ in range(len(self._soon)):
             self._soon.popleft()()
         for callback in self._after_turn:

@@ -36,6 +36,7 @@ class Stats:
         self.counters[what, route] += 1
 
     def accepted_on(self, listener: str) -> None:
+        self.accepted += 1
         self.accepted_by[listener] += 1
 
     def sniffed(self, listener: str, seconds: float, inner: bool = False) -> None:

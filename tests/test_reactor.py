@@ -129,3 +129,28 @@ def test_cancelled_timer_releases_its_callback_at_once():
     gc.collect()
     assert ref() is None
     r.close()
+
+
+def test_call_later_passes_args_and_cancel_drops_them():
+    clock = FakeClock()
+    r = Reactor(clock=clock)
+    fired = []
+    r.call_later(1, fired.append, "a")
+    t = r.call_later(1, fired.append, "b")
+    t.cancel()
+    assert t.args == ()
+    clock.now += 1
+    r.run_once()
+    assert fired == ["a"]
+    r.close()
+
+
+def test_now_is_read_once_per_turn_after_the_poll():
+    clock = FakeClock()
+    r = Reactor(clock=clock)
+    seen = []
+    r.call_soon(lambda: seen.append(r.now))
+    clock.now += 7
+    r.run_once()
+    assert seen == [1007.0]           # handlers see the time the poll returned, not the loop's creation
+    r.close()

@@ -321,3 +321,41 @@ def test_sockmap_unavailable_falls_back_to_splice(daemon, server):
     while d.log_text().count("kernel relay: unavailable pairs=0") <= before:
         assert time.monotonic() < deadline, "no kernel relay line after SIGUSR1"
         time.sleep(0.05)
+
+
+def test_server_speaks_first_to_a_silent_client(proxy):
+    """A backend that greets first (SSH, SMTP): its bytes reach a client that has sent nothing. The
+    connect is done inside connect() on loopback, so the relay starts without pumping the backend and
+    relies on the edge its first bytes raise."""
+    def handle(sock):
+        sock.sendall(b"220 hello\r\n")
+        assert recv_all(sock) == b"bye"
+        sock.shutdown(socket.SHUT_WR)
+
+    port, backend, _ = proxy(handle)
+    for _ in range(20):
+        c = connect(port)
+        assert c.recv(100) == b"220 hello\r\n"
+        c.sendall(b"bye")
+        c.shutdown(socket.SHUT_WR)
+        assert recv_all(c) == b""
+        c.close()
+    assert not backend.errors
+
+
+def test_slow_client_gets_every_byte_of_a_fast_backend(proxy):
+    """The backend writes 32 MiB at once to a client that waits before reading: the client's socket
+    fills, the relay waits for it to drain (a socket registered without EPOLLOUT gets it then), and
+    nothing is lost."""
+    data = random.Random(7).randbytes(32 << 20)
+
+    def handle(sock):
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+
+    port, _, _ = proxy(handle)
+    c = connect(port, timeout=60)
+    time.sleep(0.5)                  # the client reads nothing yet: its receive queue fills up
+    received = recv_all(c)
+    c.close()
+    assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
