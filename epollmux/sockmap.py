@@ -31,6 +31,11 @@ Kernel behaviour the caller must know (tests/test_sockmap.py shows each; Linux 6
   tail. The program drops the empty skb of a bare FIN: redirected, it would fail on the
   destination, set EPIPE on it and disable redirects into it.
 - RST: EPOLLERR|EPOLLHUP|EPOLLRDHUP and SO_ERROR ECONNRESET on the socket that was reset.
+- The kernel sends redirected bytes from a kworker (sk_psock_backlog). Each time it finds the
+  destination's send queue full it gives up for one jiffy (4 ms at HZ=250), and with the default
+  send buffer (autotuned up to tcp_wmem's 4 MiB) that happened ~100 times a second on a single
+  loopback stream: `add_pair` fixes both send buffers at `sndbuf` (SO_SNDBUFFORCE; the queue stays
+  charged to the socket, visible in `ss -m`, and under the kernel's tcp_mem pressure limits).
 - Only established sockets can be added: a socket that has received a FIN (CLOSE_WAIT) is refused
   (EOPNOTSUPP), by `add_pair` and by `resume`. The process then relays that direction itself.
 - Taking a socket out of `sources` while an skb is being redirected drops that skb; `pause`
@@ -80,10 +85,12 @@ SK_DROP, SK_PASS = 0, 1
 ATTR_SIZE = 128                    # zero-filled prefix of union bpf_attr, enough for every command used
 LOG_SIZE = 64 * 1024
 NOTIFY = 4 << 20                   # default: wake the process every 4 MiB redirected per direction
+SNDBUF = 16 << 20                  # default send buffer of a paired socket (the kernel doubles it)
 RING_SIZE = 256 * 1024             # notifications, 16 bytes each (header + cookie); power of 2 pages
 RING_BUSY, RING_DISCARD = 1 << 31, 1 << 30
 
 SO_COOKIE = 57                     # getsockopt(SOL_SOCKET): u64 socket cookie
+SO_SNDBUFFORCE = 32                # SO_SNDBUF past net.core.wmem_max (CAP_NET_ADMIN)
 QUIET = 0x7FFFFFFF                 # SO_RCVLOWAT no receive queue reaches: the data-ready hook stays off
 TCP_INFO_LEN = 256
 TCPI_STATE = 0                     # struct tcp_info offsets, stable since Linux 4.1
@@ -304,6 +311,15 @@ def _written(sock: socket.socket, exact: bool) -> int:
     raise OSError(errno.EAGAIN, "send counters kept moving")
 
 
+def _set_sndbuf(sock: socket.socket, size: int) -> None:
+    """Room for the kernel's sender (see the module docstring); without CAP_NET_ADMIN as much as
+    net.core.wmem_max allows."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, size)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
 def _wake(sock: socket.socket) -> None:
     """Restore the default SO_RCVLOWAT; doing so runs the data-ready hook on what is queued."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
@@ -390,18 +406,20 @@ class Pair:
 class Sockmap:
     """The maps with the verdict program; load once per process, shared by every pair."""
 
-    def __init__(self, fds: dict[str, int], max_entries: int, notify: int):
+    def __init__(self, fds: dict[str, int], max_entries: int, notify: int, sndbuf: int = SNDBUF):
         self.fds = fds
         self.max_entries = max_entries
         self.notify = notify
+        self.sndbuf = sndbuf
         self.flows: dict[int, Flow] = {}        # by source cookie
         self.ring = _Ring(fds["ring"], RING_SIZE)
 
     @classmethod
-    def load(cls, max_entries: int = 65536, notify: int = NOTIFY) -> "Sockmap":
+    def load(cls, max_entries: int = 65536, notify: int = NOTIFY, sndbuf: int = SNDBUF) -> "Sockmap":
         """Create the maps (room for max_entries sockets, two per pair), load the program and attach
         it. `notify` (rounded down to a power of 2): redirected bytes per direction between two
-        wake-ups, the step at which the caller can watch backlogs."""
+        wake-ups, the step at which the caller can watch backlogs. `sndbuf`: the send buffer each
+        paired socket gets (0: leave it to autotuning)."""
         shift = max(notify, 4096).bit_length() - 1
         fds: dict[str, int] = {}
         try:
@@ -418,7 +436,7 @@ class Sockmap:
             for fd in fds.values():
                 os.close(fd)
             raise
-        return cls(fds, max_entries, 1 << shift)
+        return cls(fds, max_entries, 1 << shift, sndbuf)
 
     def fileno(self) -> int:
         """Readable (EPOLLIN) when a direction crossed a notify step: then call `notified`."""
@@ -456,6 +474,9 @@ class Sockmap:
             raise
         self.flows[pair.up.key] = pair.up
         self.flows[pair.down.key] = pair.down
+        if self.sndbuf:
+            for sock in (client, backend):
+                _set_sndbuf(sock, self.sndbuf)
         _wake(client)
         _wake(backend)
         return pair

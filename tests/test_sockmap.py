@@ -351,14 +351,15 @@ def test_slow_reader_unbounded_without_pause(maps, conns):
     socket is charged for (`ss -m` shows only the destination's own send queue)."""
     cp, c, b, bp = conns()
     pair = maps.add_pair(c, b)
-    total = 64 * MiB
+    total = 128 * MiB
     writer = write_from(cp, b"\x5a" * total, shut=False)
     writer.join(20)
-    assert not writer.is_alive()                       # all 64 MiB accepted although bp reads nothing
+    assert not writer.is_alive()                       # all 128 MiB accepted although bp reads nothing
     wait_for(lambda: pair.up.redirected() == total)
-    assert pair.up.backlog() > total - 16 * MiB
+    room = 2 * sm.SNDBUF + 16 * MiB                    # b's send queue (add_pair sizes it) and bp's receive queue
+    assert pair.up.backlog() > total - room
     charged = sm.unsent(b) + sm.unread(bp) + sm.unread(c)
-    assert charged < 16 * MiB                          # what sockets account for: a fraction
+    assert charged < room                              # what sockets account for: a fraction
     bp.setblocking(True)
     got = 0
     while got < total:
@@ -446,6 +447,16 @@ def test_socket_with_fin_already_received_is_refused_and_nothing_is_left(maps, c
     maps.add_pair(c2, b)                                 # b was rolled back: usable again
     cp2.sendall(b"ok")
     assert bp.recv(2) == b"ok"
+
+
+def test_paired_sockets_get_room_for_the_kernels_sender(maps, conns):
+    """The kworker that sends redirected bytes sleeps a jiffy whenever the send queue is full: both
+    sockets get a fixed send buffer well past autotuning's 4 MiB (the kernel reports it doubled)."""
+    cp, c, b, bp = conns()
+    assert c.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < 2 * sm.SNDBUF
+    maps.add_pair(c, b)
+    for sock in (c, b):
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * sm.SNDBUF
 
 
 def test_remove_pair_gives_plain_sockets_back(maps, conns):
