@@ -3,6 +3,10 @@
 Owns: `PipeChannel` (a pipe, moved with os.splice, the payload never enters Python),
 `BufferChannel` (a reused bytearray, moved with readv/write) and `ChannelPool`, which lends them
 out only while bytes are in flight, caps the number of pipes and falls back to buffers beyond it.
+A buffer takes the pipe size up to `BUFFER_MAX` (a pipe's capacity costs nothing until bytes fill it;
+a buffer is resident, and the TLS relay decrypts into it). Idle channels kept for reuse are bounded in
+bytes (`KEEP_IDLE_BYTES`), not only in number: an idle pipe's capacity counts against an unprivileged
+user's pipe-user-pages-soft (64 MiB by default; past it new pipes get 2 pages).
 Rules (HAProxy's pipe pool): get, put, kill; a channel that still holds bytes is never put back.
 Channels move bytes between endpoints (see endpoints.py): pipes use their fds, buffers their
 readinto/write. Must not know about connections, the reactor or protocols.
@@ -14,6 +18,8 @@ import fcntl
 import os
 
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+BUFFER_MAX = 256 << 10       # bytes per copy buffer at most, whatever the pipe size
+KEEP_IDLE_BYTES = 16 << 20   # capacity of the idle channels a pool keeps, per kind (64 at 256 KiB, 16 at 1 MiB)
 
 
 class PipeChannel:
@@ -65,11 +71,13 @@ class BufferChannel:
 class ChannelPool:
     """Lends channels; keeps a few idle ones for reuse; never more than `max_pipes` pipes alive."""
 
-    def __init__(self, kind: str, size: int, max_pipes: int, keep_idle: int = 64):
+    def __init__(self, kind: str, size: int, max_pipes: int, keep_idle: int | None = None):
         self.splice = kind == "splice"
         self.size = size
+        self.buffer_size = min(size, BUFFER_MAX)
         self.max_pipes = max_pipes if self.splice else 0
-        self.keep_idle = keep_idle
+        self.keep_idle = keep_idle if keep_idle is not None else max(1, min(64, KEEP_IDLE_BYTES // size))
+        self.keep_idle_buffers = keep_idle if keep_idle is not None else min(64, KEEP_IDLE_BYTES // self.buffer_size)
         self._idle_pipes: list[PipeChannel] = []
         self._idle_buffers: list[BufferChannel] = []
         self.pipes = 0          # pipes alive (lent or idle)
@@ -85,7 +93,7 @@ class ChannelPool:
         """A channel for one direction; zero_copy=False when an end is not a plain socket (TLS)."""
         self.lent += 1
         if not zero_copy:
-            return self._idle_buffers.pop() if self._idle_buffers else BufferChannel(self.size)
+            return self._idle_buffers.pop() if self._idle_buffers else BufferChannel(self.buffer_size)
         if self._idle_pipes:
             return self._idle_pipes.pop()
         if self.pipes < self.max_pipes:
@@ -100,7 +108,7 @@ class ChannelPool:
             self.fallbacks += 1
         if self._idle_buffers:
             return self._idle_buffers.pop()
-        return BufferChannel(self.size)
+        return BufferChannel(self.buffer_size)
 
     def put(self, channel) -> None:
         """Return an empty channel."""
@@ -110,7 +118,7 @@ class ChannelPool:
                 self._idle_pipes.append(channel)
             else:
                 self._kill_pipe(channel)
-        elif len(self._idle_buffers) < self.keep_idle:
+        elif len(self._idle_buffers) < self.keep_idle_buffers:
             self._idle_buffers.append(channel)
 
     def kill(self, channel) -> None:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import socket
+import struct
+import termios
 import threading
 import time
 
 import pytest
 
 from epollmux import relay
-from epollmux.channels import ChannelPool
+from epollmux.channels import BUFFER_MAX, KEEP_IDLE_BYTES, ChannelPool
 from epollmux.endpoints import PlainEndpoint
 from epollmux.relay import Direction, State
 
@@ -44,10 +47,12 @@ def pairs():
 
 
 @pytest.mark.parametrize("kind", ["splice", "copy"])
-def test_a_pump_stops_at_its_byte_budget_with_the_channel_empty(pairs, kind):
-    """A source that never runs dry: each pump moves its budget (plus at most one channel's worth) and
-    says BUSY with nothing in flight; pumped again until EOF, every byte arrives once, in order."""
-    total = 3 * relay.BUDGET + 12345
+def test_a_pump_stops_at_its_byte_budget_with_the_channel_empty(pairs, kind, monkeypatch):
+    """A source with more queued than the budget: the pump moves its budget (plus at most one channel's
+    worth) and says BUSY with nothing in flight; pumped again until EOF, every byte arrives once, in order.
+    The budget is made small so that the socket queues can hold more than it."""
+    monkeypatch.setattr(relay, "BUDGET", 4 * SIZE)
+    total = 40 * relay.BUDGET + 12345
     data = os.urandom(total)
     src_peer, src, dst, dst_peer = pairs()
     pool = ChannelPool(kind, SIZE, 4)
@@ -68,6 +73,9 @@ def test_a_pump_stops_at_its_byte_budget_with_the_channel_empty(pairs, kind):
     busy = 0
     try:
         while d.state is not State.DONE:
+            deadline = time.monotonic() + 0.2        # let the writer queue more than one budget's worth
+            while threads[0].is_alive() and queued(src) <= relay.BUDGET + SIZE and time.monotonic() < deadline:
+                time.sleep(0.0005)
             before = d.moved
             assert d.pump() is None
             moved = d.moved - before
@@ -75,8 +83,6 @@ def test_a_pump_stops_at_its_byte_budget_with_the_channel_empty(pairs, kind):
             if d.state is State.BUSY:
                 busy += 1
                 assert moved >= relay.BUDGET and d.pending == 0, (moved, d.pending)
-            elif d.state is not State.DONE:    # waiting on a peer thread (a real caller would poll)
-                time.sleep(0.0005)
     finally:
         for t in threads:
             t.join(30)
@@ -84,6 +90,10 @@ def test_a_pump_stops_at_its_byte_budget_with_the_channel_empty(pairs, kind):
     assert d.moved == total and (d.spliced == total) == (kind == "splice")
     assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
     assert pool.lent == 0
+
+
+def queued(sock: socket.socket) -> int:
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
 def test_bytes_in_a_pipe_when_the_destination_fails_are_never_pooled(pairs):
@@ -104,3 +114,27 @@ def test_bytes_in_a_pipe_when_the_destination_fails_are_never_pooled(pairs):
     assert d.pending == 1000 and d.moved == 0
     d.discard()
     assert pool.pipes == 0 and pool.idle_pipes == 0 and pool.lent == 0
+
+
+@pytest.mark.parametrize("size", [SIZE, 262144, 1048576])
+def test_idle_channels_kept_are_bounded_in_bytes(size):
+    """Idle pipes count against the user's pipe pages whatever they hold; idle buffers are RSS."""
+    for kind in ("splice", "copy"):
+        pool = ChannelPool(kind, size, 200)
+        lent = [pool.get(kind == "splice") for _ in range(100)]
+        for c in lent:
+            pool.put(c)
+        kept = pool.idle_pipes if kind == "splice" else len(pool._idle_buffers)
+        each = size if kind == "splice" else min(size, BUFFER_MAX)
+        assert kept == min(64, KEEP_IDLE_BYTES // each), (kind, size, kept)
+        pool.close()
+
+
+def test_pipes_take_the_pipe_size_and_buffers_at_most_256_kib():
+    pool = ChannelPool("splice", 1 << 20, 1)
+    pipe, buffer = pool.get(), pool.get()           # past max_pipes: a buffer stands in
+    assert pipe.size == 1 << 20                     # root, or within pipe-max-size (1 MiB by default)
+    assert len(buffer.buf) == BUFFER_MAX == 256 << 10
+    pool.put(pipe)
+    pool.put(buffer)
+    pool.close()
