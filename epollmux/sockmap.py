@@ -32,10 +32,11 @@ Kernel behaviour the caller must know (tests/test_sockmap.py shows each; Linux 6
   destination, set EPIPE on it and disable redirects into it.
 - RST: EPOLLERR|EPOLLHUP|EPOLLRDHUP and SO_ERROR ECONNRESET on the socket that was reset.
 - The kernel sends redirected bytes from a kworker (sk_psock_backlog). Each time it finds the
-  destination's send queue full it gives up for one jiffy (4 ms at HZ=250), and with the default
-  send buffer (autotuned up to tcp_wmem's 4 MiB) that happened ~100 times a second on a single
-  loopback stream: `add_pair` fixes both send buffers at `sndbuf` (SO_SNDBUFFORCE; the queue stays
-  charged to the socket, visible in `ss -m`, and under the kernel's tcp_mem pressure limits).
+  destination's send queue full it gives up for one jiffy (4 ms at HZ=250; ~50-100 times a second
+  on one loopback stream). A send buffer autotuned up to tcp_wmem's 4 MiB drains in less than
+  that at 10 Gbit/s and the socket idles: `add_pair` fixes both send buffers at `sndbuf`
+  (SO_SNDBUFFORCE) so the queue outlasts the pause. That queue stays charged to the socket
+  (`ss -m`) and under the kernel's tcp_mem limits, unlike the redirect backlog.
 - Only established sockets can be added: a socket that has received a FIN (CLOSE_WAIT) is refused
   (EOPNOTSUPP), by `add_pair` and by `resume`. The process then relays that direction itself.
 - Taking a socket out of `sources` while an skb is being redirected drops that skb; `pause`
