@@ -560,9 +560,9 @@ class Connection:
 
     # --- the one place where a connection ends ----------------------------------------------
     def close(self, reason: str) -> None:
-        if self.phase is Phase.CLOSED:
+        phase = self.phase
+        if phase is Phase.CLOSED:
             return
-        self.ctx.stats.ending(self.listener.name, self.route.name if self.route else "-", self.phase.value, reason)
         self._set_phase(Phase.CLOSED)
         ctx = self.ctx
         ctx.connections.discard(self)
@@ -592,7 +592,7 @@ class Connection:
             self.down.discard()
             up, down, spliced = self.up.moved, self.down.moved, self.up.spliced + self.down.spliced
         route = self.route.name if self.route else "-"
-        ctx.stats.closed(route, reason, up, down)
+        ctx.stats.closed(self.listener.name, route, phase._value_, reason, up, down)   # _value_: .value is a Python property
         if reason == "exhausted":
             ctx.exhausted(f"{self.peer}: out of file descriptors or memory")
         if ctx.access.enabled():

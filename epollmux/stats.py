@@ -56,8 +56,8 @@ class Stats:
     def tls_handshake(self, route: str, side: str) -> None:
         self.tls[route, side] += 1
 
-    def ending(self, listener: str, route: str, phase: str, reason: str) -> None:
-        """A connection closes (called before it does, while its phase still says where it was)."""
+    def closed(self, listener: str, route: str, phase: str, reason: str, up: int, down: int) -> None:
+        """A connection closed in `phase` (the value of the phase it was in), having moved up/down bytes."""
         self.closes[listener, route, reason] += 1
         if phase == "handshaking":
             self.tls_failures[route, "client", reason] += 1
@@ -65,8 +65,6 @@ class Stats:
             self.tls_failures[route, "backend", reason] += 1
         if reason == "probe-timeout":
             self.counters["probe_timeouts", "-"] += 1
-
-    def closed(self, route: str, reason: str, up: int, down: int) -> None:
         self.bytes_up += up
         self.bytes_down += down
         moved = self.route_bytes.get(route)
