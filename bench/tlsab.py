@@ -2,7 +2,7 @@
 
 Owns: short interleaved runs (base, work, base, work, ...) of one epollmux worker (1 worker, ECDSA P-256,
 `probe = any`, nginx behind, as bench.tlsprofile) under wrk handshake (`Connection: close`, resumption
-off or on) and keep-alive loads. Per run: the worker's CPU µs per unit from /proc/PID/stat and the rate;
+off or on), keep-alive and bulk (4 curl downloads; unit = MB) loads. Per run: the worker's CPU µs per unit from /proc/PID/stat and the rate;
 with --cprofile, one extra run per tree counts Python-visible calls per unit (cProfile in the worker, as
 bench.tlsprofile does; counts only). Prints medians with min-max. Measures; changes nothing.
 The base tree is any checkout or `git archive` of another commit.
@@ -20,7 +20,8 @@ import tempfile
 import time
 
 from bench import certs
-from bench.backends import Nginx
+from bench import tlsload
+from bench.backends import Nginx, SparseFile
 from bench.connrate import wrk
 from bench.hotpaths import worker_pid
 from bench.procs import CpuGroup, Ports, Proc, cpu_seconds
@@ -28,7 +29,7 @@ from bench.subjects import REPO
 from bench.tlsprofile import SITECUSTOMIZE
 from bench.tlssubjects import EpollmuxTLS
 
-LOADS = {"handshake": (True, False), "resumed": (True, True), "keepalive": (False, False)}
+LOADS = {"handshake": (True, False), "resumed": (True, True), "keepalive": (False, False), "bulk": (False, False)}
 
 
 class TreeTLS(EpollmuxTLS):
@@ -66,7 +67,11 @@ def one_run(tree, load, seconds, tmp, ports, backend, cert, profile=False) -> di
         time.sleep(0.5)
         worker = worker_pid(subject.pid)
         c0 = cpu_seconds(worker)
-        res = wrk(subject.port, seconds, 32, close=close, scheme="https")
+        if load == "bulk":
+            res = tlsload.bulk(subject.port, seconds, 4)
+            res.update(requests=res.get("mb"), rps=res.get("mb_per_s"))
+        else:
+            res = wrk(subject.port, seconds, 32, close=close, scheme="https")
         cpu = cpu_seconds(worker) - c0
     finally:
         subject.stop()
@@ -100,7 +105,8 @@ def main(argv=None) -> int:
     tmp = tempfile.mkdtemp(prefix="epollmux-tlsab-")
     cert = certs.make(tmp, "ecdsa")
     trees = {"base": os.path.abspath(o.base), "work": os.path.abspath(o.work)}
-    backend = Nginx(tmp, ports.take()).start()
+    bulk_file = SparseFile()
+    backend = Nginx(tmp, ports.take(), bulk_file=bulk_file.path).start()
     try:
         for load in o.loads.split(","):
             runs = {name: [] for name in trees}
@@ -123,6 +129,7 @@ def main(argv=None) -> int:
                         print(f"      {per:6.2f}  {func}")
     finally:
         backend.stop()
+        bulk_file.__exit__()
     return 0
 
 
