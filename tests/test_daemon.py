@@ -63,6 +63,41 @@ def test_connect_timeout_fires_and_others_are_served(daemon, server):
         s.close()
 
 
+
+def test_late_connect_is_relayed_once_the_backend_takes_it(daemon):
+    """A connect still in SYN_SENT when connect() returns (its SYN dropped by a full accept queue) waits
+    for its writable edge and then relays; the bytes the client sent meanwhile reach the backend."""
+    srv, fillers = _full_backlog_server()
+    port = free_port()
+    d = daemon().start(simple_config(port, f"127.0.0.1:{srv.getsockname()[1]}"), wait=port)
+    c = connect(port)
+    c.sendall(b"ping")
+    time.sleep(0.3)                        # the daemon's SYN is being dropped now
+    for s in fillers:
+        s.close()
+    srv.settimeout(5)
+    answered = False
+    for _ in range(8):                     # drain the queue: fillers first, then the retransmitted SYN
+        peer, _ = srv.accept()
+        peer.settimeout(3)
+        try:
+            data = peer.recv(4)
+        except OSError:
+            data = b""
+        if data == b"ping":
+            peer.sendall(b"pong")
+            peer.close()
+            answered = True
+            break
+        peer.close()
+    assert answered
+    assert c.recv(4) == b"pong"
+    assert recv_all(c) == b""
+    c.close()
+    srv.close()
+    assert "reason=backend" not in d.log_text()
+
+
 def _low_fd_limit():
     resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
 
