@@ -554,3 +554,24 @@ def test_read_into_never_stops_while_plaintext_is_buffered(server_ctx, tls_ca, m
         while n := engine.read_into(memoryview(buf)[:rng.randint(1, len(buf))]):
             got += bytes(buf[:n])
         assert got == sent                                   # every whole record, nothing held back
+
+
+def test_a_client_engine_reads_data_that_came_with_the_tickets(server_ctx, tls_ca):  # noqa: F811
+    """TLS 1.3 tickets and the first data in one segment: the non-application records must not leave the
+    engine waiting for ciphertext that will never come (the backend side of re-encryption)."""
+    engine = TLSEngine(client_context(tls_ca), server_side=False, server_hostname="server.example")
+    server = Peer(server_ctx, server_side=True)
+    for _ in range(4):
+        if engine.state is TLSState.HANDSHAKING:
+            engine.step()
+        server.incoming.write(engine.take_ciphertext())
+        server.handshake()
+        if server.done:
+            break
+        engine.feed_ciphertext(server.outgoing.read())
+    assert server.done and engine.state is TLSState.OPEN
+    server.obj.write(b"first answer")
+    engine.feed_ciphertext(server.outgoing.read())              # NewSessionTicket x2, then the data
+    view = memoryview(bytearray(100))
+    assert engine.read_into(view) == 12 and bytes(view[:12]) == b"first answer"
+    assert engine.read_into(view) == 0
