@@ -2,9 +2,10 @@
 
 Owns: the connection's phases (changed only through `_set_phase`, which cancels the old phase's
 deadline; entering a waiting phase arms its own), its epoll registrations (each socket registered
-once, edge-triggered; a plain socket without EPOLLOUT until a direction waits for it to drain, then one
-EPOLL_CTL_MOD adds it; the kernel relay narrows them, see kernelrelay.PAIRED_EVENTS) and `close()`, the one place where a connection ends: it
-records the reason, counts it per route and writes the connection's log line.
+once, edge-triggered; a plain socket without EPOLLOUT until a direction waits for it to drain, then
+one EPOLL_CTL_MOD adds it; the kernel relay narrows them, see kernelrelay.PAIRED_EVENTS) and
+`close()`, the one place where a connection ends: it records the reason, counts it per route and
+writes the connection's log line.
 Handlers return None to go on or a close reason; only `_event` turns a reason into a close.
 Must not parse protocols (the sniffer and the TLS engine do) or move bytes itself (relay.Direction does,
 or the kernel: a passthrough connection between two TCP sockets may be handed to ctx.kernel, a

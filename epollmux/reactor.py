@@ -1,8 +1,9 @@
 """The event loop: one `select.epoll`, fd handlers, a timer heap, deferred calls, signals.
 
 Owns: epoll registration bookkeeping, timers (heap with lazy cancellation), callbacks deferred to
-the next turn, the signal wake-up fd, and `now` (the clock read once per turn, when the poll returns). Signal handlers only record the signal; the loop
-dispatches to the callback registered with `on_signal`.
+the next turn, the signal wake-up fd, and `now` (the clock read once per turn, when the poll
+returns). Signal handlers only record the signal; the loop dispatches to the callback registered
+with `on_signal`.
 Must not import anything that knows about connections, protocols or configuration.
 """
 
