@@ -12,6 +12,7 @@ noise of a shared machine is mostly gone, and what is left is the cost the TLS m
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -173,7 +174,13 @@ def main(argv=None) -> int:
     o = p.parse_args(argv)
     trees = o.tree or [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
     tmp = tempfile.mkdtemp(prefix="epollmux-tlsmicro-")
-    cert = certs.make(tmp, "ecdsa")
+    try:
+        return _compare(trees, o, certs.make(tmp, "ecdsa"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _compare(trees: list[str], o, cert) -> int:
     for mode in o.modes.split(","):
         batches, per = (5, 2000) if mode == "keepalive" else (5, 100)
         samples = {tree: [] for tree in trees}
