@@ -41,8 +41,8 @@ NOTES = [
     "Subjects forward every connection to one backend without sniffing (`probe = any`, sslh `--anyprot`).",
     "epollmux runs `workers = 1` (one event loop, plus its supervisor process, counted too), so HAProxy runs "
     "`nbthread 1`; "
-    "HAProxy: TCP mode, `option splice-request` + `option splice-response`, `tune.pipesize` 256 KiB = "
-    "epollmux's `pipe_size`, `maxconn 9000`, `maxpipes 512`.",
+    "HAProxy: TCP mode, `option splice-request` + `option splice-response`, `tune.pipesize` 1 MiB = "
+    "epollmux's default `pipe_size`, `maxconn 9000`, `maxpipes 512`.",
     "sslh 1.20 (Debian): sslh-fork is /usr/sbin/sslh (a process per connection), sslh-select is single-process "
     "select(); both run `-f` (foreground, connection log lines to a file). socat runs `fork` with its default "
     "8 KiB buffer.",

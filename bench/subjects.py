@@ -10,7 +10,7 @@ Choices that matter for fairness (also written into RESULTS.md):
   HAProxy runs with `nbthread 1`; all of a subject's processes are counted, so forking peers
   pay for their forks. `epollmux-splice-2w` and `haproxy-2t` are the 2-core pair.
 - HAProxy: TCP mode, `option splice-request` + `option splice-response` (splice forced both
-  ways), and `tune.pipesize` equal to epollmux's `pipe_size` (256 KiB) unless told otherwise.
+  ways), and `tune.pipesize` equal to epollmux's `pipe_size` (1 MiB, its default) unless told otherwise.
 - sslh and socat run as shipped (sslh-fork = Debian's /usr/sbin/sslh; socat with `fork`,
   its default 8 KiB buffer).
 """
@@ -25,7 +25,7 @@ import sys
 from bench.procs import HOST, CpuGroup, Proc, memory_kb
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PIPE_SIZE = 262144
+PIPE_SIZE = 1048576          # epollmux's default pipe_size; HAProxy gets the same tune.pipesize
 
 
 class Subject:
