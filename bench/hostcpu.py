@@ -1,7 +1,8 @@
 """Host CPU of one measurement: what the whole machine spent, split by who spent it.
 
-Owns: `HostCPU` (a reading of /proc/stat and every process's /proc/PID/stat at the start of a run,
-`split()` at its end) and the split itself, a pure function of two readings (`split_readings`).
+Owns: `HostCPU` (a reading of /proc/stat and every process's /proc/PID/stat, both read by
+bench.procs, at the start of a run, `split()` at its end) and the split itself, a pure function
+of two readings (`split_readings`).
 Runs nothing and knows no subject: the caller says which processes are the relay and which are
 the load (iperf3, this driver).
 
@@ -27,32 +28,9 @@ reaped during the run moves into its parent without being lost or counted twice)
 
 from __future__ import annotations
 
-import os
+from bench.procs import HZ, machine_busy_ticks, processes
 
-HZ = os.sysconf("SC_CLK_TCK")
 KTHREADD = 2
-
-
-def machine_busy_ticks() -> int:
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return sum(fields[:8]) - fields[3] - fields[4]
-
-
-def processes() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, CPU ticks of the process and its reaped children) for every process alive."""
-    out = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        out[int(name)] = (int(fields[1]), sum(int(fields[i]) for i in (11, 12, 13, 14)))
-    return out
 
 
 def split_readings(busy0: int, procs0: dict, busy1: int, procs1: dict,

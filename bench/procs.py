@@ -66,19 +66,31 @@ def listening_ports() -> set[int]:
     return ports
 
 
+def stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (index 0 = state, 1 = ppid, 11..14 =
+    utime stime cutime cstime), or None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def processes() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, CPU ticks of the process and its reaped children) for every process alive."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (fields := stat_fields(name)) is not None:
+            out[int(name)] = (int(fields[1]), sum(int(fields[i]) for i in (11, 12, 13, 14)))
+    return out
+
+
 def children_of() -> dict[int, list[int]]:
     """ppid -> [pid] for every process now alive."""
     tree: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-        tree.setdefault(ppid, []).append(int(name))
+    for pid, (ppid, _) in processes().items():
+        tree.setdefault(ppid, []).append(pid)
     return tree
 
 
@@ -97,13 +109,9 @@ def cpu_seconds(pid: int, user_only: bool = False) -> float:
     """CPU seconds (user+system) used by pid's tree so far, reaped children included."""
     ticks = 0
     for p in tree_pids(pid):
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                stat = f.read()
-        except OSError:
+        fields = stat_fields(p)
+        if fields is None:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        # fields 11..14: utime stime cutime cstime
         ticks += sum(int(fields[i]) for i in ((11, 13) if user_only else (11, 12, 13, 14)))
     return ticks / HZ
 
@@ -130,12 +138,15 @@ def memory_kb(pid: int) -> dict[str, int]:
     return {"rss_kb": rss, "pss_kb": pss, "uss_kb": uss, "processes": n}
 
 
-def machine_cpu_seconds() -> float:
-    """Busy CPU seconds of the whole machine so far (all CPUs, idle and iowait excluded)."""
+def machine_busy_ticks() -> int:
+    """Busy CPU ticks of the whole machine so far (all CPUs, idle and iowait excluded)."""
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
-    busy = sum(fields[:8]) - fields[3] - fields[4]
-    return busy / HZ
+    return sum(fields[:8]) - fields[3] - fields[4]
+
+
+def machine_cpu_seconds() -> float:
+    return machine_busy_ticks() / HZ
 
 
 CGROUP_ROOT = "/sys/fs/cgroup/cpuacct"
@@ -291,12 +302,8 @@ class Proc:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def run(argv: list[str], timeout: float, cwd: str | None = None) -> subprocess.CompletedProcess:
