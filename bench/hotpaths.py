@@ -83,16 +83,22 @@ def pyspy(subject, seconds: float, kind: str, tmp: str, loader=load) -> dict:
     spy = attach(["py-spy", "record", "-p", str(worker_pid(subject.pid)), "--nonblocking", "--rate", "200",
                   "--format", "raw", "-o", raw, "-d", str(int(seconds + 2))], raw + ".log")
     time.sleep(1.0)
-    cpu0, user0 = subject.cpu(), subject.cpu_user()
-    res = loader(kind, subject.port, seconds)
-    cpu, user = subject.cpu() - cpu0, subject.cpu_user() - user0
+    res = timed(subject, loader, kind, seconds)
     try:
         spy.wait(seconds + 20)
     except subprocess.TimeoutExpired:
         detach(spy)
+    return {"load": res, **collapse(raw)}
+
+
+def timed(subject, loader, kind: str, seconds: float) -> dict:
+    """Run one load; add the subject's CPU seconds (all and user) over it and its CPU µs per unit."""
+    cpu0, user0 = subject.cpu(), subject.cpu_user()
+    res = loader(kind, subject.port, seconds)
+    cpu, user = subject.cpu() - cpu0, subject.cpu_user() - user0
     per = res.get("units")
     res.update(cpu_s=cpu, user_s=user, cpu_us_per_unit=cpu / per * 1e6 if per else None)
-    return {"load": res, **collapse(raw)}
+    return res
 
 
 def collapse(path: str) -> dict:
@@ -152,35 +158,61 @@ def report_md(results: dict) -> str:
         if sp.get("samples"):
             lines += [f"py-spy: {sp['samples']} busy samples at 200 Hz (idle dropped); load and worker CPU: "
                       f"{json.dumps({k: v for k, v in sp['load'].items() if not isinstance(v, dict)})}", ""]
-            for key, title in (("function_self", "self share, per function"),
-                               ("function_inclusive", "inclusive share, per function"),
-                               ("self", "self share, per line")):
-                lines += [f"| {title} | |", "|---|---|"]
-                lines += [f"| {share * 100:.1f}% | `{f}` |" for f, share in sp[key][:25]]
-                lines.append("")
+            lines += pyspy_tables(sp)
         for key, who in (("strace", "epollmux"), ("strace-haproxy", "HAProxy (for comparison)")):
             st = runs.get(key, {})
             if not st.get("calls"):
                 continue
             lines += [f"strace -c on {who} (separate run): syscalls per {st['unit']}; load: "
-                      f"{json.dumps({k: v for k, v in st['load'].items() if not isinstance(v, dict)})}", "",
-                      f"| syscall | calls | per {st['unit']} |", "|---|---|---|"]
-            for name, n in sorted(st["calls"].items(), key=lambda kv: -kv[1]):
-                lines.append(f"| {name} | {n} | {st['per_unit'].get(name, 0):.2f} |")
-            lines.append("")
+                      f"{json.dumps({k: v for k, v in st['load'].items() if not isinstance(v, dict)})}", ""]
+            lines += strace_table(st)
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m bench.hotpaths")
+def pyspy_tables(sp: dict) -> list[str]:
+    """Markdown lines: the top 25 of py-spy's shares per function (self, inclusive) and per line (self)."""
+    lines = []
+    for key, title in (("function_self", "self share, per function"),
+                       ("function_inclusive", "inclusive share, per function"),
+                       ("self", "self share, per line")):
+        lines += [f"| {title} | |", "|---|---|"]
+        lines += [f"| {share * 100:.1f}% | `{f}` |" for f, share in sp[key][:25]]
+        lines.append("")
+    return lines
+
+
+def strace_table(st: dict, top: int | None = None) -> list[str]:
+    """Markdown lines: strace's syscalls, most called first (the first `top`), with calls per unit."""
+    lines = [f"| syscall | calls | per {st['unit']} |", "|---|---|---|"]
+    for name, n in sorted(st["calls"].items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"| {name} | {n} | {st['per_unit'].get(name, 0):.2f} |")
+    return lines + [""]
+
+
+def options(prog: str, loads: tuple[str, ...], argv) -> tuple[argparse.Namespace, Ports, str]:
+    """The options bench.hotpaths and bench.tlsprofile share; their ports and a fresh temp dir."""
+    p = argparse.ArgumentParser(prog=f"python3 -m bench.{prog}")
     p.add_argument("--seconds", type=float, default=8)
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     p.add_argument("--ports", default="25900-25999")
-    p.add_argument("--loads", default="bulk,connrate", help="comma list of bulk, connrate")
+    p.add_argument("--loads", default=",".join(loads), help="comma list of " + ", ".join(loads))
     o = p.parse_args(argv)
     first, last = (int(x) for x in o.ports.split("-"))
-    ports = Ports(first, last)
-    tmp = tempfile.mkdtemp(prefix="epollmux-hotpaths-")
+    return o, Ports(first, last), tempfile.mkdtemp(prefix=f"epollmux-{prog}-")
+
+
+def write(out: str, stem: str, results: dict, md: str) -> None:
+    """DIR/STEM.json and DIR/STEM.md; the markdown is printed too."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{stem}.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(out, f"{stem}.md"), "w") as f:
+        f.write(md)
+    print(md)
+
+
+def main(argv=None) -> int:
+    o, ports, tmp = options("hotpaths", ("bulk", "connrate"), argv)
     results = {"seconds": o.seconds, "loads": {}}
     tools = {"pyspy": shutil.which("py-spy"), "strace": shutil.which("strace")}
     for kind, backend_cls in (("bulk", Iperf3), ("connrate", Nginx)):
@@ -203,12 +235,7 @@ def main(argv=None) -> int:
                 print(f"[hotpaths] {kind} {tool} done", file=sys.stderr, flush=True)
         finally:
             backend.stop()
-    os.makedirs(o.out, exist_ok=True)
-    with open(os.path.join(o.out, "hotpaths.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(o.out, "hotpaths.md"), "w") as f:
-        f.write(report_md(results))
-    print(report_md(results))
+    write(o.out, "hotpaths", results, report_md(results))
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -32,6 +32,7 @@ class Subject:
     name = "?"
     label = "?"
     variant = ""      # set per instance when one section runs several configurations of a subject
+    cwd = REPO        # where it runs (bench.tlsab runs epollmux from other trees)
 
     def __init__(self, tmpdir: str, port: int, backend: tuple[str, int]):
         self.tmpdir = tmpdir
@@ -49,7 +50,7 @@ class Subject:
         raise NotImplementedError
 
     def start(self) -> "Subject":
-        self.proc = Proc(self.ident, self.argv(), self.tmpdir, cwd=REPO, env=self.env(),
+        self.proc = Proc(self.ident, self.argv(), self.tmpdir, cwd=self.cwd, env=self.env(),
                          cgroup=CpuGroup.make(f"{self.ident}.{self.port}"))
         self.proc.wait_listening(self.port)
         return self

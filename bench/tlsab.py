@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pstats
-import re
 import statistics
 import sys
 import tempfile
@@ -24,9 +22,9 @@ from bench import tlsload
 from bench.backends import Nginx, SparseFile
 from bench.connrate import wrk
 from bench.hotpaths import worker_pid
-from bench.procs import CpuGroup, Ports, Proc, cpu_seconds
+from bench.procs import Ports, cpu_seconds
 from bench.subjects import REPO
-from bench.tlsprofile import SITECUSTOMIZE
+from bench.tlsprofile import cprofile_calls, cprofile_env
 from bench.tlssubjects import EpollmuxTLS
 
 LOADS = {"handshake": (True, False), "resumed": (True, True), "keepalive": (False, False), "bulk": (False, False)}
@@ -37,27 +35,13 @@ class TreeTLS(EpollmuxTLS):
 
     def __init__(self, tmpdir, port, backend, cert, resumption, tree: str, profile: bool):
         super().__init__(tmpdir, port, backend, cert, resumption)
-        self.tree, self.profile = tree, profile
+        self.tree = self.cwd = tree
+        self.profile = profile
         self.variant += f".{os.path.basename(tree)}.{port}"
 
     def env(self):
-        env = dict(os.environ)
-        path = self.tree
-        if self.profile:
-            site = os.path.join(self.tmpdir, "cprofile-site")
-            os.makedirs(site, exist_ok=True)
-            with open(os.path.join(site, "sitecustomize.py"), "w") as f:
-                f.write(SITECUSTOMIZE)
-            path = site + os.pathsep + path
-            env["EPOLLMUX_BENCH_CPROFILE"] = os.path.join(self.tmpdir, f"cprofile-{self.port}-%d.out")
-        env["PYTHONPATH"] = path
-        return env
-
-    def start(self):
-        self.proc = Proc(self.ident, self.argv(), self.tmpdir, cwd=self.tree, env=self.env(),
-                         cgroup=CpuGroup.make(f"{self.ident}"))
-        self.proc.wait_listening(self.port)
-        return self
+        env = dict(os.environ, PYTHONPATH=self.tree)
+        return cprofile_env(env, self.tmpdir, self.port) if self.profile else env
 
 
 def one_run(tree, load, seconds, tmp, ports, backend, cert, profile=False) -> dict:
@@ -77,16 +61,11 @@ def one_run(tree, load, seconds, tmp, ports, backend, cert, profile=False) -> di
         subject.stop()
     units = res.get("requests") or 0
     out = {"units": units, "rps": res.get("rps"), "us": cpu / units * 1e6 if units else None}
-    if profile:
-        dumps = [f for f in os.listdir(tmp) if f.startswith(f"cprofile-{subject.port}-")]
-        if dumps and units:
-            st = pstats.Stats(os.path.join(tmp, dumps[0]))
-            out["calls"] = st.total_calls / units
-            funcs = []
-            for (path, line, name), (cc, nc, tt, ct, callers) in st.stats.items():
-                where = re.sub(r".*/(epollmux|python3\.\d+)/", r"\1/", path)
-                funcs.append((nc / units, f"{name} ({where}:{line})" if line else name))
-            out["top"] = [f for f in sorted(funcs, reverse=True) if f[0] >= 0.3]
+    calls = cprofile_calls(tmp, subject.port) if profile and units else None
+    if calls:
+        total, funcs = calls
+        out["calls"] = total / units
+        out["top"] = [f for f in sorted(((nc / units, name) for name, nc in funcs), reverse=True) if f[0] >= 0.3]
     return out
 
 

@@ -23,22 +23,19 @@ import sys as _sys
 if not __package__:
     _sys.path[0] = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 
-import argparse
-import json
 import os
 import pstats
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 from bench import certs, tlsload
 from bench.backends import Nginx, SparseFile
 from bench.connrate import wrk
-from bench.hotpaths import attach, detach, pyspy, strace, worker_pid
-from bench.procs import Ports
+from bench.hotpaths import (attach, detach, options, pyspy, pyspy_tables, strace, strace_table, timed, worker_pid,
+                             write)
 from bench.tlssubjects import EpollmuxTLS, HaproxyTLS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -72,18 +69,36 @@ if _out:
 """
 
 
+def cprofile_env(env: dict, tmpdir: str, port: int) -> dict:
+    """`env` (with PYTHONPATH set) made to run the epollmux worker under cProfile (SITECUSTOMIZE);
+    its dump lands in tmpdir, named by `port`, for `cprofile_calls`."""
+    site = os.path.join(tmpdir, "cprofile-site")
+    os.makedirs(site, exist_ok=True)
+    with open(os.path.join(site, "sitecustomize.py"), "w") as f:
+        f.write(SITECUSTOMIZE)
+    env["PYTHONPATH"] = site + os.pathsep + env["PYTHONPATH"]
+    env["EPOLLMUX_BENCH_CPROFILE"] = os.path.join(tmpdir, f"cprofile-{port}-%d.out")
+    return env
+
+
+def cprofile_calls(tmpdir: str, port: int) -> tuple[int, list[tuple[str, int]]] | None:
+    """The exited worker's total calls and (function, calls) of each function; None without a dump."""
+    dumps = [f for f in os.listdir(tmpdir) if f.startswith(f"cprofile-{port}-")]
+    if not dumps:
+        return None
+    st = pstats.Stats(os.path.join(tmpdir, dumps[0]))
+    funcs = []
+    for (path, line, name), (cc, nc, tt, ct, callers) in st.stats.items():
+        where = re.sub(r".*/(epollmux|python3\.\d+)/", r"\1/", path)
+        funcs.append((f"{name} ({where}:{line})" if line else name, nc))
+    return st.total_calls, funcs
+
+
 class ProfiledEpollmuxTLS(EpollmuxTLS):
     """epollmux whose worker runs under cProfile (see SITECUSTOMIZE)."""
 
     def env(self):
-        env = super().env()
-        site = os.path.join(self.tmpdir, "cprofile-site")
-        os.makedirs(site, exist_ok=True)
-        with open(os.path.join(site, "sitecustomize.py"), "w") as f:
-            f.write(SITECUSTOMIZE)
-        env["PYTHONPATH"] = site + os.pathsep + env["PYTHONPATH"]
-        env["EPOLLMUX_BENCH_CPROFILE"] = os.path.join(self.tmpdir, f"cprofile-{self.port}-%d.out")
-        return env
+        return cprofile_env(super().env(), self.tmpdir, self.port)
 
 
 def cprofile(subject, seconds: float, kind: str, tmp: str) -> dict:
@@ -91,18 +106,14 @@ def cprofile(subject, seconds: float, kind: str, tmp: str) -> dict:
     time.sleep(1.0)
     res = load(kind, subject.port, seconds)
     subject.stop()
-    dumps = [f for f in os.listdir(tmp) if f.startswith(f"cprofile-{subject.port}-")]
-    if not dumps:
+    calls = cprofile_calls(tmp, subject.port)
+    if calls is None:
         return {"load": res, "error": "no cProfile dump (worker did not exit through os._exit?)"}
-    st = pstats.Stats(os.path.join(tmp, dumps[0]))
+    total, funcs = calls
     per = res.get("units") or 0
-    funcs = []
-    for (path, line, name), (cc, nc, tt, ct, callers) in st.stats.items():
-        where = re.sub(r".*/(epollmux|python3\.\d+)/", r"\1/", path)
-        funcs.append((f"{name} ({where}:{line})" if line else name, nc))
     funcs.sort(key=lambda kv: -kv[1])
-    return {"load": res, "total_calls": st.total_calls, "unit": res.get("unit"),
-            "calls_per_unit": st.total_calls / per if per else None,
+    return {"load": res, "total_calls": total, "unit": res.get("unit"),
+            "calls_per_unit": total / per if per else None,
             "top": [(f, n, n / per if per else None) for f, n in funcs[:30]]}
 
 
@@ -111,13 +122,9 @@ def perf(subject, seconds: float, kind: str, tmp: str) -> dict:
     data = os.path.join(tmp, f"perf-{subject.ident}-{kind}.data")
     rec = attach(["perf", "record", "-F", "999", "-p", str(worker_pid(subject.pid)), "-o", data], data + ".log")
     time.sleep(1.0)
-    cpu0, user0 = subject.cpu(), subject.cpu_user()
-    res = load(kind, subject.port, seconds)
-    cpu, user = subject.cpu() - cpu0, subject.cpu_user() - user0
+    res = timed(subject, load, kind, seconds)
     time.sleep(0.3)
     detach(rec)
-    per = res.get("units")
-    res.update(cpu_s=cpu, user_s=user, cpu_us_per_unit=cpu / per * 1e6 if per else None)
     return {"load": res, "dso": _perf_report(data, "dso", 12), "symbols": _perf_report(data, "dso,sym", 30)}
 
 
@@ -166,34 +173,18 @@ def report_md(results: dict) -> str:
             ld = sp["load"]
             lines += [f"py-spy: {sp['samples']} busy samples at 200 Hz; worker {ld.get('cpu_us_per_unit') or 0:.0f} µs "
                       f"CPU per {ld.get('unit')}", ""]
-            for key, title in (("function_self", "self share, per function"),
-                               ("function_inclusive", "inclusive share, per function"),
-                               ("self", "self share, per line")):
-                lines += [f"| {title} | |", "|---|---|"]
-                lines += [f"| {share * 100:.1f}% | `{f}` |" for f, share in sp[key][:25]]
-                lines.append("")
+            lines += pyspy_tables(sp)
         for key, who in (("strace", "epollmux worker"), ("strace-haproxy", "HAProxy")):
             st = runs.get(key, {})
             if not st.get("calls"):
                 continue
-            lines += [f"strace -c on {who}: syscalls per {st['unit']}", "",
-                      f"| syscall | calls | per {st['unit']} |", "|---|---|---|"]
-            for name, n in sorted(st["calls"].items(), key=lambda kv: -kv[1])[:14]:
-                lines.append(f"| {name} | {n} | {st['per_unit'].get(name, 0):.2f} |")
-            lines.append("")
+            lines += [f"strace -c on {who}: syscalls per {st['unit']}", ""]
+            lines += strace_table(st, 14)
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m bench.tlsprofile")
-    p.add_argument("--seconds", type=float, default=8)
-    p.add_argument("--out", default=os.path.join(HERE, "results"))
-    p.add_argument("--ports", default="25900-25999")
-    p.add_argument("--loads", default=",".join(LOADS), help="comma list of " + ", ".join(LOADS))
-    o = p.parse_args(argv)
-    first, last = (int(x) for x in o.ports.split("-"))
-    ports = Ports(first, last)
-    tmp = tempfile.mkdtemp(prefix="epollmux-tlsprofile-")
+    o, ports, tmp = options("tlsprofile", LOADS, argv)
     from bench.subjects import versions
     results = {"seconds": o.seconds, "loads": {}, "version": versions()["epollmux"]}
     have = {tool: shutil.which(tool) for tool in ("py-spy", "perf", "strace")}
@@ -227,12 +218,7 @@ def main(argv=None) -> int:
                     print(f"[tlsprofile] {kind} {key} done", file=sys.stderr, flush=True)
         finally:
             backend.stop()
-    os.makedirs(o.out, exist_ok=True)
-    with open(os.path.join(o.out, "hotpaths-tls.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(o.out, "hotpaths-tls.md"), "w") as f:
-        f.write(report_md(results))
-    print(report_md(results))
+    write(o.out, "hotpaths-tls", results, report_md(results))
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
