@@ -103,6 +103,7 @@ class Direct(Subject):
 class Epollmux(Subject):
     relay = "splice"
     pipe_size = PIPE_SIZE
+    global_extra = listen_extra = ""     # more lines for [global] and [[bench]] (the SNI router's)
 
     def __init__(self, tmpdir, port, backend, workers: int = 1):
         super().__init__(tmpdir, port, backend)
@@ -116,15 +117,19 @@ relay = {self.relay}
 workers = {self.workers}
 log_level = warning
 pipe_size = {self.pipe_size}
-[listen]
+{self.global_extra}[listen]
   [[bench]]
   address = {HOST}:{self.port}
-[routes]
-  [[all]]
+{self.listen_extra}[routes]
+{self.routes()}""")
+        return [sys.executable, "-m", "epollmux", "-c", conf]
+
+    def routes(self) -> str:
+        """The body of [routes]: here everything to the backend, unsniffed."""
+        return f"""  [[all]]
   probe = any
   backend = {self.backend[0]}:{self.backend[1]}
-""")
-        return [sys.executable, "-m", "epollmux", "-c", conf]
+"""
 
     def env(self):
         env = dict(os.environ)
@@ -159,29 +164,27 @@ class Haproxy(Subject):
     maxconn = 9000
     maxpipes = 512
     pipe_size = PIPE_SIZE      # None: HAProxy's default (the system pipe size, 64 KiB)
+    splice = True              # option splice-request + splice-response
 
     def argv(self):
         conf = self.path("cfg")
+        splice = ["option splice-request", "option splice-response"] if self.splice else []
+        sections = {"global": [f"nbthread {self.nbthread}", f"maxconn {self.maxconn}", *self.tuning()],
+                    "defaults": ["mode tcp", "timeout connect 5s", "timeout client 1h", "timeout server 1h", *splice],
+                    **self.proxies()}
         with open(conf, "w") as f:
-            f.write(f"""global
-    nbthread {self.nbthread}
-    maxconn {self.maxconn}
-    maxpipes {self.maxpipes}
-    {f"tune.pipesize {self.pipe_size}" if self.pipe_size else ""}
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 1h
-    timeout server 1h
-    option splice-request
-    option splice-response
-frontend bench
-    bind {HOST}:{self.port}
-    default_backend be
-backend be
-    server s1 {self.backend[0]}:{self.backend[1]}
-""")
+            for name, lines in sections.items():
+                f.write(name + "\n" + "".join(f"    {line}\n" for line in lines))
         return ["haproxy", "-db", "-f", conf]
+
+    def tuning(self) -> list[str]:
+        """Lines of `global` after nbthread and maxconn."""
+        return [f"maxpipes {self.maxpipes}"] + ([f"tune.pipesize {self.pipe_size}"] if self.pipe_size else [])
+
+    def proxies(self) -> dict[str, list[str]]:
+        """The frontend and backend sections: here everything to the backend."""
+        return {"frontend bench": [f"bind {HOST}:{self.port}", "default_backend be"],
+                "backend be": [f"server s1 {self.backend[0]}:{self.backend[1]}"]}
 
 
 class Haproxy2(Haproxy):

@@ -1,7 +1,8 @@
 """The TLS-aware things measured: TLS terminators (bench.tls) and SNI routers (bench.sniff).
 
 Owns: one class per subject, its config (written to the run's temp dir), and its version-independent
-fairness choices. Starting, CPU accounting and stopping by PID come from `subjects.Subject`.
+fairness choices. Starting, CPU accounting and stopping by PID come from `subjects.Subject`, the
+frame of the epollmux and HAProxy configs from `subjects.Epollmux` and `subjects.Haproxy`.
 
 Terminators (`bench.tls`) decrypt TLS 1.3 and forward plaintext to one nginx; each instance is built
 for one certificate (`certs.Cert`) and with session resumption on or off:
@@ -19,12 +20,10 @@ behind `tcp-request inspect-delay`).
 
 from __future__ import annotations
 
-import sys
-
 from bench.backends import nginx_argv, nginx_config
 from bench.certs import Cert
 from bench.procs import HOST
-from bench.subjects import PIPE_SIZE, Epollmux, Subject
+from bench.subjects import Epollmux, Haproxy, Subject
 
 
 class TLSSubject(Subject):
@@ -43,27 +42,15 @@ class EpollmuxTLS(TLSSubject, Epollmux):
     name, label = "epollmux-tls", "epollmux (1 worker)"
     workers = 1
 
-    def argv(self):
-        conf = self.path("conf")
-        with open(conf, "w") as f:
-            f.write(f"""[global]
-workers = {self.workers}
-log_level = warning
-relay = splice
-pipe_size = {PIPE_SIZE}
-[listen]
-  [[bench]]
-  address = {HOST}:{self.port}
-[routes]
-  [[tls]]
+    def routes(self):
+        return f"""  [[tls]]
   probe = any
   tls_cert = {self.cert.cert}
   tls_key = {self.cert.key}
   tls_min_version = 1.3
   tls_resumption = {"yes" if self.resumption else "no"}
   backend = {self.backend[0]}:{self.backend[1]}
-""")
-        return [sys.executable, "-m", "epollmux", "-c", conf]
+"""
 
 
 class EpollmuxTLS2(EpollmuxTLS):
@@ -91,31 +78,20 @@ sessionResume = {"yes" if self.resumption else "no"}
         return ["stunnel", conf]
 
 
-class HaproxyTLS(TLSSubject):
+class HaproxyTLS(TLSSubject, Haproxy):
     name, label = "haproxy-tls", "HAProxy (nbthread 1)"
     nbthread = 1
+    splice = False
 
-    def argv(self):
-        conf = self.path("cfg")
+    def tuning(self):
         off = not self.resumption
-        with open(conf, "w") as f:
-            f.write(f"""global
-    nbthread {self.nbthread}
-    maxconn 9000
-    ssl-default-bind-options ssl-min-ver TLSv1.3{" no-tls-tickets" if off else ""}
-    {"tune.ssl.cachesize 0" if off else ""}
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 1h
-    timeout server 1h
-frontend bench
-    bind {HOST}:{self.port} ssl crt {self.cert.combined}
-    default_backend be
-backend be
-    server s1 {self.backend[0]}:{self.backend[1]}
-""")
-        return ["haproxy", "-db", "-f", conf]
+        return [f"ssl-default-bind-options ssl-min-ver TLSv1.3{' no-tls-tickets' if off else ''}",
+                *(["tune.ssl.cachesize 0"] if off else [])]
+
+    def proxies(self):
+        proxies = super().proxies()
+        proxies["frontend bench"][0] += f" ssl crt {self.cert.combined}"
+        return proxies
 
 
 class HaproxyTLS2(HaproxyTLS):
@@ -147,23 +123,12 @@ class SNIRouter(Subject):
 class EpollmuxSNI(SNIRouter, Epollmux):
     name, label = "epollmux-sni", "epollmux (ssh, tls sni, http, any)"
     workers = 1
+    global_extra = "probe_timeout = 2.0\n"
+    listen_extra = "  routes = ssh, tls, http, fallback\n"
 
-    def argv(self):
-        conf = self.path("conf")
+    def routes(self):
         plain = f"{self.plain[0]}:{self.plain[1]}"
-        with open(conf, "w") as f:
-            f.write(f"""[global]
-workers = {self.workers}
-log_level = warning
-relay = splice
-pipe_size = {PIPE_SIZE}
-probe_timeout = 2.0
-[listen]
-  [[bench]]
-  address = {HOST}:{self.port}
-  routes = ssh, tls, http, fallback
-[routes]
-  [[ssh]]
+        return f"""  [[ssh]]
   probe = ssh
   backend = {plain}
   [[tls]]
@@ -176,45 +141,21 @@ probe_timeout = 2.0
   [[fallback]]
   probe = any
   backend = {plain}
-""")
-        return [sys.executable, "-m", "epollmux", "-c", conf]
+"""
 
 
-class HaproxySNI(SNIRouter):
+class HaproxySNI(SNIRouter, Haproxy):
     name, label = "haproxy-sni", "HAProxy (req.ssl_sni, nbthread 1)"
 
-    def argv(self):
-        conf = self.path("cfg")
-        with open(conf, "w") as f:
-            f.write(f"""global
-    nbthread 1
-    maxconn 9000
-    maxpipes 512
-    tune.pipesize {PIPE_SIZE}
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 1h
-    timeout server 1h
-    option splice-request
-    option splice-response
-frontend bench
-    bind {HOST}:{self.port}
-    tcp-request inspect-delay 2s
-    acl ssh req.payload(0,4) -m bin 5353482d
-    tcp-request content accept if ssh
-    tcp-request content accept if {{ req.ssl_hello_type 1 }}
-    tcp-request content accept if HTTP
-    use_backend tls if {{ req.ssl_sni -i {self.sni} }}
-    use_backend plain if ssh
-    use_backend plain if HTTP
-    default_backend plain
-backend tls
-    server s1 {self.backend[0]}:{self.backend[1]}
-backend plain
-    server s1 {self.plain[0]}:{self.plain[1]}
-""")
-        return ["haproxy", "-db", "-f", conf]
+    def proxies(self):
+        return {"frontend bench": [f"bind {HOST}:{self.port}", "tcp-request inspect-delay 2s",
+                                   "acl ssh req.payload(0,4) -m bin 5353482d", "tcp-request content accept if ssh",
+                                   "tcp-request content accept if { req.ssl_hello_type 1 }",
+                                   "tcp-request content accept if HTTP",
+                                   f"use_backend tls if {{ req.ssl_sni -i {self.sni} }}",
+                                   "use_backend plain if ssh", "use_backend plain if HTTP", "default_backend plain"],
+                "backend tls": [f"server s1 {self.backend[0]}:{self.backend[1]}"],
+                "backend plain": [f"server s1 {self.plain[0]}:{self.plain[1]}"]}
 
 
 TERMINATORS = {cls.name: cls for cls in (NginxTLS, EpollmuxTLS, Stunnel, HaproxyTLS, EpollmuxTLS2, HaproxyTLS2)}
