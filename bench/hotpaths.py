@@ -211,28 +211,36 @@ def write(out: str, stem: str, results: dict, md: str) -> None:
     print(md)
 
 
+def run_plan(prog: str, plan, kind: str, make, seconds: float, tmp: str) -> dict:
+    """key -> result for each (key, tool, subject class, fn) of plan, in turn: a fresh subject
+    (`make(cls)`), measured by fn(subject, seconds, kind, tmp) after 0.5 s, then stopped."""
+    runs = {}
+    for key, tool, cls, fn in plan:
+        if not shutil.which(tool):
+            runs[key] = {"error": f"{tool} not installed"}
+            continue
+        subject = make(cls).start()
+        try:
+            time.sleep(0.5)
+            runs[key] = fn(subject, seconds, kind, tmp)
+        finally:
+            subject.stop()
+        print(f"[{prog}] {kind} {key} done", file=sys.stderr, flush=True)
+    return runs
+
+
 def main(argv=None) -> int:
     o, ports, tmp = options("hotpaths", ("bulk", "connrate"), argv)
     results = {"seconds": o.seconds, "loads": {}}
-    tools = {"pyspy": shutil.which("py-spy"), "strace": shutil.which("strace")}
+    plan = (("pyspy", "py-spy", EpollmuxSplice, pyspy), ("strace", "strace", EpollmuxSplice, strace),
+            ("strace-haproxy", "strace", Haproxy, strace))
     for kind, backend_cls in (("bulk", Iperf3), ("connrate", Nginx)):
         if kind not in o.loads.split(","):
             continue
         backend = backend_cls(tmp, ports.take()).start()
-        runs = results["loads"].setdefault(kind, {})
         try:
-            for tool, fn, cls in (("pyspy", pyspy, EpollmuxSplice), ("strace", strace, EpollmuxSplice),
-                                  ("strace-haproxy", strace, Haproxy)):
-                if not tools[tool.split("-")[0]]:
-                    runs[tool] = {"error": f"{tool} not installed"}
-                    continue
-                subject = cls(tmp, ports.take(), backend.address).start()
-                try:
-                    time.sleep(0.5)
-                    runs[tool] = fn(subject, o.seconds, kind, tmp)
-                finally:
-                    subject.stop()
-                print(f"[hotpaths] {kind} {tool} done", file=sys.stderr, flush=True)
+            results["loads"][kind] = run_plan("hotpaths", plan, kind,
+                                              lambda cls: cls(tmp, ports.take(), backend.address), o.seconds, tmp)
         finally:
             backend.stop()
     write(o.out, "hotpaths", results, report_md(results))

@@ -23,6 +23,7 @@ import sys as _sys
 if not __package__:
     _sys.path[0] = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 
+import functools
 import os
 import pstats
 import re
@@ -34,8 +35,8 @@ import time
 from bench import certs, tlsload
 from bench.backends import Nginx, SparseFile
 from bench.connrate import wrk
-from bench.hotpaths import (attach, detach, options, pyspy, pyspy_tables, strace, strace_table, timed, worker_pid,
-                             write)
+from bench.hotpaths import (attach, detach, options, pyspy, pyspy_tables, run_plan, strace, strace_table, timed,
+                             worker_pid, write)
 from bench.tlssubjects import EpollmuxTLS, HaproxyTLS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -187,35 +188,18 @@ def main(argv=None) -> int:
     o, ports, tmp = options("tlsprofile", LOADS, argv)
     from bench.subjects import versions
     results = {"seconds": o.seconds, "loads": {}, "version": versions()["epollmux"]}
-    have = {tool: shutil.which(tool) for tool in ("py-spy", "perf", "strace")}
     cert = certs.make(tmp, "ecdsa")
-    have["python"] = sys.executable
-    runs_plan = (("pyspy", "py-spy", EpollmuxTLS), ("perf", "perf", EpollmuxTLS), ("strace", "strace", EpollmuxTLS),
-                 ("cprofile", "python", ProfiledEpollmuxTLS),
-                 ("perf-haproxy", "perf", HaproxyTLS), ("strace-haproxy", "strace", HaproxyTLS))
+    spy, trace = functools.partial(pyspy, loader=load), functools.partial(strace, loader=load)
+    plan = (("pyspy", "py-spy", EpollmuxTLS, spy), ("perf", "perf", EpollmuxTLS, perf),
+            ("strace", "strace", EpollmuxTLS, trace), ("cprofile", sys.executable, ProfiledEpollmuxTLS, cprofile),
+            ("perf-haproxy", "perf", HaproxyTLS, perf), ("strace-haproxy", "strace", HaproxyTLS, trace))
     with SparseFile() as bulk_file:
         backend = Nginx(tmp, ports.take(), bulk_file=bulk_file.path).start()
         try:
             for kind in o.loads.split(","):
-                runs = results["loads"].setdefault(kind, {})
-                for key, tool, cls in runs_plan:
-                    if not have[tool]:
-                        runs[key] = {"error": f"{tool} not installed"}
-                        continue
-                    subject = cls(tmp, ports.take(), backend.address, cert, False).start()
-                    try:
-                        time.sleep(0.5)
-                        if tool == "py-spy":
-                            runs[key] = pyspy(subject, o.seconds, kind, tmp, loader=load)
-                        elif tool == "perf":
-                            runs[key] = perf(subject, o.seconds, kind, tmp)
-                        elif tool == "python":
-                            runs[key] = cprofile(subject, o.seconds, kind, tmp)
-                        else:
-                            runs[key] = strace(subject, o.seconds, kind, tmp, loader=load)
-                    finally:
-                        subject.stop()
-                    print(f"[tlsprofile] {kind} {key} done", file=sys.stderr, flush=True)
+                results["loads"][kind] = run_plan("tlsprofile", plan, kind,
+                                                  lambda cls: cls(tmp, ports.take(), backend.address, cert, False),
+                                                  o.seconds, tmp)
         finally:
             backend.stop()
     write(o.out, "hotpaths-tls", results, report_md(results))
