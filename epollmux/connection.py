@@ -496,11 +496,11 @@ class Connection:
         if events & ERR and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
             return "reset"
         moved = False          # an edge that finds nothing to do (a writable socket with nothing waiting) ends here
-        if events & WRITABLE and end.pending_output():
+        if events & WRITABLE and end.holds_output and end.pending_output():
             end.flush()
             moved = True
         if events & READABLE and src.state is State.WAIT_SRC:
-            reason = self._pump(src)
+            reason = self._pump(src, not events & (RDHUP | HUP | ERR))     # clean edge: see Direction.pump
             if reason:
                 return reason
             moved = True
@@ -511,9 +511,9 @@ class Connection:
             moved = True
         return self._after_pump() if moved else None
 
-    def _pump(self, direction: Direction) -> str | None:
+    def _pump(self, direction: Direction, clean: bool = False) -> str | None:
         self.last_active = self.ctx.reactor.now
-        reason = direction.pump()
+        reason = direction.pump(clean)
         if reason:
             if direction.detail:
                 self.detail = direction.detail
@@ -532,7 +532,8 @@ class Connection:
     def _after_pump(self) -> str | None:
         up, down = self.up.state, self.down.state
         if up is State.DONE and down is State.DONE:
-            if self.cend.pending_output() or self.bend.pending_output():
+            cend, bend = self.cend, self.bend
+            if cend.holds_output and cend.pending_output() or bend.holds_output and bend.pending_output():
                 return None        # a close_notify still on its way: the next writable edge sends it
             return "eof"
         if (up is State.BUSY or down is State.BUSY) and not self._soon:

@@ -4,7 +4,9 @@ Owns: `PlainEndpoint` (bytes straight from and to the socket's fd) and `TLSEndpo
 from and to a `TLSEngine`, whose ciphertext it moves over the socket, keeping what the socket
 cannot take yet and refusing more plaintext until it is sent: backpressure). Both offer
 readinto / write / shutdown_write / flush / pending_output; `zero_copy` says whether a pipe may
-stand between two of them. Errors that end the connection are raised as `errors.Closed(reason)`.
+stand between two of them; `holds_output` whether pending_output() can ever be True (a plain socket keeps
+nothing: no call needed); `drained`, set by readinto, that the read came back short because the socket was
+empty when it was read (relay.Direction.pump says when that may be trusted). Errors that end the connection are raised as `errors.Closed(reason)`.
 Must not import the reactor, the configuration or the connection.
 """
 
@@ -22,15 +24,19 @@ _RECV_VIEW = memoryview(bytearray(RECV_CHUNK))   # one per process: ciphertext p
 
 
 class PlainEndpoint:
-    __slots__ = ("sock", "fd")
+    __slots__ = ("sock", "fd", "drained")
     zero_copy = True
+    holds_output = False
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.fd = sock.fileno()
+        self.drained = False
 
     def readinto(self, view: memoryview) -> int:
-        return os.readv(self.fd, (view,))
+        n = os.readv(self.fd, (view,))
+        self.drained = n < len(view)      # TCP copies all it holds, up to the size asked
+        return n
 
     def write(self, view: memoryview) -> int:
         return os.write(self.fd, view)
@@ -46,8 +52,9 @@ class PlainEndpoint:
 
 
 class TLSEndpoint:
-    __slots__ = ("sock", "fd", "engine", "_out", "_shut", "pushback", "prefix")
+    __slots__ = ("sock", "fd", "engine", "_out", "_shut", "pushback", "prefix", "drained")
     zero_copy = False
+    holds_output = True
 
     def __init__(self, sock: socket.socket, engine: TLSEngine, prefix: str = ""):
         self.sock = sock
@@ -57,20 +64,23 @@ class TLSEndpoint:
         self._out = b""          # ciphertext taken from the engine that the socket did not take yet
         self._shut = False       # shut the TCP write side once everything is sent
         self.pushback = b""      # plaintext read ahead (inner sniffing) to deliver first
+        self.drained = False
 
     # --- ciphertext ------------------------------------------------------------------------
-    def receive(self) -> bool:
-        """Feed the engine what the socket has; False when the engine has no room. BlockingIOError if empty."""
+    def receive(self) -> int:
+        """Feed the engine what the socket has: 0 when the engine has no room, 2 after a short read (the
+        socket was emptied), else 1. BlockingIOError if empty."""
         engine = self.engine
         room = engine.ciphertext_room()
         if room <= 0:
-            return False
-        n = self.sock.recv_into(_RECV_VIEW, room if room < RECV_CHUNK else RECV_CHUNK)
+            return 0
+        size = room if room < RECV_CHUNK else RECV_CHUNK
+        n = self.sock.recv_into(_RECV_VIEW, size)
         if n:
             engine.feed_ciphertext(_RECV_VIEW[:n])
         else:
             engine.feed_eof()
-        return True
+        return 2 if 0 < n < size else 1
 
     def flush(self) -> bool:
         """Send pending ciphertext; True when nothing is left (then a requested shutdown happens)."""
@@ -96,12 +106,14 @@ class TLSEndpoint:
 
     # --- plaintext -------------------------------------------------------------------------
     def readinto(self, view: memoryview) -> int:
+        self.drained = False
         if self.pushback:
             n = min(len(view), len(self.pushback))
             view[:n] = self.pushback[:n]
             self.pushback = self.pushback[n:]
             return n
         engine = self.engine
+        short = False            # a recv of this call emptied the socket
         while True:
             result = engine.read_into(view)
             if engine.outgoing.pending:
@@ -111,9 +123,13 @@ class TLSEndpoint:
                     return 0
                 raise errors.Closed(self.prefix + result.value, engine.detail)
             if result:
+                # drained: the socket was empty at our recv and the engine holds no whole record either
+                self.drained = short and engine._starved
                 return result
-            if not self.receive():
+            got = self.receive()
+            if not got:
                 raise BlockingIOError
+            short = got == 2
 
     def write(self, view: memoryview) -> int:
         engine = self.engine

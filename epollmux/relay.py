@@ -25,8 +25,9 @@ class State(enum.Enum):
 
 BUDGET = 4 << 20   # bytes one pump call may move before it yields (BUSY), so one fast stream cannot starve the
 #                    others; checked when the channel is empty, so a call moves at most BUDGET + one channel's worth.
-# A short read does not prove the source drained: a non-blocking splice stops when the pipe runs out of
-# slots (one per skb fragment), long before its byte capacity. So a pump reads until EAGAIN.
+# A short splice does not prove the source drained: a non-blocking splice stops when the pipe runs out of
+# slots (one per skb fragment), long before its byte capacity. So a pipe is filled until EAGAIN.
+# A short copy read does prove it, on a clean edge (see `Direction.pump`): the endpoint says so (`drained`).
 
 
 class Direction:
@@ -47,10 +48,18 @@ class Direction:
         self.detail = None       # what an endpoint said about the error that stopped this direction
         self.other = None        # the opposite direction of the same connection
 
-    def pump(self) -> str | None:
-        """Move what can be moved now; return a close reason on error, else None."""
+    def pump(self, clean: bool = False) -> str | None:
+        """Move what can be moved now; return a close reason on error, else None.
+
+        clean=True: this pump answers a readable edge of the source that carried no RDHUP, HUP or ERR. Then a
+        copy fill the source calls `drained` (a short read of an emptied socket, made after the edge was
+        collected) ends the pump once its bytes are out, without the read that would only raise EAGAIN: bytes
+        that arrive later raise a new edge (edge-triggered epoll). Never for a pipe (a short splice proves
+        nothing), nor on an edge with RDHUP (a FIN already reported sends no new edge: the read of 0 must
+        happen now), nor in a pump that resumes after WAIT_DST or BUSY (an edge may have passed unheard).
+        """
         try:
-            self._pump()
+            self._pump(clean)
         except OSError as exc:
             return errors.relay_reason(exc)
         except errors.Closed as exc:
@@ -58,8 +67,9 @@ class Direction:
             return exc.reason
         return None
 
-    def _pump(self) -> None:
+    def _pump(self, clean: bool) -> None:
         channel, pending, moved = self.channel, self.pending, 0
+        drained = False          # the last fill emptied the source (clean edges only)
         try:
             while True:
                 if pending:
@@ -70,6 +80,10 @@ class Direction:
                         return
                     pending -= n
                     moved += n
+                    if drained and not pending:
+                        self._release()
+                        self.state = State.WAIT_SRC
+                        return
                     continue
                 if self.eof:
                     self._finish()
@@ -87,6 +101,8 @@ class Direction:
                     return
                 if not pending:
                     self.eof = True
+                elif clean and not channel.zero_copy:
+                    drained = self.src.drained
         finally:     # also when an endpoint raised: discard() must see what the channel still holds
             self.pending = pending
             if moved:
