@@ -122,7 +122,7 @@ class Connection:
         self._soon = False
         self._inner = b""          # decrypted bytes read while sniffing inside TLS
         self.detail = None         # what a TLS engine said about an error, for the log line
-        self.tls = None            # version, cipher, ALPN, client CN of a terminated handshake
+        self.tls = None            # version, cipher, ALPN, client CN of a terminated handshake, for the access log
         self.names = None          # SNI / ALPN / Host seen in the peeked bytes, for the access log
         self.verdict = "none"      # how the route was chosen: match, timeout
         self.grant = Grant()       # what admission granted, undone at close
@@ -315,9 +315,10 @@ class Connection:
         result = self._drive(self.cend)
         if result is not Event.HANDSHAKE_DONE:
             return result
-        engine = self.cend.engine
-        self.tls = {"tls": engine.version(), "cipher": engine.cipher(), "alpn": engine.alpn(),
-                    "client_cn": engine.peer_cn()}
+        if self.ctx.access.enabled():     # only the log line needs them; after a TLS close they cannot be asked
+            engine = self.cend.engine
+            self.tls = {"tls": engine.version(), "cipher": engine.cipher(), "alpn": engine.alpn(),
+                        "client_cn": engine.peer_cn()}
         self.ctx.stats.tls_handshake(self.route.name, "client")
         self.ctx.admission.sniffed(self.grant)
         route = self.route
