@@ -21,7 +21,7 @@ import time
 import pytest
 
 from certs import tls_ca  # noqa: F401  (fixture)
-from conftest import connect, free_port
+from conftest import connect, free_port, recv_all
 
 VARIANTS = ["copy", "tls", "splice"]
 STEP = 10.0        # seconds any single receive may wait: a lost wake-up fails here, not at the test timeout
@@ -148,13 +148,6 @@ def recv_to_end(peer) -> bytes:
     return bytes(got)
 
 
-def read_to_eof(sock: socket.socket) -> bytes:
-    got = bytearray()
-    while chunk := sock.recv(1 << 20):
-        got += chunk
-    return bytes(got)
-
-
 def chatty_echo(sock: socket.socket) -> None:
     """Echo each read back in two pieces with random pauses: many small segments, both ways."""
     rng = random.Random(sock.fileno())
@@ -170,7 +163,7 @@ def chatty_echo(sock: socket.socket) -> None:
 
 def digest_at_eof(sock: socket.socket) -> None:
     """Read to EOF, then answer with the SHA-256 of it all and close: the answer needs the EOF relayed."""
-    sock.sendall(hashlib.sha256(read_to_eof(sock)).digest())
+    sock.sendall(hashlib.sha256(recv_all(sock)).digest())
     sock.shutdown(socket.SHUT_WR)
 
 
@@ -238,7 +231,7 @@ def test_backend_data_then_fin_at_once_every_time(relayed):
         n = int(sock.recv(16))
         sock.sendall(random.Random(n).randbytes(n))
         sock.shutdown(socket.SHUT_WR)
-        read_to_eof(sock)
+        recv_all(sock)
 
     relayed.start(answer_and_close)
     for i in range(60):
@@ -257,7 +250,7 @@ def test_rst_after_data_ends_the_backend_side(relayed):
 
     def watch(sock):
         try:
-            got = read_to_eof(sock)
+            got = recv_all(sock)
         except ConnectionResetError:
             got = None
         ends.append(got)
@@ -307,7 +300,7 @@ def test_64mib_byte_exact(relayed, direction):
                 sock.sendall(rng_data[i:i + n])
                 i += n
             sock.shutdown(socket.SHUT_WR)
-            read_to_eof(sock)
+            recv_all(sock)
 
         rng_data = rng.randbytes(size)
         relayed.start(send_random_chunks)
