@@ -5,8 +5,9 @@ from and to a `TLSEngine`, whose ciphertext it moves over the socket, keeping wh
 cannot take yet and refusing more plaintext until it is sent: backpressure). Both offer
 readinto / write / shutdown_write / flush / pending_output; `zero_copy` says whether a pipe may
 stand between two of them; `holds_output` whether pending_output() can ever be True (a plain socket keeps
-nothing: no call needed); `drained`, set by readinto, that the read came back short because the socket was
-empty when it was read (relay.Direction.pump says when that may be trusted). Errors that end the connection are raised as `errors.Closed(reason)`.
+nothing: no call needed); `drained`, whether a readinto that came back short left the socket empty (and
+the engine: TLS sets it per read; a plain socket's short read always does). relay.Direction.pump says when
+that may be trusted. Errors that end the connection are raised as `errors.Closed(reason)`.
 Must not import the reactor, the configuration or the connection.
 """
 
@@ -24,19 +25,17 @@ _RECV_VIEW = memoryview(bytearray(RECV_CHUNK))   # one per process: ciphertext p
 
 
 class PlainEndpoint:
-    __slots__ = ("sock", "fd", "drained")
+    __slots__ = ("sock", "fd")
     zero_copy = True
     holds_output = False
+    drained = True               # TCP copies all it holds, up to the size asked: a short read emptied it
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.fd = sock.fileno()
-        self.drained = False
 
     def readinto(self, view: memoryview) -> int:
-        n = os.readv(self.fd, (view,))
-        self.drained = n < len(view)      # TCP copies all it holds, up to the size asked
-        return n
+        return os.readv(self.fd, (view,))
 
     def write(self, view: memoryview) -> int:
         return os.write(self.fd, view)

@@ -27,7 +27,7 @@ BUDGET = 4 << 20   # bytes one pump call may move before it yields (BUSY), so on
 #                    others; checked when the channel is empty, so a call moves at most BUDGET + one channel's worth.
 # A short splice does not prove the source drained: a non-blocking splice stops when the pipe runs out of
 # slots (one per skb fragment), long before its byte capacity. So a pipe is filled until EAGAIN.
-# A short copy read does prove it, on a clean edge (see `Direction.pump`): the endpoint says so (`drained`).
+# A short copy read does prove it, on a clean edge (see `Direction.pump`), when its endpoint says so (`drained`).
 
 
 class Direction:
@@ -101,7 +101,7 @@ class Direction:
                     return
                 if not pending:
                     self.eof = True
-                elif clean and not channel.zero_copy:
+                elif clean and not channel.zero_copy and pending < channel.size:
                     drained = self.src.drained
         finally:     # also when an endpoint raised: discard() must see what the channel still holds
             self.pending = pending
