@@ -21,7 +21,7 @@ import time
 import pytest
 
 from certs import tls_ca  # noqa: F401  (fixture)
-from conftest import connect, free_port, recv_all
+from conftest import connect, free_port, recv_all, stats
 
 VARIANTS = ["copy", "tls", "splice"]
 STEP = 10.0        # seconds any single receive may wait: a lost wake-up fails here, not at the test timeout
@@ -375,3 +375,17 @@ def test_bursts_of_tiny_segments(relayed):
                 peer.sock.send(m)
         want = b"".join(msgs)
         assert recv_exact(peer, len(want)) == want, f"burst {burst}"
+
+
+@pytest.mark.timeout(60)
+def test_idle_connections_hold_no_channel(relayed):
+    """A pump that stops on a short read (no EAGAIN read) gives its buffer back all the same: idle
+    connections, after traffic both ways, hold no pipe and no buffer."""
+    relayed.start(chatty_echo)
+    peers = [relayed.open() for _ in range(20)]
+    for i, peer in enumerate(peers):
+        peer.send(b"ping %d" % i)
+        assert recv_exact(peer, len(b"ping %d" % i)) == b"ping %d" % i
+    time.sleep(0.2)
+    block = stats(relayed.d)
+    assert " channels_lent=0 " in block + " ", block
