@@ -84,25 +84,27 @@ def wait_readable(sock: socket.socket, size: int) -> None:
     raise AssertionError(f"{size} bytes did not arrive")
 
 
+def pump_after(direction, peer: socket.socket, data: bytes, clean: bool) -> None:
+    """peer sends data; once it is all queued at the direction's source, one pump."""
+    peer.sendall(data)
+    wait_readable(direction.src.sock, len(data))
+    assert direction.pump(clean=clean) is None
+
+
 def test_clean_short_read_skips_the_eagain_read_and_gives_the_buffer_back(copy_direction):
     direction, pool, s0, d0 = copy_direction
-    s0.sendall(b"hello")
-    wait_readable(direction.src.sock, 5)
-    assert direction.pump(clean=True) is None
+    pump_after(direction, s0, b"hello", clean=True)
     assert direction.src.reads == 1 and direction.state is State.WAIT_SRC
     assert direction.channel is None and pool.lent == 0       # an idle direction holds no buffer
     d0.setblocking(True)
     assert d0.recv(10) == b"hello"
-    s0.sendall(b"again")                      # a later segment is read by the next pump (its own edge)
-    wait_readable(direction.src.sock, 5)
-    assert direction.pump(clean=True) is None and d0.recv(10) == b"again"
+    pump_after(direction, s0, b"again", clean=True)     # a later segment: its own edge, its own pump
+    assert d0.recv(10) == b"again"
 
 
 def test_edge_with_rdhup_or_resumed_pump_reads_on_to_eagain_or_eof(copy_direction):
     direction, pool, s0, d0 = copy_direction
-    s0.sendall(b"hello")
-    wait_readable(direction.src.sock, 5)
-    assert direction.pump(clean=False) is None
+    pump_after(direction, s0, b"hello", clean=False)
     assert direction.src.reads == 2 and direction.state is State.WAIT_SRC
     s0.sendall(b"bye")
     s0.shutdown(socket.SHUT_WR)               # data and FIN queued together: the caller passes clean=False
@@ -123,9 +125,8 @@ def test_clean_short_read_whose_drain_blocks_leaves_the_rest_to_a_full_pump(copy
             d1.send(filler)
         except BlockingIOError:
             break
-    s0.sendall(b"first")
-    wait_readable(direction.src.sock, 5)
-    assert direction.pump(clean=True) is None and direction.state is State.WAIT_DST
+    pump_after(direction, s0, b"first", clean=True)
+    assert direction.state is State.WAIT_DST
     s0.sendall(b"second")                     # its edge finds the direction waiting: it is not pumped
     wait_readable(direction.src.sock, 6)
     got = bytearray()
