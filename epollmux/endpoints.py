@@ -123,7 +123,7 @@ class TLSEndpoint:
                 raise errors.Closed(self.prefix + result.value, engine.detail)
             if result:
                 # drained: the socket was empty at our recv and the engine holds no whole record either
-                self.drained = short and engine._starved
+                self.drained = short and engine.starved
                 return result
             got = self.receive()
             if not got:

@@ -137,8 +137,8 @@ class TLSEngine:
         self._not_tls = False
         # OpenSSL consumed all the ciphertext it was given and wants more: until feed_ciphertext() or
         # feed_eof(), neither do_handshake nor read can make progress, so neither is called. A server
-        # has nothing to say before the ClientHello: it starts out waiting.
-        self._starved = server_side
+        # has nothing to say before the ClientHello: it starts out waiting. Read-only outside this class.
+        self.starved = server_side
         self._drained = b""            # plaintext read out of the BIO before sending close_notify
         self._deferred: CloseReason | None = None   # an end seen while returning data
         self.state = TLSState.HANDSHAKING
@@ -189,7 +189,7 @@ class TLSEngine:
                 self._not_tls = True
                 return
         self._incoming.write(data)
-        self._starved = False
+        self.starved = False
 
     def _can_start_tls(self, first: int) -> bool:
         # A client always opens with a handshake record; a server may answer with an alert.
@@ -199,7 +199,7 @@ class TLSEngine:
         """The peer closed its TCP direction."""
         if not self._incoming.eof:
             self._incoming.write_eof()
-            self._starved = False
+            self.starved = False
 
     # -- ciphertext out ------------------------------------------------------------------------------
 
@@ -220,20 +220,20 @@ class TLSEngine:
             return None
         if self._not_tls:
             return self._end(CloseReason.NOT_TLS, "first byte is not a TLS record")
-        if self._starved:
+        if self.starved:
             return None
         try:
             self._sslobj.do_handshake()
         except ssl.SSLWantReadError:
             if self._incoming.eof:
                 return self._end(CloseReason.TRUNCATED, "eof during handshake")
-            self._starved = True
+            self.starved = True
             return None
         except ssl.SSLError as exc:
             return self._fail(exc)
         self._handshake_done = True
         # A server's do_handshake has sent everything (TLS 1.3 tickets too); only the peer's data can follow.
-        self._starved = not self._incoming.pending and not self._incoming.eof
+        self.starved = not self._incoming.pending and not self._incoming.eof
         self._set_state(TLSState.OPEN)
         return Event.HANDSHAKE_DONE
 
@@ -252,7 +252,7 @@ class TLSEngine:
             return b""
         if self._deferred is not None:
             return self._finish_read(self._deferred)
-        if self._starved:
+        if self.starved:
             return b""
         return self._read_records(size)
 
@@ -264,7 +264,7 @@ class TLSEngine:
                 return data
             view[:len(data)] = data
             return len(data)
-        if self._starved:
+        if self.starved:
             return 0
         got = self._decrypt(view)
         return got if got else self._end_of_read(0)
@@ -293,7 +293,7 @@ class TLSEngine:
                 if incoming.eof:
                     end = CloseReason.TRUNCATED
                 else:
-                    self._starved = True
+                    self.starved = True
                 break
             except ssl.SSLError as exc:
                 end = classify_ssl_error(exc, handshaking=False)
@@ -306,7 +306,7 @@ class TLSEngine:
             if got == size:
                 break
             if not incoming.pending and not incoming.eof:
-                self._starved = True
+                self.starved = True
                 break
         self._deferred = end
         return got
@@ -370,7 +370,7 @@ class TLSEngine:
         # OpenSSL's second SSL_shutdown() (CPython calls it twice) fails on unread application data
         # (APPLICATION_DATA_AFTER_CLOSE_NOTIFY) and discards it: read complete records out first.
         # Bounded: the inbound BIO never holds more than max_inbound bytes. Starved: nothing to read.
-        if self._starved:
+        if self.starved:
             return True
         result = self._read_records(self._max_inbound + _MAX_RECORD)
         if isinstance(result, bytes):
