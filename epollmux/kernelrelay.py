@@ -13,6 +13,18 @@ A connection's close reason goes back through `conn._event(handler)`: the connec
 place that closes, and calls `release()` first (what is still queued for a removed pair is lost, so
 it removes only at close, when both directions are done or the connection is dead anyway).
 
+Why the worker pauses instead of the verdict program refusing to redirect past a limit (the bound would
+then not depend on the worker being scheduled in time; tried on Linux 6.18, see the README's kernel relay
+section). SK_DROP frees bytes that TCP has already acked. SK_PASS queues them on the socket's own psock
+ingress list, charged to its receive memory, so the window closes. recv() reads them in order, but only
+while the socket is in `sources`. After a pause, recv() returns them and then the stream stalls. After
+remove_pair they are purged. The kernel could redirect again only once the worker owes no passed byte,
+and reading them opens the window, so the sender's next segments are passed too. Read-then-write never
+caught up. Clamping the window stalled the sender in zero-window probes. Peek-then-consume caught up but
+duplicated a segment in 3 of ~50 runs. Related: a socket that has sent a FIN (EOF passed on the other
+way) is refused like one in CLOSE_WAIT, so a pause after the other direction finished never resumes, and
+the rest goes through `_copy`.
+
 Must not import the connection, the configuration or anything that knows a protocol.
 """
 
