@@ -37,8 +37,9 @@ Kernel behaviour the caller must know (tests/test_sockmap.py shows each; Linux 6
   that at 10 Gbit/s and the socket idles: `add_pair` fixes both send buffers at `sndbuf`
   (SO_SNDBUFFORCE) so the queue outlasts the pause. That queue stays charged to the socket
   (`ss -m`) and under the kernel's tcp_mem limits, unlike the redirect backlog.
-- Only established sockets can be added: a socket that has received a FIN (CLOSE_WAIT) is refused
-  (EOPNOTSUPP), by `add_pair` and by `resume`. The process then relays that direction itself.
+- Only established sockets can be added: a socket that has received a FIN (CLOSE_WAIT) or sent one
+  (FIN_WAIT, after the other direction's EOF was passed on) is refused (EOPNOTSUPP), by `add_pair`
+  and by `resume`. The process then relays that direction itself.
 - Taking a socket out of `sources` while an skb is being redirected drops that skb; `pause`
   first stops the data-ready hook (SO_RCVLOWAT) so none is. Removing a pair discards what is still
   queued for its sockets: remove only when both directions are done or dead.
