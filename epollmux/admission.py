@@ -61,7 +61,9 @@ class Admission:
         return None
 
     def leave(self, grant: "Grant") -> None:
-        self.sniffed(grant)
+        if grant.sniffing:
+            grant.sniffing = False
+            self.limits.sniff_ended(grant.source)
         if grant.source is not None:
             self.limits.release(grant.source)
             grant.source = None

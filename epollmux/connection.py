@@ -25,7 +25,7 @@ from epollmux.admission import Grant
 from epollmux.endpoints import PlainEndpoint, TLSEndpoint
 from epollmux.reactor import ERR, ET, HUP, IN, OUT, RDHUP
 from epollmux.relay import Direction, State
-from epollmux.tlsengine import CloseReason, Event, TLSEngine
+from epollmux.tlsengine import Event, TLSEngine
 
 log = logging.getLogger("epollmux.conn")
 probe_log = logging.getLogger("epollmux.probe")
@@ -113,7 +113,7 @@ class Connection:
         self.outer = None          # the terminating route, when the route was chosen inside TLS
         self.phase = Phase.PROXY_HEADER if listener.proxy_protocol != "none" else Phase.SNIFFING
         self.timer = None
-        self.cend = PlainEndpoint(client)
+        self.cend = PlainEndpoint(client, self.cfd)
         self.bend = None
         self.up = self.down = None
         self.started = ctx.reactor.now
@@ -287,10 +287,10 @@ class Connection:
         if self.verdict == "none":
             self.verdict = "match"
         self.route = route
-        self.ctx.stats.count("routed", route.name)
-        self.ctx.stats.sniffed(self.listener.name, self.ctx.reactor.clock() - self.started, self.outer is not None)
-        admission = self.ctx.admission
-        if route.server_context is None:       # a TLS handshake still counts as sniffing
+        ctx = self.ctx
+        ctx.stats.routed(self.listener.name, route.name, ctx.reactor.clock() - self.started, self.outer is not None)
+        admission = ctx.admission
+        if route.server_context is None and self.grant.sniffing:    # a TLS handshake still counts as sniffing
             admission.sniffed(self.grant)
         reason = admission.route(self.grant, route, self.src[0])
         if reason:
@@ -308,42 +308,30 @@ class Connection:
     # --- terminating TLS -------------------------------------------------------------------
     def _start_tls(self, route) -> str | None:
         self._set_phase(Phase.HANDSHAKING, self.ctx.settings.tls_handshake_timeout, _tls_handshake_timeout)
-        self.cend = TLSEndpoint(self.client, TLSEngine(route.server_context, server_side=True))
+        self.cend = TLSEndpoint(self.client, TLSEngine(route.server_context, server_side=True), fd=self.cfd)
         return self._handshake()
 
     def _handshake(self) -> str | None:
-        result = self._drive(self.cend)
+        end = self.cend
+        result = end.handshake()
         if result is not Event.HANDSHAKE_DONE:
-            return result
+            if result is None:
+                return None
+            self.detail = end.engine.detail
+            return result.value
         if self.ctx.access.enabled():     # only the log line needs them; after a TLS close they cannot be asked
             engine = self.cend.engine
             self.tls = {"tls": engine.version(), "cipher": engine.cipher(), "alpn": engine.alpn(),
                         "client_cn": engine.peer_cn()}
         self.ctx.stats.tls_handshake(self.route.name, "client")
-        self.ctx.admission.sniffed(self.grant)
+        if self.grant.sniffing:
+            self.ctx.admission.sniffed(self.grant)
         route = self.route
         if route.inner_routes:
             self.outer = route
             self._set_phase(Phase.INNER_SNIFFING, self.ctx.settings.probe_timeout, self._probe_timeout)
             return self._inner_sniff()
         return self._connect()
-
-    def _drive(self, end: TLSEndpoint):
-        """Run a TLS handshake as far as the bytes allow: HANDSHAKE_DONE, a close reason, or None."""
-        engine = end.engine
-        while True:
-            result = engine.step()
-            end.flush()
-            if result is Event.HANDSHAKE_DONE:
-                return result
-            if isinstance(result, CloseReason):
-                self.detail = engine.detail
-                return result.value
-            try:
-                if not end.receive():
-                    return None
-            except BlockingIOError:
-                return None
 
     def _inner_sniff(self) -> str | None:
         """Read decrypted bytes (kept, to be sent first) and decide among the inner routes."""
@@ -432,19 +420,23 @@ class Connection:
             if self.backend.send(header) != len(header):    # a fresh socket takes ~100 bytes at once
                 return "backend-error"
         if route.backend_context is None:
-            self.bend = PlainEndpoint(self.backend)
+            self.bend = PlainEndpoint(self.backend, self.bfd)
             return self._start_relay(pump_down)
         self._set_phase(Phase.BACKEND_HANDSHAKING, self.ctx.settings.connect_timeout, _backend_tls_timeout)
         engine = TLSEngine(route.backend_context, server_side=False, server_hostname=route.backend_sni)
-        self.bend = TLSEndpoint(self.backend, engine, prefix="backend-")
+        self.bend = TLSEndpoint(self.backend, engine, prefix="backend-", fd=self.bfd)
         return self._backend_handshake()
 
     def _backend_handshake(self) -> str | None:
-        result = self._drive(self.bend)
+        end = self.bend
+        result = end.handshake()
         if result is Event.HANDSHAKE_DONE:
             self.ctx.stats.tls_handshake(self.route.name, "backend")
             return self._start_relay()
-        return None if result is None else "backend-" + result
+        if result is None:
+            return None
+        self.detail = end.engine.detail
+        return "backend-" + result.value
 
     def _facts(self) -> proxyout.Facts:
         if self.dst is None:
@@ -539,7 +531,7 @@ class Connection:
             return "eof"
         if (up is State.BUSY or down is State.BUSY) and not self._soon:
             self._soon = True
-            self.ctx.reactor.call_soon(lambda: self._event(self._resume))
+            self.ctx.reactor.call_soon(self._event, self._resume)
         return None
 
     def _resume(self) -> str | None:
@@ -574,12 +566,13 @@ class Connection:
         up = down = spliced = 0
         if self.kernel:        # out of the maps before the sockets close; the counts need them open
             up, down = ctx.kernel.release(self)
-        for end in (self.cend, self.bend):
-            if isinstance(end, TLSEndpoint) and not abort:
-                try:
-                    end.flush()      # best effort: a last alert or close_notify
-                except OSError:
-                    pass
+        if not abort:
+            for end in (self.cend, self.bend):
+                if end is not None and end.holds_output:
+                    try:
+                        end.flush()      # best effort: a last alert or close_notify
+                    except OSError:
+                        pass
         for sock, fd in ((self.client, self.cfd), (self.backend, self.bfd)):
             if sock is None:
                 continue

@@ -3,9 +3,9 @@
 Owns: `PlainEndpoint` (bytes straight from and to the socket's fd) and `TLSEndpoint` (plaintext
 from and to a `TLSEngine`, whose ciphertext it moves over the socket, keeping what the socket
 cannot take yet and refusing more plaintext until it is sent: backpressure). Both offer
-readinto / write / shutdown_write / flush / pending_output; `zero_copy` says whether a pipe may
-stand between two of them; `holds_output` whether pending_output() can ever be True (a plain socket keeps
-nothing: no call needed); `drained`, whether a readinto that came back short left the socket empty (and
+readinto / write / shutdown_write / flush / pending_output (TLS also runs the handshake, `handshake()`);
+`zero_copy` says whether a pipe may stand between two of them; `holds_output` whether pending_output() can
+ever be True (a plain socket keeps nothing: no call needed); `drained`, whether a readinto that came back short left the socket empty (and
 the engine: TLS sets it per read; a plain socket's short read always does). relay.Direction.pump says when
 that may be trusted. Errors that end the connection are raised as `errors.Closed(reason)`.
 Must not import the reactor, the configuration or the connection.
@@ -30,9 +30,9 @@ class PlainEndpoint:
     holds_output = False
     drained = True               # TCP copies all it holds, up to the size asked: a short read emptied it
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, fd: int = -1):
         self.sock = sock
-        self.fd = sock.fileno()
+        self.fd = fd if fd >= 0 else sock.fileno()     # fd: the caller's copy of sock.fileno() (saves a call)
 
     def readinto(self, view: memoryview) -> int:
         return os.readv(self.fd, (view,))
@@ -55,9 +55,9 @@ class TLSEndpoint:
     zero_copy = False
     holds_output = True
 
-    def __init__(self, sock: socket.socket, engine: TLSEngine, prefix: str = ""):
+    def __init__(self, sock: socket.socket, engine: TLSEngine, prefix: str = "", fd: int = -1):
         self.sock = sock
-        self.fd = sock.fileno()
+        self.fd = fd if fd >= 0 else sock.fileno()
         self.engine = engine
         self.prefix = prefix     # before close reasons: "backend-" says the backend's TLS ended it
         self._out = b""          # ciphertext taken from the engine that the socket did not take yet
@@ -80,6 +80,23 @@ class TLSEndpoint:
         else:
             engine.feed_eof()
         return 2 if 0 < n < size else 1
+
+    def handshake(self):
+        """Run the engine's handshake as far as the bytes allow, sending what it says: Event.HANDSHAKE_DONE,
+        a CloseReason (engine.detail has the why), or None (wait for the socket)."""
+        engine = self.engine
+        outgoing = engine.outgoing
+        while True:
+            result = engine.step()
+            if self._out or outgoing.pending:
+                self.flush()
+            if result is not None:
+                return result
+            try:
+                if not self.receive():
+                    return None
+            except BlockingIOError:
+                return None
 
     def flush(self) -> bool:
         """Send pending ciphertext; True when nothing is left (then a requested shutdown happens)."""

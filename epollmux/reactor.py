@@ -58,7 +58,7 @@ class Reactor:
         self._handlers: dict[int, Handler] = {}
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
-        self._soon: deque[Callable[[], None]] = deque()
+        self._soon: deque[tuple[Callable[..., None], tuple]] = deque()
         self._closed_in_batch: set[int] = set()
         self._signal_callbacks: dict[int, Callable[[], None]] = {}
         self._signal_r = self._signal_w = -1
@@ -105,9 +105,9 @@ class Reactor:
         """Run callback at the end of every turn of the loop (batched output, say)."""
         self._after_turn.append(callback)
 
-    def call_soon(self, callback: Callable[[], None]) -> None:
-        """Run callback on the next turn of the loop, before waiting for events."""
-        self._soon.append(callback)
+    def call_soon(self, callback: Callable[..., None], *args) -> None:
+        """Run callback(*args) on the next turn of the loop, before waiting for events (no closure per call)."""
+        self._soon.append((callback, args))
 
     def _run_due_timers(self) -> None:
         now = self.now
@@ -167,8 +167,10 @@ class Reactor:
         timers = self._timers
         if timers and timers[0][0] <= self.now:
             self._run_due_timers()
-        for _ in range(len(self._soon)):
-            self._soon.popleft()()
+        soon = self._soon
+        for _ in range(len(soon)):
+            callback, args = soon.popleft()
+            callback(*args)
         for callback in self._after_turn:
             callback()
 

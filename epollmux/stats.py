@@ -39,8 +39,9 @@ class Stats:
         self.accepted += 1
         self.accepted_by[listener] += 1
 
-    def sniffed(self, listener: str, seconds: float, inner: bool = False) -> None:
-        """A route was chosen `seconds` after accept; a choice inside TLS is not a sniff time."""
+    def routed(self, listener: str, route: str, seconds: float, inner: bool = False) -> None:
+        """`route` was chosen `seconds` after accept (counted); a choice inside TLS is not a sniff time."""
+        self.counters["routed", route] += 1
         if not inner:
             hist = self.sniff.get(listener)
             if hist is None:

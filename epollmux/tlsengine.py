@@ -90,8 +90,9 @@ class TLSStateError(RuntimeError):
     """A caller bug: a transition or an operation that the current state does not allow."""
 
 
-def record_sni(ssl_object: ssl.SSLObject, server_name: str | None, route: str | None) -> None:
-    """For a context's `sni_callback`: remember the name the client asked for and the route chosen."""
+def record_sni(ssl_object, server_name: str | None, route: str | None) -> None:
+    """For a context's `sni_callback`: remember the name the client asked for and the route chosen (on the
+    TLSEngine, which the callback gets as its ssl_object, or on an ssl.SSLObject)."""
     setattr(ssl_object, _SNI_ATTRIBUTE, (server_name, route))
 
 
@@ -126,8 +127,12 @@ class TLSEngine:
             raise ValueError(f"max_inbound must be at least one TLS record ({MAX_RECORD_WIRE} bytes)")
         self._incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()   # ciphertext to send: read `outgoing.pending`, take with take_ciphertext()
-        self._sslobj = context.wrap_bio(self._incoming, self.outgoing, server_side=server_side,
-                                        server_hostname=server_hostname)
+        # The C object under ssl.SSLObject, without that Python wrapper (its _create and one Python call per
+        # do_handshake/read/write/unwrap). `owner=self`: the context's sni_callback is handed this engine
+        # where it would get the SSLObject; it may record the SNI on it and switch `context`, as on one.
+        if server_hostname is not None:
+            server_hostname = context._encode_hostname(server_hostname)
+        self._sslobj = context._wrap_bio(self._incoming, self.outgoing, server_side, server_hostname, owner=self)
         self._server_side = server_side
         self._max_inbound = max_inbound
         self._max_outbound = max_outbound
@@ -357,7 +362,7 @@ class TLSEngine:
         if not self._drain_before_close():
             return
         try:
-            self._sslobj.unwrap()
+            self._sslobj.shutdown()          # what SSLObject.unwrap() calls
         except ssl.SSLWantReadError:
             self._set_state(TLSState.CLOSING)
             return
@@ -389,17 +394,22 @@ class TLSEngine:
     @property
     def sni(self) -> str | None:
         """The server name the client sent, as recorded by the context's sni_callback."""
-        return getattr(self._sslobj, _SNI_ATTRIBUTE, (None, None))[0]
+        return getattr(self, _SNI_ATTRIBUTE, (None, None))[0]
 
     @property
     def route(self) -> str | None:
         """The route the sni_callback chose (listener contexts from `tlsctx`), else None."""
-        return getattr(self._sslobj, _SNI_ATTRIBUTE, (None, None))[1]
+        return getattr(self, _SNI_ATTRIBUTE, (None, None))[1]
 
     @property
     def context(self) -> ssl.SSLContext:
         """The context in use: after an SNI switch, the chosen route's."""
         return self._sslobj.context
+
+    @context.setter
+    def context(self, context: ssl.SSLContext) -> None:
+        """An sni_callback's switch (the callback gets this engine as its `ssl_object`)."""
+        self._sslobj.context = context
 
     def version(self) -> str | None:
         return self._sslobj.version()
@@ -416,7 +426,7 @@ class TLSEngine:
 
     def peer_cert_der(self) -> bytes | None:
         """The peer's certificate (DER) once the handshake is done, whether or not it was verified."""
-        return self._sslobj.getpeercert(binary_form=True) if self._handshake_done else None
+        return self._sslobj.getpeercert(True) if self._handshake_done else None
 
     def peer_cn(self) -> str | None:
         """commonName of a verified peer certificate (ssl decodes only verified certificates)."""
@@ -431,4 +441,4 @@ class TLSEngine:
     def peer_verified(self) -> bool:
         """True when the context required a peer certificate and the handshake accepted one."""
         return (self._handshake_done and self.context.verify_mode == ssl.CERT_REQUIRED
-                and self._sslobj.getpeercert(binary_form=True) is not None)
+                and self._sslobj.getpeercert(True) is not None)
