@@ -113,7 +113,7 @@ class Connection:
         self.outer = None          # the terminating route, when the route was chosen inside TLS
         self.phase = Phase.PROXY_HEADER if listener.proxy_protocol != "none" else Phase.SNIFFING
         self.timer = None
-        self.cend = PlainEndpoint(client, self.cfd)
+        self.cend = None           # the client's endpoint: a TLSEndpoint when TLS starts, else a PlainEndpoint at connect
         self.bend = None
         self.up = self.down = None
         self.started = ctx.reactor.now
@@ -143,7 +143,7 @@ class Connection:
         ctx.reactor.register(self.cfd, self.writable, self)
         self.writable &= CLIENT_OUT
         ctx.connections.add(self)
-        self._event(self._begin)
+        self._event(self._admit if self.listener.proxy_protocol == "none" else self._begin)
 
     def _set_phase(self, phase: Phase, deadline: float = 0, on_expiry=None) -> None:
         if phase not in self.phase.allowed:
@@ -203,9 +203,8 @@ class Connection:
 
     # --- admission, PROXY header in ---------------------------------------------------------
     def _begin(self) -> str | None:
+        """A listener that takes PROXY headers: from a trusted source, wait for one (else start() admits)."""
         listener = self.listener
-        if listener.proxy_protocol == "none":
-            return self._admit()
         if not listener.trusted.contains(self.src[0]):
             return "proxy-untrusted"
         self._arm(self.ctx.settings.probe_timeout, _proxy_timeout)
@@ -230,13 +229,13 @@ class Connection:
         self._set_phase(Phase.SNIFFING)
         return self._admit()
 
+    # --- sniffing --------------------------------------------------------------------------
     def _admit(self) -> str | None:
+        """Admission, then sniffing begins."""
         ctx = self.ctx
         reason = ctx.admission.enter(self.grant, self.listener, self.src[0], ctx.reactor.now, len(ctx.connections))
-        return reason or self._begin_sniff()
-
-    # --- sniffing --------------------------------------------------------------------------
-    def _begin_sniff(self) -> str | None:
+        if reason:
+            return reason
         routes = self.listener.routes
         if routes[0].probe == "any":          # nothing to sniff: no wait, no peek
             return self._choose(routes[0])
@@ -415,6 +414,8 @@ class Connection:
             return None
         self.ctx.stats.connected(self.route.name, self.ctx.reactor.clock() - self.connect_started)
         route = self.route
+        if self.cend is None:
+            self.cend = PlainEndpoint(self.client, self.cfd)
         if route.send_proxy:
             header = proxyout.header(route.send_proxy, self._facts(), crc=route.send_proxy_crc)
             if self.backend.send(header) != len(header):    # a fresh socket takes ~100 bytes at once

@@ -1,4 +1,4 @@
-"""Sans-I/O TLS terminator: one `ssl.SSLObject` over two `ssl.MemoryBIO`s per connection.
+"""Sans-I/O TLS terminator: one OpenSSL connection (the C object under `ssl.SSLObject`) over two `ssl.MemoryBIO`s.
 
 Owns: the TLS state machine of one connection (HANDSHAKING -> OPEN -> CLOSING -> CLOSED), the bounds on
 ciphertext buffered in each direction, the classification of every `ssl` error into a short close reason,
