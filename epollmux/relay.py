@@ -58,19 +58,9 @@ class Direction:
         nothing), nor on an edge with RDHUP (a FIN already reported sends no new edge: the read of 0 must
         happen now), nor in a pump that resumes after WAIT_DST or BUSY (an edge may have passed unheard).
         """
-        try:
-            self._pump(clean)
-        except OSError as exc:
-            return errors.relay_reason(exc)
-        except errors.Closed as exc:
-            self.detail = exc.detail
-            return exc.reason
-        return None
-
-    def _pump(self, clean: bool) -> None:
         channel, pending, moved = self.channel, self.pending, 0
         drained = False          # the last fill emptied the source (clean edges only)
-        try:
+        try:                     # one frame, no inner helper: this runs for every readable edge
             while True:
                 if pending:
                     try:
@@ -103,6 +93,11 @@ class Direction:
                     self.eof = True
                 elif clean and not channel.zero_copy and pending < channel.size:
                     drained = self.src.drained
+        except OSError as exc:
+            return errors.relay_reason(exc)
+        except errors.Closed as exc:
+            self.detail = exc.detail
+            return exc.reason
         finally:     # also when an endpoint raised: discard() must see what the channel still holds
             self.pending = pending
             if moved:

@@ -124,3 +124,29 @@ def test_call_soon_passes_arguments_next_turn():
         assert got == [7]
     finally:
         r.close()
+
+
+def _hello() -> bytes:
+    peer = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(),
+                                                             server_hostname="server.example")
+    with pytest.raises(ssl.SSLWantReadError):
+        peer.do_handshake()
+    return out.read()
+
+
+@pytest.mark.parametrize("clean", [False, True])
+def test_endpoint_handshake_short_read_then_fin(clean):
+    """A clean edge trusts a short read (the FIN that follows raises its own edge: the next call sees it);
+    an unclean one reads on to the FIN at once."""
+    srv, cli = socket.socketpair()
+    srv.setblocking(False)
+    try:
+        end = TLSEndpoint(srv, TLSEngine(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)))
+        cli.sendall(_hello()[:40])
+        cli.shutdown(socket.SHUT_WR)
+        first = end.handshake(clean)
+        assert first is (None if clean else CloseReason.TRUNCATED)
+        assert end.handshake(clean) is CloseReason.TRUNCATED
+    finally:
+        srv.close()
+        cli.close()
