@@ -1,7 +1,8 @@
 """Who may come in, and how many: source ACLs and connection limits of one worker.
 
 Owns: the checks made on a connection's client address (after a PROXY header, if the listener takes
-one) at entry and once its route is known, the per-listener and per-route counters, and the
+one) at entry and once its route is known, the per-listener and per-route counters (kept only where a
+max_connections reads them: a worker's listeners and routes never change), and the
 per-source limits (limits.Limits). Each check returns None or the close reason; `leave()` undoes
 exactly what was granted. Must not import sockets or the reactor.
 """
@@ -39,8 +40,9 @@ class Admission:
             if reason:
                 return reason
             grant.sniffing = True
-        self.listeners[listener.name] += 1
-        grant.listener = listener.name
+        if listener.max_connections:
+            self.listeners[listener.name] += 1
+            grant.listener = listener.name
         return None
 
     def sniffed(self, grant: "Grant") -> None:
@@ -56,8 +58,10 @@ class Admission:
             return "limit-route"
         if grant.route is not None:          # an inner route replaces the terminating one
             self.routes[grant.route] -= 1
-        self.routes[route.name] += 1
-        grant.route = route.name
+            grant.route = None
+        if route.max_connections:
+            self.routes[route.name] += 1
+            grant.route = route.name
         return None
 
     def leave(self, grant: "Grant") -> None:

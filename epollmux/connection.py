@@ -99,7 +99,6 @@ class Connection:
     __slots__ += ("connect_started",)     # metrics: when the backend connect began
     __slots__ += ("kernel",)              # True: ctx.kernel relays this connection, not Directions
     __slots__ += ("writable",)            # fds registered with OUT: CLIENT_OUT | BACKEND_OUT
-    __slots__ += ("turn",)                # the reactor turn the client was registered in
 
     def __init__(self, ctx, listener, client: socket.socket, sockaddr, events: int = EVENTS):
         self.ctx = ctx
@@ -131,7 +130,6 @@ class Connection:
         self.connect_started = 0.0
         self.kernel = False
         self.writable = events      # start() registers the client with these events
-        self.turn = ctx.reactor.turn
 
     @property
     def peer(self) -> str:
@@ -170,7 +168,7 @@ class Connection:
             elif phase is Phase.PROXY_HEADER and events & READABLE:
                 self._event(self._proxy_header, bool(events & (RDHUP | HUP)))
             elif phase is Phase.HANDSHAKING:
-                self._event(self._handshake, not events & (RDHUP | HUP | ERR))
+                self._event(self._handshake)
             elif phase is Phase.INNER_SNIFFING and events & READABLE:
                 self._event(self._inner_sniff)
             elif events & ERR:
@@ -310,13 +308,11 @@ class Connection:
     def _start_tls(self, route) -> str | None:
         self._set_phase(Phase.HANDSHAKING, self.ctx.settings.tls_handshake_timeout, _tls_handshake_timeout)
         self.cend = TLSEndpoint(self.client, TLSEngine(route.server_context, server_side=True), fd=self.cfd)
-        # registered in this turn: whatever the socket holds (a FIN too) raises an edge on the next poll
-        return self._handshake(self.turn == self.ctx.reactor.turn)
+        return self._handshake()
 
-    def _handshake(self, clean: bool = False) -> str | None:
-        """clean: an edge will follow whatever arrives after our reads (see TLSEndpoint.handshake)."""
+    def _handshake(self) -> str | None:
         end = self.cend
-        result = end.handshake(clean)
+        result = end.handshake()
         if result is not Event.HANDSHAKE_DONE:
             if result is None:
                 return None

@@ -81,32 +81,22 @@ class TLSEndpoint:
             engine.feed_eof()
         return 2 if 0 < n < size else 1
 
-    def handshake(self, clean: bool = False):
+    def handshake(self):
         """Run the engine's handshake as far as the bytes allow, sending what it says: Event.HANDSHAKE_DONE,
-        a CloseReason (engine.detail has the why), or None (wait for the socket).
-
-        clean=True: an edge will be raised for anything that arrives after this call's reads (a readable edge
-        without RDHUP/HUP/ERR, or a socket registered in this turn). Then a short read that emptied the socket
-        ends the call without the recv that would only raise EAGAIN (as Direction.pump does for a copy read).
-        """
+        a CloseReason (engine.detail has the why), or None (wait for the socket)."""
         engine = self.engine
         outgoing = engine.outgoing
-        short = False
         while True:
             result = engine.step()
             if self._out or outgoing.pending:
                 self.flush()
             if result is not None:
                 return result
-            if short and clean:
-                return None
             try:
-                got = self.receive()
+                if not self.receive():
+                    return None
             except BlockingIOError:
                 return None
-            if not got:
-                return None
-            short = got == 2
 
     def flush(self) -> bool:
         """Send pending ciphertext; True when nothing is left (then a requested shutdown happens)."""

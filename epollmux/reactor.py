@@ -65,7 +65,6 @@ class Reactor:
         self._after_turn: list[Callable[[], None]] = []
         self.running = False
         self.now = clock()          # the clock when the last poll returned: one reading per turn for handlers
-        self.turn = 0               # counts the polls: "registered in this turn" for handlers
 
     # --- fds -----------------------------------------------------------------------------
     def register(self, fd: int, events: int, handler: Handler) -> None:
@@ -156,7 +155,6 @@ class Reactor:
         except InterruptedError:
             events = []
         self.now = self.clock()
-        self.turn += 1
         closed = self._closed_in_batch
         closed.clear()
         handlers = self._handlers

@@ -126,27 +126,22 @@ def test_call_soon_passes_arguments_next_turn():
         r.close()
 
 
-def _hello() -> bytes:
-    peer = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(),
-                                                             server_hostname="server.example")
-    with pytest.raises(ssl.SSLWantReadError):
-        peer.do_handshake()
-    return out.read()
+def test_admission_counts_only_what_a_limit_reads_and_leave_undoes_it():
+    from types import SimpleNamespace as NS
 
-
-@pytest.mark.parametrize("clean", [False, True])
-def test_endpoint_handshake_short_read_then_fin(clean):
-    """A clean edge trusts a short read (the FIN that follows raises its own edge: the next call sees it);
-    an unclean one reads on to the FIN at once."""
-    srv, cli = socket.socketpair()
-    srv.setblocking(False)
-    try:
-        end = TLSEndpoint(srv, TLSEngine(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)))
-        cli.sendall(_hello()[:40])
-        cli.shutdown(socket.SHUT_WR)
-        first = end.handshake(clean)
-        assert first is (None if clean else CloseReason.TRUNCATED)
-        assert end.handshake(clean) is CloseReason.TRUNCATED
-    finally:
-        srv.close()
-        cli.close()
+    from epollmux.admission import Admission, Grant
+    adm = Admission(NS(max_connections_per_source=0, max_sniffing_per_source=0, rate_per_source=0,
+                       source_ipv6_prefix=64, max_connections=0))
+    limited, free = NS(name="l", access=None, max_connections=1), NS(name="f", access=None, max_connections=0)
+    outer, inner = NS(name="o", access=None, max_connections=1), NS(name="i", access=None, max_connections=0)
+    a, b, c = Grant(), Grant(), Grant()
+    assert adm.enter(a, limited, "10.0.0.1", 0.0, 1) is None
+    assert adm.enter(b, limited, "10.0.0.2", 0.0, 2) == "limit-listener"
+    assert adm.enter(c, free, "10.0.0.3", 0.0, 3) is None and c.listener is None
+    assert adm.route(a, outer, "10.0.0.1") is None and adm.route(c, outer, "10.0.0.3") == "limit-route"
+    assert adm.route(a, inner, "10.0.0.1") is None          # the inner route replaces the terminating one
+    assert adm.route(c, outer, "10.0.0.3") is None           # ... which is free again
+    adm.leave(a)
+    adm.leave(c)
+    assert +adm.listeners == {} and +adm.routes == {}
+    assert adm.enter(b, limited, "10.0.0.2", 0.0, 1) is None
