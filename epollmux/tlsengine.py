@@ -1,4 +1,4 @@
-"""Sans-I/O TLS terminator: one OpenSSL connection (the C object under `ssl.SSLObject`) over two `ssl.MemoryBIO`s.
+"""Sans-I/O TLS terminator: one `ssl.SSLObject` over two `ssl.MemoryBIO`s per connection.
 
 Owns: the TLS state machine of one connection (HANDSHAKING -> OPEN -> CLOSING -> CLOSED), the bounds on
 ciphertext buffered in each direction, the classification of every `ssl` error into a short close reason,
@@ -90,9 +90,8 @@ class TLSStateError(RuntimeError):
     """A caller bug: a transition or an operation that the current state does not allow."""
 
 
-def record_sni(ssl_object, server_name: str | None, route: str | None) -> None:
-    """For a context's `sni_callback`: remember the name the client asked for and the route chosen (on the
-    TLSEngine, which the callback gets as its ssl_object, or on an ssl.SSLObject)."""
+def record_sni(ssl_object: ssl.SSLObject, server_name: str | None, route: str | None) -> None:
+    """For a context's `sni_callback`: remember the name the client asked for and the route chosen."""
     setattr(ssl_object, _SNI_ATTRIBUTE, (server_name, route))
 
 
@@ -127,12 +126,8 @@ class TLSEngine:
             raise ValueError(f"max_inbound must be at least one TLS record ({MAX_RECORD_WIRE} bytes)")
         self._incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()   # ciphertext to send: read `outgoing.pending`, take with take_ciphertext()
-        # The C object under ssl.SSLObject, without that Python wrapper (its _create and one Python call per
-        # do_handshake/read/write/unwrap). `owner=self`: the context's sni_callback is handed this engine
-        # where it would get the SSLObject; it may record the SNI on it and switch `context`, as on one.
-        if server_hostname is not None:
-            server_hostname = context._encode_hostname(server_hostname)
-        self._sslobj = context._wrap_bio(self._incoming, self.outgoing, server_side, server_hostname, owner=self)
+        self._sslobj = context.wrap_bio(self._incoming, self.outgoing, server_side=server_side,
+                                        server_hostname=server_hostname)
         self._server_side = server_side
         self._max_inbound = max_inbound
         self._max_outbound = max_outbound
@@ -362,7 +357,7 @@ class TLSEngine:
         if not self._drain_before_close():
             return
         try:
-            self._sslobj.shutdown()          # what SSLObject.unwrap() calls
+            self._sslobj.unwrap()
         except ssl.SSLWantReadError:
             self._set_state(TLSState.CLOSING)
             return
@@ -394,22 +389,17 @@ class TLSEngine:
     @property
     def sni(self) -> str | None:
         """The server name the client sent, as recorded by the context's sni_callback."""
-        return getattr(self, _SNI_ATTRIBUTE, (None, None))[0]
+        return getattr(self._sslobj, _SNI_ATTRIBUTE, (None, None))[0]
 
     @property
     def route(self) -> str | None:
         """The route the sni_callback chose (listener contexts from `tlsctx`), else None."""
-        return getattr(self, _SNI_ATTRIBUTE, (None, None))[1]
+        return getattr(self._sslobj, _SNI_ATTRIBUTE, (None, None))[1]
 
     @property
     def context(self) -> ssl.SSLContext:
         """The context in use: after an SNI switch, the chosen route's."""
         return self._sslobj.context
-
-    @context.setter
-    def context(self, context: ssl.SSLContext) -> None:
-        """An sni_callback's switch (the callback gets this engine as its `ssl_object`)."""
-        self._sslobj.context = context
 
     def version(self) -> str | None:
         return self._sslobj.version()
