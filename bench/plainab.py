@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 from bench.backends import Nginx
 from bench.connrate import wrk
-from bench.hotpaths import worker_pid
-from bench.procs import Ports, cpu_seconds
+from bench.procs import Ports
 from bench.subjects import REPO, EpollmuxSplice
-from bench.tlsprofile import cprofile_calls, cprofile_env
+from bench.tlsab import measure, print_calls, print_runs
+from bench.tlsprofile import cprofile_env
 
 
 class TreePlain(EpollmuxSplice):
@@ -39,22 +37,7 @@ class TreePlain(EpollmuxSplice):
 
 def one_run(tree, seconds, tmp, ports, backend, profile=False) -> dict:
     subject = TreePlain(tmp, ports.take(), backend.address, tree, profile).start()
-    try:
-        time.sleep(0.5)
-        worker = worker_pid(subject.pid)
-        c0 = cpu_seconds(worker)
-        res = wrk(subject.port, seconds, 32, close=True)
-        cpu = cpu_seconds(worker) - c0
-    finally:
-        subject.stop()
-    units = res.get("requests") or 0
-    out = {"units": units, "rps": res.get("rps"), "us": cpu / units * 1e6 if units else None}
-    calls = cprofile_calls(tmp, subject.port) if profile and units else None
-    if calls:
-        total, funcs = calls
-        out["calls"] = total / units
-        out["top"] = [f for f in sorted(((nc / units, name) for name, nc in funcs), reverse=True) if f[0] >= 0.3]
-    return out
+    return measure(subject, lambda port: wrk(port, seconds, 32, close=True), tmp, profile)
 
 
 def main(argv=None) -> int:
@@ -76,18 +59,11 @@ def main(argv=None) -> int:
         for r in range(o.rounds):
             for name in (list(trees) if r % 2 == 0 else list(reversed(trees))):
                 runs[name].append(one_run(trees[name], o.seconds, tmp, ports, backend))
-        for name in trees:
-            us = [x["us"] for x in runs[name] if x["us"]]
-            rps = [x["rps"] for x in runs[name] if x["rps"]]
-            if us:
-                print(f"plain {name}: worker {statistics.median(us):6.1f} µs/conn ({min(us):.1f}-{max(us):.1f}), "
-                      f"rate {statistics.median(rps):8.0f}/s ({min(rps):.0f}-{max(rps):.0f})", flush=True)
+        print_runs("plain", runs, "conn")
         if o.cprofile:
             for name in trees:
-                res = one_run(trees[name], o.seconds, tmp, ports, backend, profile=True)
-                print(f"plain {name}: {res.get('calls', 0):.1f} Python calls per connection", flush=True)
-                for per, func in res.get("top", []):
-                    print(f"      {per:6.2f}  {func}")
+                print_calls(f"plain {name}:", one_run(trees[name], o.seconds, tmp, ports, backend, profile=True),
+                            "connection")
     finally:
         backend.stop()
     return 0

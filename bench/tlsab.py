@@ -44,18 +44,14 @@ class TreeTLS(EpollmuxTLS):
         return cprofile_env(env, self.tmpdir, self.port) if self.profile else env
 
 
-def one_run(tree, load, seconds, tmp, ports, backend, cert, profile=False) -> dict:
-    close, resume = LOADS[load]
-    subject = TreeTLS(tmp, ports.take(), backend.address, cert, resume, tree, profile).start()
+def measure(subject, run_load, tmp: str, profile: bool = False) -> dict:
+    """Start-to-stop of one run: `run_load(port)` (a dict with `requests` and `rps`) against the started
+    `subject`; the worker's CPU µs per unit, and with `profile` its Python calls per unit. Stops the subject."""
     try:
         time.sleep(0.5)
         worker = worker_pid(subject.pid)
         c0 = cpu_seconds(worker)
-        if load == "bulk":
-            res = tlsload.bulk(subject.port, seconds, 4)
-            res.update(requests=res.get("mb"), rps=res.get("mb_per_s"))
-        else:
-            res = wrk(subject.port, seconds, 32, close=close, scheme="https")
+        res = run_load(subject.port)
         cpu = cpu_seconds(worker) - c0
     finally:
         subject.stop()
@@ -67,6 +63,37 @@ def one_run(tree, load, seconds, tmp, ports, backend, cert, profile=False) -> di
         out["calls"] = total / units
         out["top"] = [f for f in sorted(((nc / units, name) for name, nc in funcs), reverse=True) if f[0] >= 0.3]
     return out
+
+
+def print_runs(label: str, runs: dict[str, list[dict]], unit: str) -> None:
+    """Median worker µs per unit and rate of each tree's runs, with min-max."""
+    for name, rows in runs.items():
+        us = [x["us"] for x in rows if x["us"]]
+        rps = [x["rps"] for x in rows if x["rps"]]
+        if us:
+            print(f"{label:9} {name}: worker {statistics.median(us):6.1f} µs/{unit} "
+                  f"({min(us):.1f}-{max(us):.1f}), rate {statistics.median(rps):8.0f}/s "
+                  f"({min(rps):.0f}-{max(rps):.0f})", flush=True)
+
+
+def print_calls(label: str, res: dict, unit: str) -> None:
+    print(f"{label:9} {res.get('calls', 0):.1f} Python calls per {unit}", flush=True)
+    for per, func in res.get("top", []):
+        print(f"      {per:6.2f}  {func}")
+
+
+def one_run(tree, load, seconds, tmp, ports, backend, cert, profile=False) -> dict:
+    close, resume = LOADS[load]
+
+    def run_load(port: int) -> dict:
+        if load == "bulk":
+            res = tlsload.bulk(port, seconds, 4)
+            res.update(requests=res.get("mb"), rps=res.get("mb_per_s"))
+            return res
+        return wrk(port, seconds, 32, close=close, scheme="https")
+
+    subject = TreeTLS(tmp, ports.take(), backend.address, cert, resume, tree, profile).start()
+    return measure(subject, run_load, tmp, profile)
 
 
 def main(argv=None) -> int:
@@ -93,19 +120,11 @@ def main(argv=None) -> int:
                 order = list(trees) if r % 2 == 0 else list(reversed(trees))
                 for name in order:
                     runs[name].append(one_run(trees[name], load, o.seconds, tmp, ports, backend, cert))
-            for name in trees:
-                us = [x["us"] for x in runs[name] if x["us"]]
-                rps = [x["rps"] for x in runs[name] if x["rps"]]
-                if us:
-                    print(f"{load:9} {name}: worker {statistics.median(us):6.1f} µs/unit "
-                          f"({min(us):.1f}-{max(us):.1f}), rate {statistics.median(rps):8.0f}/s "
-                          f"({min(rps):.0f}-{max(rps):.0f})", flush=True)
+            print_runs(load, runs, "unit")
             if o.cprofile:
                 for name in trees:
                     res = one_run(trees[name], load, o.seconds, tmp, ports, backend, cert, profile=True)
-                    print(f"{load:9} {name}: {res.get('calls', 0):.1f} Python calls per unit", flush=True)
-                    for per, func in res.get("top", []):
-                        print(f"      {per:6.2f}  {func}")
+                    print_calls(f"{load} {name}:", res, "unit")
     finally:
         backend.stop()
         bulk_file.__exit__()
