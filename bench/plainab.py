@@ -8,7 +8,6 @@ counts Python-visible calls per connection (as bench.tlsab). Prints medians with
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -16,8 +15,8 @@ import tempfile
 from bench.backends import Nginx
 from bench.connrate import wrk
 from bench.procs import Ports
-from bench.subjects import REPO, EpollmuxSplice
-from bench.tlsab import measure, print_calls, print_runs
+from bench.subjects import EpollmuxSplice
+from bench.tlsab import ab_options, measure, print_calls, print_runs
 from bench.tlsprofile import cprofile_env
 
 
@@ -41,16 +40,8 @@ def one_run(tree, seconds, tmp, ports, backend, profile=False) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m bench.plainab")
-    p.add_argument("--base", required=True)
-    p.add_argument("--work", default=REPO)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--seconds", type=float, default=3)
-    p.add_argument("--cprofile", action="store_true")
-    p.add_argument("--ports", default="26200-26299")
-    o = p.parse_args(argv)
-    first, last = (int(x) for x in o.ports.split("-"))
-    ports = Ports(first, last)
+    o = ab_options("python3 -m bench.plainab", "26200-26299").parse_args(argv)
+    ports = Ports(*(int(x) for x in o.ports.split("-")))
     tmp = tempfile.mkdtemp(prefix="epollmux-plainab-")
     trees = {"base": os.path.abspath(o.base), "work": os.path.abspath(o.work)}
     backend = Nginx(tmp, ports.take()).start()

@@ -96,18 +96,23 @@ def one_run(tree, load, seconds, tmp, ports, backend, cert, profile=False) -> di
     return measure(subject, run_load, tmp, profile)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m bench.tlsab")
+def ab_options(prog: str, ports: str) -> argparse.ArgumentParser:
+    """The options every A/B bench takes: the two trees, rounds, seconds per run, cProfile, its ports."""
+    p = argparse.ArgumentParser(prog=prog)
     p.add_argument("--base", required=True)
     p.add_argument("--work", default=REPO)
-    p.add_argument("--loads", default="keepalive,handshake")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=3)
     p.add_argument("--cprofile", action="store_true")
-    p.add_argument("--ports", default="26100-26199")
+    p.add_argument("--ports", default=ports)
+    return p
+
+
+def main(argv=None) -> int:
+    p = ab_options("python3 -m bench.tlsab", "26100-26199")
+    p.add_argument("--loads", default="keepalive,handshake")
     o = p.parse_args(argv)
-    first, last = (int(x) for x in o.ports.split("-"))
-    ports = Ports(first, last)
+    ports = Ports(*(int(x) for x in o.ports.split("-")))
     tmp = tempfile.mkdtemp(prefix="epollmux-tlsab-")
     cert = certs.make(tmp, "ecdsa")
     trees = {"base": os.path.abspath(o.base), "work": os.path.abspath(o.work)}

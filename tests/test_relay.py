@@ -298,11 +298,13 @@ def test_server_closes_first_client_sees_eof_every_time(proxy):
         c.close()
 
 
-def test_sockmap_unavailable_falls_back_to_splice(daemon, server):
-    """Without CAP_BPF and friends the maps cannot load: one log line, and splice relays instead."""
+@pytest.mark.parametrize("relay,level", [("sockmap", "WARNING"), ("auto", "INFO")])
+def test_sockmap_unavailable_falls_back_to_splice(daemon, server, relay, level):
+    """Without CAP_BPF and friends the maps cannot load: one log line (a warning when sockmap was asked for,
+    info for auto), and splice relays instead."""
     backend = server()
     port = free_port()
-    d = daemon().start(simple_config(port, f"127.0.0.1:{backend.port}", relay="sockmap", workers=1), wait=port,
+    d = daemon().start(simple_config(port, f"127.0.0.1:{backend.port}", relay=relay, workers=1), wait=port,
                        wrap=["setpriv", "--bounding-set", "-bpf,-sys_admin,-net_admin,-perfmon", "--"])
     for _ in range(3):
         c = connect(port)
@@ -314,6 +316,7 @@ def test_sockmap_unavailable_falls_back_to_splice(daemon, server):
     d.wait_log("relays with splice")
     lines = [x for x in d.log_text().splitlines() if "kernel relay (sockmap) unavailable" in x]
     assert len(lines) == 1 and "CAP_BPF" in lines[0], lines
+    assert level in lines[0] and ({"WARNING", "INFO"} - {level}).pop() not in lines[0], lines[0]
     assert "Traceback" not in d.log_text()
     before = d.log_text().count("kernel relay: unavailable pairs=0")
     stats(d)

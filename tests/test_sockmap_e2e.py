@@ -1,5 +1,5 @@
 """The kernel relay through the real daemon where test_relay.py's contract does not reach: IPv6
-on both sides, and `relay = auto` (sockmap where the maps load, else splice with one info line)."""
+on both sides, and `relay = auto` where the maps load (its fallback is in test_relay.py)."""
 
 from __future__ import annotations
 
@@ -62,17 +62,3 @@ def test_auto_uses_the_kernel_where_the_maps_load(daemon, server):
     kernel = kernel_stats(d)
     assert kernel["pairs"] == 3 and kernel["fallbacks"] == 0, kernel
     assert "unavailable" not in d.log_text()
-
-
-def test_auto_falls_back_to_splice_with_one_info_line(daemon, server):
-    backend = server()
-    port = free_port()
-    d = daemon().start(simple_config(port, f"127.0.0.1:{backend.port}", relay="auto", workers=1), wait=port,
-                       wrap=["setpriv", "--bounding-set", "-bpf,-sys_admin,-net_admin,-perfmon", "--"])
-    for _ in range(3):
-        echo_through(port, 1 * MiB)
-    d.wait_log("relays with splice")
-    lines = [x for x in d.log_text().splitlines() if "kernel relay (sockmap) unavailable" in x]
-    assert len(lines) == 1, lines
-    assert "CAP_BPF" in lines[0] and "INFO" in lines[0] and "WARNING" not in lines[0], lines[0]   # auto: info
-    assert "Traceback" not in d.log_text()
