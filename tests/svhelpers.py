@@ -11,13 +11,12 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, tree_pids
+from conftest import REPO, Server, tree_pids
 
 # Plays systemd: sets LISTEN_PID / WATCHDOG_PID to its own PID, moves the passed fd to 3, then execs.
 WRAPPER = """
@@ -188,47 +187,23 @@ class NotifySocket:
         self.sock.close()
 
 
-class TaggedBackend:
+class TaggedBackend(Server):
     """A backend that first sends its tag, then echoes: a client learns which backend it reached."""
 
     def __init__(self, tag: bytes):
         self.tag = tag
-        self.sock = socket.create_server(("127.0.0.1", 0), backlog=1024)
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        self._stop = False
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        self.sock.settimeout(0.2)
-        for _ in range(1_000_000):
-            if self._stop:
-                return
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.accepted += 1
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+        super().__init__(self._serve)
 
     def _serve(self, client: socket.socket) -> None:
-        with client:
-            client.settimeout(60)
-            try:
-                client.sendall(self.tag)
-                for _ in range(100_000):
-                    data = client.recv(65536)
-                    if not data:
-                        return
-                    client.sendall(data)
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self._stop = True
-        self.thread.join(2)
-        self.sock.close()
+        try:
+            client.sendall(self.tag)
+            for _ in range(100_000):
+                data = client.recv(65536)
+                if not data:
+                    return
+                client.sendall(data)
+        except OSError:
+            return
 
 
 def exchange(port: int, payload: bytes = b"ping", timeout: float = 10.0) -> bytes:
