@@ -76,20 +76,9 @@ for _phase, _next in _ALLOWED.items():
 del _phase, _next
 
 
-def _proxy_timeout() -> str:
-    return "proxy-timeout"
-
-
-def _tls_handshake_timeout() -> str:
-    return "tls-handshake-timeout"
-
-
-def _backend_timeout() -> str:
-    return "backend-timeout"
-
-
-def _backend_tls_timeout() -> str:
-    return "backend-tls-timeout"
+def _expired(reason: str) -> str:
+    """A deadline's handler: its close reason (armed with the reason as the timer's argument)."""
+    return reason
 
 
 class Connection:
@@ -145,7 +134,7 @@ class Connection:
         ctx.connections.add(self)
         self._event(self._admit if self.listener.proxy_protocol == "none" else self._begin)
 
-    def _set_phase(self, phase: Phase, deadline: float = 0, on_expiry=None) -> None:
+    def _set_phase(self, phase: Phase, deadline: float = 0, on_expiry=None, *args) -> None:
         if phase not in self.phase.allowed:
             raise RuntimeError(f"connection phase {self.phase.value} -> {phase.value} not allowed")
         if self.timer is not None:
@@ -153,10 +142,10 @@ class Connection:
             self.timer = None
         self.phase = phase
         if deadline:
-            self._arm(deadline, on_expiry)
+            self._arm(deadline, on_expiry, *args)
 
-    def _arm(self, delay: float, callback) -> None:
-        self.timer = self.ctx.reactor.call_later(delay, self._event, callback)
+    def _arm(self, delay: float, callback, *args) -> None:
+        self.timer = self.ctx.reactor.call_later(delay, self._event, callback, *args)
 
     def on_event(self, fd: int, events: int) -> None:
         phase = self.phase
@@ -207,7 +196,7 @@ class Connection:
         listener = self.listener
         if not listener.trusted.contains(self.src[0]):
             return "proxy-untrusted"
-        self._arm(self.ctx.settings.probe_timeout, _proxy_timeout)
+        self._arm(self.ctx.settings.probe_timeout, _expired, "proxy-timeout")
         return self._proxy_header(False)
 
     def _proxy_header(self, peer_done: bool) -> str | None:
@@ -306,7 +295,7 @@ class Connection:
 
     # --- terminating TLS -------------------------------------------------------------------
     def _start_tls(self, route) -> str | None:
-        self._set_phase(Phase.HANDSHAKING, self.ctx.settings.tls_handshake_timeout, _tls_handshake_timeout)
+        self._set_phase(Phase.HANDSHAKING, self.ctx.settings.tls_handshake_timeout, _expired, "tls-handshake-timeout")
         self.cend = TLSEndpoint(self.client, TLSEngine(route.server_context, server_side=True), fd=self.cfd)
         return self._handshake()
 
@@ -389,7 +378,7 @@ class Connection:
             return self._connected(OUT, pump_down=False)
         ctx.reactor.register(self.bfd, EVENTS, self)
         self.writable |= BACKEND_OUT
-        self._arm(ctx.settings.connect_timeout, _backend_timeout)
+        self._arm(ctx.settings.connect_timeout, _expired, "backend-timeout")
         return None
 
     def _bind_as_client(self, sock: socket.socket, family: int) -> str | None:
@@ -423,7 +412,8 @@ class Connection:
         if route.backend_context is None:
             self.bend = PlainEndpoint(self.backend, self.bfd)
             return self._start_relay(pump_down)
-        self._set_phase(Phase.BACKEND_HANDSHAKING, self.ctx.settings.connect_timeout, _backend_tls_timeout)
+        self._set_phase(Phase.BACKEND_HANDSHAKING, self.ctx.settings.connect_timeout, _expired,
+                        "backend-tls-timeout")
         engine = TLSEngine(route.backend_context, server_side=False, server_hostname=route.backend_sni)
         self.bend = TLSEndpoint(self.backend, engine, prefix="backend-", fd=self.bfd)
         return self._backend_handshake()
