@@ -57,7 +57,8 @@ CASES = [
 def _callable(kind: str, data: bytes, table):
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
-    from epollmux import accesslog, clienthello, sniff
+    from epollmux.observe import accesslog
+    from epollmux.wire import clienthello, sniff
     forget = clienthello._parse_cached.cache_clear            # a new connection's bytes are not memoized
     if kind == "names":
         clienthello.parse_client_hello(data)
@@ -75,7 +76,7 @@ def _callable(kind: str, data: bytes, table):
 def table():
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
-    from epollmux import probes
+    from epollmux.wire import probes
     return tuple((probe, probes.prepare_options(probe, opts)) for probe, opts in TABLE)
 
 

@@ -21,9 +21,9 @@ import tempfile
 CHILD = r"""
 import os, socket, ssl, statistics, sys, time
 sys.path.insert(0, sys.argv[1])
-from epollmux.endpoints import TLSEndpoint
-from epollmux.tlsengine import Event, TLSEngine
-from epollmux.tlsctx import RouteTLS, server_context
+from epollmux.relay.endpoints import TLSEndpoint
+from epollmux.tls.engine import Event, TLSEngine
+from epollmux.tls.contexts import RouteTLS, server_context
 cert, key, mode, batches, per = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
 sctx = server_context(RouteTLS("bench", cert=cert, key=key))
 cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{cfg.source}: OK ({len(cfg.listeners)} listeners, {len(cfg.routes)} routes)")
         return EXIT_OK
     if args.explain:
-        from epollmux import explain
+        from epollmux.tools import explain
         return explain.main(cfg, args.explain)
-    from epollmux import supervisor   # imported late: --check and --version need none of it
+    from epollmux.process import supervisor  # imported late: --check and --version need none of it
     return supervisor.run(cfg, args)

@@ -18,7 +18,9 @@ from typing import Any
 from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_values
 from validate import Validator
 
-from epollmux import acl, addr, probes, tlsctx
+from epollmux import acl, addr
+from epollmux.wire import probes
+from epollmux.tls import contexts as tlsctx
 
 
 class ConfigError(Exception):

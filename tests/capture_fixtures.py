@@ -24,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from epollmux.clienthello import HelloStatus, parse_client_hello  # noqa: E402
+from epollmux.wire.clienthello import HelloStatus, parse_client_hello  # noqa: E402
 
 OUT_DIR = HERE / "fixtures" / "probes"
 CAPTURE_SECONDS = 1.0

@@ -1,4 +1,4 @@
-"""Tests for epollmux.clienthello: real captured hellos, synthetic ones, malformed ones, and properties."""
+"""Tests for epollmux.wire.clienthello: real captured hellos, synthetic ones, malformed ones, and properties."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from epollmux.clienthello import MAX_HELLO_BYTES, HelloStatus, parse_client_hello
+from epollmux.wire.clienthello import MAX_HELLO_BYTES, HelloStatus, parse_client_hello
 from hello_builder import (EXT_SERVER_NAME, alpn_extension, build_client_hello, extension, handshake,
                            hello_body, records, sni_extension, u16, vec16, versions_extension)
 from probe_fixtures import FIXTURES, chunkings

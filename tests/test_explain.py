@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, connect, free_port, recv_all
-from epollmux import config, explain, pcap
+from epollmux import config
+from epollmux.tools import explain, pcap
 from probe_fixtures import FIXTURE_DIR, FIXTURES
 
 PCAP_DIR = Path(__file__).resolve().parent / "fixtures" / "pcap"
@@ -153,7 +154,7 @@ def test_real_pcaps_give_the_client_payload(tmp_path):
     assert found["ssh_openssh_ipv4_sll2"].link == "Linux cooked v2"
     assert found["ssh_openssh_ipv4_sll2"].data.startswith(b"SSH-2.0-OpenSSH_")
     assert found["http_curl_ipv6_sll"].data.startswith(b"GET /index.html HTTP/1.1\r\nHost: www.example.org:")
-    from epollmux.clienthello import parse_client_hello
+    from epollmux.wire.clienthello import parse_client_hello
     for name in ("tls_curl_ipv4_ethernet", "tls_curl_ipv6_ethernet"):
         hello = parse_client_hello(found[name].data)
         assert hello.sni == "www.example.org" and hello.alpn == ("http/1.1",), name

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from epollmux.limits import LIMIT_RATE, LIMIT_SNIFFING, LIMIT_SOURCE, Limits
+from epollmux.serve.limits import LIMIT_RATE, LIMIT_SNIFFING, LIMIT_SOURCE, Limits
 
 
 def burst(limits: Limits, ip: str, n: int, now: float = 0.0) -> list:

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from certs import tls_ca  # noqa: F401  (fixture)
 from conftest import connect, free_port, recv_all
-from epollmux import collector, metrics
+from epollmux.observe import collector, metrics
 
 pytestmark = pytest.mark.timeout(60)
 

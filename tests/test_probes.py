@@ -1,4 +1,4 @@
-"""Tests for epollmux.probes: every probe on real client bytes, byte rules, options, and properties."""
+"""Tests for epollmux.wire.probes: every probe on real client bytes, byte rules, options, and properties."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from epollmux.probes import PROBES, Verdict, prepare_options
+from epollmux.wire.probes import PROBES, Verdict, prepare_options
 from hello_builder import build_client_hello
 from probe_fixtures import FIXTURES, chunkings
 

@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 
 from certs import tls_ca  # noqa: F401  (fixture)
 from conftest import closed_count, stats, REPO, echo, free_port, recv_all
-from epollmux import proxyproto as pp
+from epollmux.wire import proxyproto as pp
 from peers import HAProxy, need, nginx, wait_text  # noqa: F401  (fixture)
 
 SIG = pp.SIGNATURE_V2

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from certs import tls_ca  # noqa: F401
-from epollmux import proxyproto as pp
-from epollmux.proxyproto import Endpoint, Status
+from epollmux.wire import proxyproto as pp
+from epollmux.wire.proxyproto import Endpoint, Status
 from peers import HAProxy
 
 SIG = bytes.fromhex("0D0A0D0A000D0A515549540A")

@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from epollmux import relay
-from epollmux.channels import BUFFER_MAX, KEEP_IDLE_BYTES, ChannelPool
-from epollmux.endpoints import PlainEndpoint
-from epollmux.relay import Direction, State
+from epollmux.relay import direction as relay
+from epollmux.relay.channels import BUFFER_MAX, KEEP_IDLE_BYTES, ChannelPool
+from epollmux.relay.endpoints import PlainEndpoint
+from epollmux.relay.direction import Direction, State
 
 SIZE = 65536
 

@@ -9,9 +9,9 @@ import weakref
 
 import pytest
 
-from epollmux.channels import ChannelPool
-from epollmux.endpoints import PlainEndpoint
-from epollmux.relay import Direction, State
+from epollmux.relay.channels import ChannelPool
+from epollmux.relay.endpoints import PlainEndpoint
+from epollmux.relay.direction import Direction, State
 
 
 class Endpoint(PlainEndpoint):

@@ -11,10 +11,10 @@ import threading
 import pytest
 
 from certs import tls_ca  # noqa: F401  (fixture)
-from epollmux.endpoints import TLSEndpoint
+from epollmux.relay.endpoints import TLSEndpoint
 from epollmux.reactor import Reactor
-from epollmux.tlsctx import RouteTLS, server_context
-from epollmux.tlsengine import CloseReason, Event, TLSEngine, record_sni
+from epollmux.tls.contexts import RouteTLS, server_context
+from epollmux.tls.engine import CloseReason, Event, TLSEngine, record_sni
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,7 @@ def test_call_soon_passes_arguments_next_turn():
 def test_admission_counts_only_what_a_limit_reads_and_leave_undoes_it():
     from types import SimpleNamespace as NS
 
-    from epollmux.admission import Admission, Grant
+    from epollmux.serve.admission import Admission, Grant
     adm = Admission(NS(max_connections_per_source=0, max_sniffing_per_source=0, rate_per_source=0,
                        source_ipv6_prefix=64, max_connections=0))
     limited, free = NS(name="l", access=None, max_connections=1), NS(name="f", access=None, max_connections=0)

@@ -1,4 +1,4 @@
-"""Tests for epollmux.sniff.decide: strict order, fallback, full buffers, and real clients in any chunking."""
+"""Tests for epollmux.wire.sniff.decide: strict order, fallback, full buffers, and real clients in any chunking."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from epollmux import sniff
-from epollmux.probes import PROBES, Verdict, prepare_options
-from epollmux.sniff import Decision, decide
+from epollmux.wire import sniff
+from epollmux.wire.probes import PROBES, Verdict, prepare_options
+from epollmux.wire.sniff import Decision, decide
 from hello_builder import build_client_hello
 from probe_fixtures import FIXTURES, chunkings
 

@@ -1,7 +1,7 @@
 """The kernel relay (epollmux/sockmap.py) on real loopback sockets, no daemon: what the kernel does
 with a paired socket and what the caller has to do about it, one behaviour per test.
 
-The tests that relay a whole exchange drive epollmux.kernelrelay itself (`Relayed`: a real reactor,
+The tests that relay a whole exchange drive epollmux.relay.kernel itself (`Relayed`: a real reactor,
 a stand-in connection): pause a direction whose kernel backlog is high when the ring says it moved,
 resume when low, pass EOF on once `pending` is 0, move the rest itself when a FIN made resuming
 impossible, and treat an error as a reset. Skipped where the maps cannot be loaded (not root, no
@@ -23,9 +23,9 @@ import time
 import pytest
 
 from conftest import REPO
-from epollmux import kernelrelay
-from epollmux import sockmap as sm
-from epollmux.kernelrelay import KernelRelay
+from epollmux.relay import kernel as kernelrelay
+from epollmux.relay import sockmap as sm
+from epollmux.relay.kernel import KernelRelay
 from epollmux.reactor import Reactor
 
 MiB = 1 << 20
@@ -129,7 +129,7 @@ class Conn:
 
 
 class Relayed:
-    """One client/backend pair in the hands of epollmux.kernelrelay, driven by a real reactor: the
+    """One client/backend pair in the hands of epollmux.relay.kernel, driven by a real reactor: the
     ring and the sockets' RDHUP/errors wake it, a short timer runs while a direction is paused,
     draining or passing EOF on. `run()` returns the close reason ("eof", "reset", "timeout")."""
 
@@ -179,7 +179,7 @@ def test_load_gives_maps_and_program(maps):
 CHILD = """
 import ctypes, os, struct, sys
 sys.path.insert(0, {repo!r})
-from epollmux import sockmap      # imported first: the interpreter may live where nobody can read
+from epollmux.relay import sockmap     # imported first: the interpreter may live where nobody can read
 mode = sys.argv[1]
 if mode == "nobody":
     os.setgid(65534); os.setuid(65534)

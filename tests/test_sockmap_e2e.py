@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from conftest import connect, free_port, recv_all, simple_config
-from epollmux import sockmap
+from epollmux.relay import sockmap
 from test_relay import kernel_stats
 
 MiB = 1 << 20

@@ -227,7 +227,7 @@ def test_accepts_spread_over_two_workers(tmp_path, procs, backends):
     assert d.wait() == 0
 
 
-CANNOT_START = ("import sys\nimport epollmux.worker as w\n"
+CANNOT_START = ("import sys\nimport epollmux.serve.worker as w\n"
                 "def broken(self):\n    raise RuntimeError('worker cannot start')\n"
                 "w.Worker.run = broken\nfrom epollmux.cli import main\nsys.exit(main(sys.argv[1:]))\n")
 

@@ -16,8 +16,8 @@ import tracemalloc
 import pytest
 
 from certs import make_ca_factory, tls_ca  # noqa: F401  (fixtures)
-from epollmux.tlsctx import RouteTLS, server_context
-from epollmux.tlsengine import MAX_RECORD_WIRE, CloseReason, Event, TLSEngine, TLSState, TLSStateError
+from epollmux.tls.contexts import RouteTLS, server_context
+from epollmux.tls.engine import MAX_RECORD_WIRE, CloseReason, Event, TLSEngine, TLSState, TLSStateError
 
 TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
 

@@ -28,7 +28,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from epollmux.clienthello import HelloStatus, parse_client_hello
+from epollmux.wire.clienthello import HelloStatus, parse_client_hello
 
 
 class Verdict(enum.Enum):

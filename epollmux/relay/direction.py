@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 
 from epollmux import errors
-from epollmux.channels import ChannelPool
+from epollmux.relay.channels import ChannelPool
 
 
 class State(enum.Enum):

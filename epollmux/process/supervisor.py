@@ -22,10 +22,11 @@ import signal
 import time
 from collections import Counter, deque
 
-from epollmux import (__version__, collector, config, daemonize, exporter, logsetup, metrics, privileges, stats,
-                      systemd, workerproc)
+from epollmux import __version__, config
+from epollmux.observe import collector, exporter, logsetup, metrics, stats
+from epollmux.process import daemonize, privileges, systemd, workerproc
 from epollmux.reactor import IN, Reactor
-from epollmux.sockettable import SocketTable
+from epollmux.process.sockettable import SocketTable
 
 log = logging.getLogger("epollmux.supervisor")
 

@@ -31,9 +31,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from epollmux import metrics, privileges, stats
+from epollmux.observe import metrics, stats
+from epollmux.process import privileges
 from epollmux.reactor import IN
-from epollmux.worker import Worker
+from epollmux.serve.worker import Worker
 
 log = logging.getLogger("epollmux.supervisor")
 

@@ -20,12 +20,14 @@ import errno
 import logging
 import socket
 
-from epollmux import accesslog, addr, clienthello, errors, proxyout, proxyproto, sniff
-from epollmux.admission import Grant
-from epollmux.endpoints import PlainEndpoint, TLSEndpoint
+from epollmux.observe import accesslog
+from epollmux import addr, errors
+from epollmux.wire import clienthello, proxyout, proxyproto, sniff
+from epollmux.serve.admission import Grant
+from epollmux.relay.endpoints import PlainEndpoint, TLSEndpoint
 from epollmux.reactor import ERR, ET, HUP, IN, OUT, RDHUP
-from epollmux.relay import Direction, State
-from epollmux.tlsengine import Event, TLSEngine
+from epollmux.relay.direction import Direction, State
+from epollmux.tls.engine import Event, TLSEngine
 
 log = logging.getLogger("epollmux.conn")
 probe_log = logging.getLogger("epollmux.probe")

@@ -19,7 +19,7 @@ import logging
 import os
 import time
 
-from epollmux import clienthello, probes
+from epollmux.wire import clienthello, probes
 
 log = logging.getLogger("epollmux.access")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from epollmux import proxyproto
+from epollmux.wire import proxyproto
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from epollmux.limits import Limits
+from epollmux.serve.limits import Limits
 
 
 class Admission:

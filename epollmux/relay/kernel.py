@@ -34,7 +34,7 @@ import errno
 import logging
 import socket
 
-from epollmux import sockmap
+from epollmux.relay import sockmap
 from epollmux.reactor import ERR, ET, IN, RDHUP
 
 log = logging.getLogger("epollmux.kernelrelay")

@@ -14,8 +14,10 @@ import ipaddress
 import sys
 from dataclasses import dataclass, field
 
-from epollmux import accesslog, clienthello, pcap, proxyout, proxyproto, sniff
-from epollmux.probes import PROBES, Verdict
+from epollmux.observe import accesslog
+from epollmux.wire import clienthello, proxyout, proxyproto, sniff
+from epollmux.tools import pcap
+from epollmux.wire.probes import PROBES, Verdict
 
 EXAMPLE_SRC = {4: ("192.0.2.1", 50000), 6: ("2001:db8::1", 50000)}     # documentation addresses
 EXAMPLE_UNIQUE_ID = b"explain"

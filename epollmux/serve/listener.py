@@ -15,7 +15,7 @@ import os
 import socket
 
 from epollmux import addr, errors
-from epollmux.connection import Connection, client_events
+from epollmux.serve.connection import Connection, client_events
 from epollmux.reactor import EXCLUSIVE, IN
 
 log = logging.getLogger("epollmux.listen")

@@ -17,7 +17,7 @@ import os
 import socket
 
 from epollmux import errors
-from epollmux.tlsengine import CloseReason, TLSEngine
+from epollmux.tls.engine import CloseReason, TLSEngine
 
 SEND_CHUNK = 256 * 1024
 RECV_CHUNK = 64 * 1024

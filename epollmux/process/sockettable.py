@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 import socket
 
-from epollmux import listener
+from epollmux.serve import listener
 
 
 def address_key(family: int, sockaddr) -> tuple:

@@ -15,14 +15,14 @@ import signal
 import socket
 import time
 
-from epollmux import accesslog
-from epollmux.admission import Admission
-from epollmux.channels import ChannelPool
+from epollmux.observe import accesslog
+from epollmux.serve.admission import Admission
+from epollmux.relay.channels import ChannelPool
 from epollmux.config import Config, Listener
-from epollmux.kernelrelay import KernelRelay
-from epollmux.listener import PAUSE_ON_EXHAUSTION, Acceptor, Reserve
+from epollmux.relay.kernel import KernelRelay
+from epollmux.serve.listener import PAUSE_ON_EXHAUSTION, Acceptor, Reserve
 from epollmux.reactor import Reactor
-from epollmux.stats import Stats
+from epollmux.observe.stats import Stats
 
 log = logging.getLogger("epollmux.worker")
 

@@ -12,7 +12,7 @@ import os
 import resource
 from collections import Counter
 
-from epollmux.metrics import Histogram, Snapshot
+from epollmux.observe.metrics import Histogram, Snapshot
 
 CONNS_LISTED = 1000     # show conns: at most this many connections per worker, the oldest first
 

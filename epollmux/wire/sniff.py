@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from epollmux.probes import PROBES, Verdict
+from epollmux.wire.probes import PROBES, Verdict
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import json
 import logging
 from typing import Callable
 
-from epollmux import metrics
+from epollmux.observe import metrics
 
 log = logging.getLogger("epollmux.supervisor")
 
