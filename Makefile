@@ -65,10 +65,10 @@ bench-deps: test-deps
 
 # BENCH_ARGS: --quick, --sections bulk,connrate,idle, --subjects ..., --repeat N (see bench/README.md)
 bench: bench-deps
-	$(TESTVENV)/bin/python -m bench.run $(BENCH_ARGS)
+	$(TESTVENV)/bin/python -m bench.harness.run $(BENCH_ARGS)
 
 bench-profile: bench-deps
-	$(TESTVENV)/bin/python -m bench.hotpaths
+	$(TESTVENV)/bin/python -m bench.tools.hotpaths
 
 clean:
 	rm -rf build *.egg-info .pytest_cache

@@ -1,12 +1,12 @@
-"""Report parts of the sniff and tls sections: markdown tables, charts, and the TLS rows of issue 6's targets.
+"""Report parts of the sniff and tls sections: markdown tables, charts, and the TLS rows of the performance targets.
 
-Owns: how bench.sniff's and bench.tls's results read. Runs nothing; bench.report calls it (MD, TITLES,
+Owns: how bench.sections.sniff's and bench.sections.tls's results read. Runs nothing; bench.harness.report calls it (MD, TITLES,
 chart(), targets()) and writes the files.
 """
 
 from __future__ import annotations
 
-from bench.fmt import _bars, _med, _pct, _series, _x, label
+from bench.harness.fmt import _bars, _med, _pct, _series, _x, label
 
 MODE_TITLES = {
     "full-ecdsa": ("Full handshakes, ECDSA P-256 (resumption off)", "handshakes/s", "handshake"),
@@ -25,7 +25,7 @@ def sniff_md(sec: dict) -> str:
     if d.get("cases"):
         table = ", ".join(f"`{probe}`" + (f" (`{'; '.join(f'{k} = ' + ', '.join(v) for k, v in o.items())}`)" if o else "")
                           for probe, o in d["table"])
-        lines += [f"**Probe decision cost** (`python3 -m bench.sniffcost`, Python {d['python']}): µs per call on a "
+        lines += [f"**Probe decision cost** (`python3 -m bench.tools.sniffcost`, Python {d['python']}): µs per call on a "
                   f"real first flight (tests/fixtures/probes), route table {table}; {d['cases'][0]['summary']['n']} "
                   "timed runs each (median, min–max; the minimum is the least disturbed by other work).", "",
                   "| case | bytes | outcome | µs per call |", "|---|---|---|---|"]
@@ -132,7 +132,7 @@ def tls_md(sec: dict) -> str:
 
 
 MD = {"sniff": sniff_md, "tls": tls_md}
-TITLES = {"sniff": "Sniffing: probe decision cost and SNI routing (issue 3)",
+TITLES = {"sniff": "Sniffing: probe decision cost and SNI routing ",
           "tls": "TLS termination (issues 4 and 6)"}
 
 
@@ -158,7 +158,7 @@ def chart(sec: dict, plt):
 
 # --- targets ----------------------------------------------------------------------------------
 def targets(sec: dict, subject: str = TLS_SUBJECT) -> list[tuple]:
-    """(target, value, goal, met) rows of issue 6 for the TLS section."""
+    """(target, value, goal, met) rows of the performance targets for the TLS section."""
     row = next((r for r in sec["summary"] if r["subject"] == subject), None)
     if row is None:
         return []

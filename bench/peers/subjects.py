@@ -22,9 +22,9 @@ import re
 import subprocess
 import sys
 
-from bench.procs import HOST, CpuGroup, Proc, memory_kb
+from bench.harness.procs import HOST, CpuGroup, Proc, memory_kb
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PIPE_SIZE = 1048576          # epollmux's default pipe_size; HAProxy gets the same tune.pipesize
 
 
@@ -32,7 +32,7 @@ class Subject:
     name = "?"
     label = "?"
     variant = ""      # set per instance when one section runs several configurations of a subject
-    cwd = REPO        # where it runs (bench.tlsab runs epollmux from other trees)
+    cwd = REPO        # where it runs (bench.tools.tlsab runs epollmux from other trees)
 
     def __init__(self, tmpdir: str, port: int, backend: tuple[str, int]):
         self.tmpdir = tmpdir
@@ -146,7 +146,7 @@ class EpollmuxCopy(Epollmux):
 
 
 class EpollmuxSockmap(Epollmux):
-    """The kernel relay (BPF sockmap): payload never wakes the worker (issue 9)."""
+    """The kernel relay (BPF sockmap): payload never wakes the worker."""
     name, label, relay = "epollmux-sockmap", "epollmux (sockmap)", "sockmap"
 
 

@@ -1,7 +1,7 @@
 """Host CPU of one measurement: what the whole machine spent, split by who spent it.
 
 Owns: `HostCPU` (a reading of /proc/stat and every process's /proc/PID/stat, both read by
-bench.procs, at the start of a run, `split()` at its end) and the split itself, a pure function
+bench.harness.procs, at the start of a run, `split()` at its end) and the split itself, a pure function
 of two readings (`split_readings`).
 Runs nothing and knows no subject: the caller says which processes are the relay and which are
 the load (iperf3, this driver).
@@ -28,7 +28,7 @@ reaped during the run moves into its parent without being lost or counted twice)
 
 from __future__ import annotations
 
-from bench.procs import HZ, machine_busy_ticks, processes
+from bench.harness.procs import HZ, machine_busy_ticks, processes
 
 KTHREADD = 2
 

@@ -12,7 +12,7 @@ import os
 import sys
 import tempfile
 
-from bench.procs import HOST, Proc
+from bench.harness.procs import HOST, Proc
 
 BODY = "hello from nginx behind the relay\n"
 
@@ -156,10 +156,10 @@ class Echo(Backend):
     name = "echo-server"
 
     def argv(self):
-        return [sys.executable, "-m", "bench.echo", HOST, str(self.port)]
+        return [sys.executable, "-m", "bench.peers.echo", HOST, str(self.port)]
 
     def start(self):
-        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         self.proc = Proc(self.name, self.argv(), self.tmpdir, cwd=repo)
         self.proc.wait_listening(self.port)
         return self

@@ -12,15 +12,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from bench import subjects as subjects_mod
-from bench.procs import Ports
+from bench.peers import subjects as subjects_mod
+from bench.harness.procs import Ports
 
 
 @dataclass
 class Context:
     tmpdir: str
     ports: Ports
-    opts: object                     # argparse namespace from bench.run
+    opts: object                     # argparse namespace from bench.harness.run
     deadline: float                  # time.monotonic() by which the whole run must end
     start_errors: dict = field(default_factory=dict)
 
@@ -39,7 +39,7 @@ def started(ctx: Context, names: list[str], backend: tuple[str, int], make=None)
     """Start the named subjects in front of backend; yield {name: subject} of those that run.
 
     `make(name, port)` builds the subject for a name (default: subjects.ALL[name] in front of backend);
-    sections that run several configurations of one subject pass their own (see bench.tls)."""
+    sections that run several configurations of one subject pass their own (see bench.sections.tls)."""
     running: dict[str, subjects_mod.Subject] = {}
     if make is None:
         def make(name, port):

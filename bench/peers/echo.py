@@ -1,4 +1,4 @@
-"""A small epoll echo server for the idle section: `python3 -m bench.echo HOST PORT`.
+"""A small epoll echo server for the idle section: `python3 -m bench.peers.echo HOST PORT`.
 
 Holds as many connections as its fd limit allows and echoes whatever arrives (the idle clients
 send one byte at a time, so a send never blocks in practice; if it would, the bytes are dropped

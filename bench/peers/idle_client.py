@@ -1,4 +1,4 @@
-"""Holds idle connections for the idle section: `python3 -m bench.idle_client HOST PORT N SECONDS`.
+"""Holds idle connections for the idle section: `python3 -m bench.peers.idle_client HOST PORT N SECONDS`.
 
 Opens up to N connections one after another, each proven by a one-byte round trip (send b"x",
 read it back), within SECONDS; stops early after 50 failures in a row. Prints one JSON line

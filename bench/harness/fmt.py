@@ -1,12 +1,12 @@
 """Formatting helpers shared by the report modules: numbers, medians with their spread, ratios, bars.
 
-Owns: how a value, a summary (bench.stats) or a ratio is printed, subject labels, and the bar chart
+Owns: how a value, a summary (bench.harness.stats) or a ratio is printed, subject labels, and the bar chart
 style (epollmux red, the no-proxy reference grey, peers blue). Pure; writes nothing.
 """
 
 from __future__ import annotations
 
-from bench import subjects, tlssubjects
+from bench.peers import subjects, tlssubjects
 
 LABELS = {name: cls.label for name, cls in {**subjects.ALL, **tlssubjects.ALL}.items()}
 REFERENCES = ("direct", "nginx-tls")      # no proxy: grey in charts

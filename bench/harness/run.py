@@ -1,8 +1,8 @@
-"""The benchmark driver: `python3 -m bench.run [--quick] [--sections ...] [--repeat N] ...`.
+"""The benchmark driver: `python3 -m bench.harness.run [--quick] [--sections ...] [--repeat N] ...`.
 
 Owns: options, the run's time budget (every section checks it before each measurement, so a run
 ends in bounded time: at most 15 min by default, ~3 min with --quick), the temp dir, the machine
-and version record, and handing the results to bench.report. Sections run one after another:
+and version record, and handing the results to bench.harness.report. Sections run one after another:
 bulk (iperf3), connrate (nginx + wrk), idle (held connections), sniff (probe decision cost, SNI
 routing under load), tls (TLS termination beside stunnel and HAProxy).
 """
@@ -13,7 +13,7 @@ import os as _os
 import sys as _sys
 
 if not __package__:   # run as a script (python3 bench/run.py): import the package from the repo root
-    _sys.path[0] = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+    _sys.path[0] = _os.path.dirname(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
 
 import argparse
 import json
@@ -25,15 +25,17 @@ import sys
 import tempfile
 import time
 
-from bench import bulk, connrate, idle, report, sniff, subjects, tls, tlssubjects
-from bench.context import Context
-from bench.procs import CpuGroup, Ports
+from bench.sections import bulk, connrate, idle, sniff, tls
+from bench.harness import report
+from bench.peers import subjects, tlssubjects
+from bench.harness.context import Context
+from bench.harness.procs import CpuGroup, Ports
 
 SECTIONS = {"bulk": bulk.run_section, "connrate": connrate.run_section, "idle": idle.run_section,
             "sniff": sniff.run_section, "tls": tls.run_section}
 KNOWN = {**subjects.ALL, **tlssubjects.ALL}
 DEFAULT = subjects.DEFAULT + tlssubjects.DEFAULT
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # bench/
 
 NOTES = [
     "Everything runs on 127.0.0.1 on this one machine: load generator, subject and backend share its CPUs, "
@@ -67,7 +69,7 @@ NOTES = [
 
 
 def options(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python3 -m bench.run", description="epollmux beside its peers")
+    p = argparse.ArgumentParser(prog="python3 -m bench.harness.run", description="epollmux beside its peers")
     p.add_argument("--quick", action="store_true", help="1 run each, short durations, ~3 minutes")
     p.add_argument("--sections", default=",".join(SECTIONS), help="comma list of " + ",".join(SECTIONS))
     p.add_argument("--subjects", default=",".join(DEFAULT),

@@ -1,7 +1,7 @@
-"""Sniffing (issue 3's Measure): what a probe decision costs, and SNI routing under connection load.
+"""Sniffing: what a probe decision costs, and SNI routing under connection load.
 
 Owns: the sniff section. Two parts:
-- `decision`: `python3 -m bench.sniffcost` in a fresh interpreter: µs per `sniff.decide()` over the
+- `decision`: `python3 -m bench.tools.sniffcost` in a fresh interpreter: µs per `sniff.decide()` over the
   example config's route table (ssh, tls with `sni`, http, any) for real first flights (a TLS
   ClientHello, an SSH banner, ...) and per `parse_client_hello()` alone;
 - `rate`: new TLS connections per second through each subject to one nginx that terminates TLS 1.3
@@ -20,15 +20,16 @@ import subprocess
 import sys
 import time
 
-from bench import certs, stats, tlsload
-from bench.backends import Nginx
-from bench.connrate import wrk
-from bench.context import Context, started
-from bench.procs import HOST, OtherLoad, run
-from bench.subjects import ALL as TCP_SUBJECTS
-from bench.subjects import REPO
-from bench.tls import log_summary
-from bench.tlssubjects import ROUTERS
+from bench.peers import certs, tlsload
+from bench.harness import stats
+from bench.peers.backends import Nginx
+from bench.peers.loadgen import wrk
+from bench.harness.context import Context, started
+from bench.harness.procs import HOST, OtherLoad, run
+from bench.peers.subjects import ALL as TCP_SUBJECTS
+from bench.peers.subjects import REPO
+from bench.peers.tlssubjects import log_summary
+from bench.peers.tlssubjects import ROUTERS
 
 SUBJECTS = ["direct", "epollmux-splice", "epollmux-sni", "haproxy", "haproxy-sni"]
 REFERENCE = "haproxy-sni"
@@ -47,11 +48,11 @@ def sni_name() -> str:
 
 def decision_cost(repeat: int, seconds: float) -> dict:
     try:
-        out = run([sys.executable, "-m", "bench.sniffcost", "--repeat", str(repeat), "--seconds", str(seconds)],
+        out = run([sys.executable, "-m", "bench.tools.sniffcost", "--repeat", str(repeat), "--seconds", str(seconds)],
                   timeout=120, cwd=REPO)
         doc = json.loads(out.stdout)
     except (subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
-        return {"error": f"bench.sniffcost failed: {exc}"}
+        return {"error": f"bench.tools.sniffcost failed: {exc}"}
     for case in doc["cases"]:
         case["summary"] = stats.summary(case["us"])
     return doc
@@ -61,7 +62,7 @@ def run_section(ctx: Context) -> dict:
     opts = ctx.opts
     names = [n for n in opts.subjects if n in SUBJECTS]
     seconds = opts.rate_seconds
-    ctx.log("sniff: decision cost (bench.sniffcost)")
+    ctx.log("sniff: decision cost (bench.tools.sniffcost)")
     decision = decision_cost(3 if opts.quick else 7, 0.1 if opts.quick else 0.2)
     samples, checks, health = [], {}, {}
     server_name = sni_name()

@@ -1,10 +1,10 @@
-"""A/B of two epollmux trees terminating TLS: `python3 -m bench.tlsab --base DIR [--work DIR] ...`.
+"""A/B of two epollmux trees terminating TLS: `python3 -m bench.tools.tlsab --base DIR [--work DIR] ...`.
 
 Owns: short interleaved runs (base, work, base, work, ...) of one epollmux worker (1 worker, ECDSA P-256,
-`probe = any`, nginx behind, as bench.tlsprofile) under wrk handshake (`Connection: close`, resumption
+`probe = any`, nginx behind, as bench.tools.tlsprofile) under wrk handshake (`Connection: close`, resumption
 off or on), keep-alive and bulk (4 curl downloads; unit = MB) loads. Per run: the worker's CPU µs per unit from /proc/PID/stat and the rate;
 with --cprofile, one extra run per tree counts Python-visible calls per unit (cProfile in the worker, as
-bench.tlsprofile does; counts only). Prints medians with min-max. Measures; changes nothing.
+bench.tools.tlsprofile does; counts only). Prints medians with min-max. Measures; changes nothing.
 The base tree is any checkout or `git archive` of another commit.
 """
 
@@ -17,15 +17,15 @@ import sys
 import tempfile
 import time
 
-from bench import certs
-from bench import tlsload
-from bench.backends import Nginx, SparseFile
-from bench.connrate import wrk
-from bench.hotpaths import worker_pid
-from bench.procs import Ports, cpu_seconds
-from bench.subjects import REPO
-from bench.tlsprofile import cprofile_calls, cprofile_env
-from bench.tlssubjects import EpollmuxTLS
+from bench.peers import certs
+from bench.peers import tlsload
+from bench.peers.backends import Nginx, SparseFile
+from bench.peers.loadgen import wrk
+from bench.tools.hotpaths import worker_pid
+from bench.harness.procs import Ports, cpu_seconds
+from bench.peers.subjects import REPO
+from bench.tools.tlsprofile import cprofile_calls, cprofile_env
+from bench.peers.tlssubjects import EpollmuxTLS
 
 LOADS = {"handshake": (True, False), "resumed": (True, True), "keepalive": (False, False), "bulk": (False, False)}
 
@@ -109,7 +109,7 @@ def ab_options(prog: str, ports: str) -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    p = ab_options("python3 -m bench.tlsab", "26100-26199")
+    p = ab_options("python3 -m bench.tools.tlsab", "26100-26199")
     p.add_argument("--loads", default="keepalive,handshake")
     o = p.parse_args(argv)
     ports = Ports(*(int(x) for x in o.ports.split("-")))

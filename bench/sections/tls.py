@@ -1,7 +1,7 @@
 """TLS termination (issues 4 and 6): handshakes, resumed handshakes, keep-alive requests, bulk MB/s.
 
 Owns: the tls section. One plaintext nginx (1 worker; `/` = 34-byte body, `/bulk` = a sparse file of
-zeros) behind every terminator (bench.tlssubjects: epollmux, stunnel, HAProxy `bind ... ssl`, and
+zeros) behind every terminator (bench.peers.tlssubjects: epollmux, stunnel, HAProxy `bind ... ssl`, and
 nginx terminating itself as the no-proxy reference). TLS 1.3 only. Each subject runs as three
 instances, all started at once: ECDSA P-256 with resumption off, RSA-2048 with resumption off, and
 ECDSA P-256 with resumption on. Measurements, per round, subject order rotated each round:
@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import time
 
-from bench import certs, stats, tlsload
-from bench.backends import Nginx, SparseFile
-from bench.connrate import wrk
-from bench.context import Context, started
-from bench.procs import OtherLoad
-from bench.tlssubjects import TERMINATORS
+from bench.peers import certs, tlsload
+from bench.harness import stats
+from bench.peers.backends import Nginx, SparseFile
+from bench.peers.loadgen import wrk
+from bench.harness.context import Context, started
+from bench.harness.procs import OtherLoad
+from bench.peers.tlssubjects import log_summary, TERMINATORS
 
 SUBJECTS = list(TERMINATORS)
 REFERENCE = "haproxy-tls"
@@ -89,18 +90,6 @@ def run_section(ctx: Context) -> dict:
                        "certificates": {k: certs.LABELS[k] for k in cert}, "wrk_threads": 1,
                        "start_errors": {n: e for n, e in ctx.start_errors.items() if n.split("/")[0] in names}},
             "samples": samples, "summary": summarize(names, samples)}
-
-
-def log_summary(subject) -> dict:
-    """How many lines the subject logged (epollmux runs at `log_level = warning`) and the last few."""
-    if subject.proc is None:
-        return {}
-    try:
-        with open(subject.proc.log_path, errors="replace") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return {"log_lines": None}
-    return {"log_lines": len(lines), "log_tail": lines[-3:]}
 
 
 def measure(subject, load: str, seconds: float, opts, backend_pid: int) -> dict:

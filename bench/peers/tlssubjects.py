@@ -1,10 +1,10 @@
-"""The TLS-aware things measured: TLS terminators (bench.tls) and SNI routers (bench.sniff).
+"""The TLS-aware things measured: TLS terminators (bench.sections.tls) and SNI routers (bench.sections.sniff).
 
 Owns: one class per subject, its config (written to the run's temp dir), and its version-independent
 fairness choices. Starting, CPU accounting and stopping by PID come from `subjects.Subject`, the
 frame of the epollmux and HAProxy configs from `subjects.Epollmux` and `subjects.Haproxy`.
 
-Terminators (`bench.tls`) decrypt TLS 1.3 and forward plaintext to one nginx; each instance is built
+Terminators (`bench.sections.tls`) decrypt TLS 1.3 and forward plaintext to one nginx; each instance is built
 for one certificate (`certs.Cert`) and with session resumption on or off:
 - epollmux: a route with `tls_cert`/`tls_key`, `tls_min_version = 1.3`, `tls_resumption = yes|no`,
   `probe = any` (no sniffing, as in the TCP sections), `workers = 1` (or 2 for `epollmux-tls-2w`);
@@ -13,17 +13,17 @@ for one certificate (`certs.Cert`) and with session resumption on or off:
 - HAProxy `bind ... ssl crt` in TCP mode, `nbthread 1` (2 for `haproxy-tls-2t`), `ssl-min-ver TLSv1.3`,
   resumption off = `no-tls-tickets` and `tune.ssl.cachesize 0`;
 - nginx-tls: no proxy, nginx (1 worker) terminates itself: the reference, like `direct` elsewhere.
-SNI routers (`bench.sniff`) pass TLS through untouched to an nginx that terminates it; the route
+SNI routers (`bench.sections.sniff`) pass TLS through untouched to an nginx that terminates it; the route
 table is the example config's: ssh, tls with `sni`, http, any (HAProxy: `req.ssl_sni` and friends
 behind `tcp-request inspect-delay`).
 """
 
 from __future__ import annotations
 
-from bench.backends import nginx_argv, nginx_config
-from bench.certs import Cert
-from bench.procs import HOST
-from bench.subjects import Epollmux, Haproxy, Subject
+from bench.peers.backends import nginx_argv, nginx_config
+from bench.peers.certs import Cert
+from bench.harness.procs import HOST
+from bench.peers.subjects import Epollmux, Haproxy, Subject
 
 
 class TLSSubject(Subject):
@@ -162,3 +162,15 @@ TERMINATORS = {cls.name: cls for cls in (NginxTLS, EpollmuxTLS, Stunnel, Haproxy
 ROUTERS = {cls.name: cls for cls in (EpollmuxSNI, HaproxySNI)}
 ALL = {**TERMINATORS, **ROUTERS}
 DEFAULT = ["nginx-tls", "epollmux-tls", "stunnel", "haproxy-tls", "epollmux-sni", "haproxy-sni"]
+
+
+def log_summary(subject) -> dict:
+    """How many lines the subject logged (epollmux runs at `log_level = warning`) and the last few."""
+    if subject.proc is None:
+        return {}
+    try:
+        with open(subject.proc.log_path, errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return {"log_lines": None}
+    return {"log_lines": len(lines), "log_tail": lines[-3:]}

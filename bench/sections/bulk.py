@@ -1,4 +1,4 @@
-"""Bulk throughput: iperf3 with 1 and N parallel streams through each subject (issue 2's Measure).
+"""Bulk throughput: iperf3 with 1 and N parallel streams through each subject.
 
 Owns: the bulk section. One iperf3 server on loopback; every subject is started in front of it
 at once (idle subjects cost nothing) and measured in turn, round after round, with the subject
@@ -14,35 +14,20 @@ shared machine, which makes a sample less trustworthy).
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
 
-from bench import stats
-from bench.hostcpu import HostCPU
-from bench.backends import Iperf3
-from bench.context import Context, started
-from bench.procs import HOST, run, tree_pids
+from bench.harness import stats
+from bench.harness.hostcpu import HostCPU
+from bench.peers.backends import Iperf3
+from bench.peers.loadgen import iperf3
+from bench.harness.context import Context, started
+from bench.harness.procs import tree_pids
 
 SUBJECTS = ["direct", "epollmux-splice", "epollmux-copy", "haproxy", "sslh-select", "sslh-fork", "socat",
             "epollmux-splice-2w", "haproxy-2t", "epollmux-sockmap"]
 REFERENCE = "haproxy"
-
-
-def iperf3(port: int, seconds: float, streams: int) -> dict:
-    argv = ["iperf3", "-c", HOST, "-p", str(port), "-t", str(max(1, round(seconds))), "-P", str(streams),
-            "-J", "--connect-timeout", "3000"]
-    out = run(argv, timeout=seconds + 20)
-    try:
-        doc = json.loads(out.stdout)
-    except json.JSONDecodeError:
-        return {"error": (out.stderr or out.stdout).strip()[-300:] or f"exit {out.returncode}"}
-    if "error" in doc:
-        return {"error": doc["error"]}
-    recv = doc["end"]["sum_received"]
-    return {"bits_per_second": recv["bits_per_second"], "bytes": recv["bytes"],
-            "seconds": recv["seconds"]}
 
 
 def measure(ctx: Context, subject, seconds: float, streams: int, backend_pid: int | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""Server-side cost of TLSEndpoint + TLSEngine alone: `python3 -m bench.tlsmicro [--tree DIR ...]`.
+"""Server-side cost of TLSEndpoint + TLSEngine alone: `python3 -m bench.tools.tlsmicro [--tree DIR ...]`.
 
 Owns: an in-process microbenchmark of the TLS record path of one or more epollmux trees (each run in its
 own interpreter with that tree first on sys.path): a socketpair, the daemon's `TLSEndpoint` on one end and
@@ -166,13 +166,13 @@ print(" ".join(f"{x:.2f}" for x in results))
 
 def main(argv=None) -> int:
     import argparse
-    from bench import certs
-    p = argparse.ArgumentParser(prog="python3 -m bench.tlsmicro")
+    from bench.peers import certs
+    p = argparse.ArgumentParser(prog="python3 -m bench.tools.tlsmicro")
     p.add_argument("--tree", action="append", help="epollmux trees to compare (default: this one)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved runs per tree")
     p.add_argument("--modes", default="keepalive,connection")
     o = p.parse_args(argv)
-    trees = o.tree or [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+    trees = o.tree or [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
     tmp = tempfile.mkdtemp(prefix="epollmux-tlsmicro-")
     try:
         return _compare(trees, o, certs.make(tmp, "ecdsa"))

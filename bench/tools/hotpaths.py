@@ -1,4 +1,4 @@
-"""Profile epollmux's hot paths: `python3 -m bench.hotpaths [--seconds S] [--out DIR]`.
+"""Profile epollmux's hot paths: `python3 -m bench.tools.hotpaths [--seconds S] [--out DIR]`.
 
 Owns: one profiling pass over an epollmux worker (splice relay, 1 worker) under two loads:
 - bulk: iperf3, 1 stream, through epollmux;
@@ -20,7 +20,7 @@ import os as _os
 import sys as _sys
 
 if not __package__:   # run as a script (python3 bench/run.py): import the package from the repo root
-    _sys.path[0] = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+    _sys.path[0] = _os.path.dirname(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
 
 import argparse
 import collections
@@ -34,13 +34,13 @@ import sys
 import tempfile
 import time
 
-from bench.backends import Iperf3, Nginx
-from bench.bulk import iperf3
-from bench.connrate import wrk
-from bench.procs import Ports, children_of
-from bench.subjects import EpollmuxSplice, Haproxy
+from bench.peers.backends import Iperf3, Nginx
+from bench.peers.loadgen import iperf3
+from bench.peers.loadgen import wrk
+from bench.harness.procs import Ports, children_of
+from bench.peers.subjects import EpollmuxSplice, Haproxy
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # bench/
 
 
 def worker_pid(pid: int) -> int:
@@ -151,7 +151,7 @@ def strace(subject, seconds: float, kind: str, tmp: str, loader=load) -> dict:
 
 
 def report_md(results: dict) -> str:
-    lines = ["# epollmux hot paths (raw figures of `python3 -m bench.hotpaths`)", ""]
+    lines = ["# epollmux hot paths (raw figures of `python3 -m bench.tools.hotpaths`)", ""]
     for kind, runs in results["loads"].items():
         lines += [f"## {kind}", ""]
         sp = runs.get("pyspy", {})
@@ -190,7 +190,7 @@ def strace_table(st: dict, top: int | None = None) -> list[str]:
 
 
 def options(prog: str, loads: tuple[str, ...], argv) -> tuple[argparse.Namespace, Ports, str]:
-    """The options bench.hotpaths and bench.tlsprofile share; their ports and a fresh temp dir."""
+    """The options bench.tools.hotpaths and bench.tools.tlsprofile share; their ports and a fresh temp dir."""
     p = argparse.ArgumentParser(prog=f"python3 -m bench.{prog}")
     p.add_argument("--seconds", type=float, default=8)
     p.add_argument("--out", default=os.path.join(HERE, "results"))

@@ -12,69 +12,20 @@ The subject's CPU over each wrk run gives requests per proxy CPU-second.
 
 from __future__ import annotations
 
-import re
 import socket
-import subprocess
 import time
 
-from bench import stats
-from bench.backends import Nginx
-from bench.context import Context, started
-from bench.procs import HOST, OtherLoad, run
+from bench.harness import stats
+from bench.peers.backends import Nginx
+from bench.peers.loadgen import wrk
+from bench.harness.context import Context, started
+from bench.harness.procs import HOST, OtherLoad
 
 SUBJECTS = ["direct", "epollmux-splice", "epollmux-copy", "haproxy", "sslh-select", "sslh-fork", "socat",
             "epollmux-splice-2w", "haproxy-2t"]
 REFERENCE = "haproxy"
 MODES = ("close", "keepalive")
 REQUEST = b"GET / HTTP/1.0\r\nHost: bench\r\n\r\n"
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
-
-
-def _ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-    return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-def parse_wrk(out: str) -> dict:
-    res: dict = {}
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not m:
-        return {"error": out.strip()[-300:] or "no output"}
-    res["rps"] = float(m.group(1))
-    m = re.search(r"(\d+) requests in ([\d.]+)(\w+),", out)
-    if m:
-        res["requests"] = int(m.group(1))
-    for pct in ("50", "99"):
-        m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
-        res[f"p{pct}_ms"] = _ms(m.group(1)) if m else None
-    errors = 0
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if m:
-        errors += sum(int(x) for x in m.groups())
-        res["socket_errors"] = dict(zip(("connect", "read", "write", "timeout"), map(int, m.groups())))
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if m:
-        errors += int(m.group(1))
-        res["non_2xx"] = int(m.group(1))
-    res["errors"] = errors
-    return res
-
-
-def wrk(port: int, seconds: float, connections: int, close: bool, scheme: str = "http",
-        host: str = HOST) -> dict:
-    """wrk -t1 for `seconds`; scheme https makes wrk a TLS client (it resumes sessions when the server
-    lets it, and sends `host` as SNI)."""
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "5s"]
-    if close:
-        argv += ["-H", "Connection: close"]
-    argv.append(f"{scheme}://{host}:{port}/")
-    try:
-        out = run(argv, timeout=seconds + 30)
-    except subprocess.TimeoutExpired:
-        return {"error": "wrk timed out"}
-    return parse_wrk(out.stdout + out.stderr)
-
 
 def unloaded(port: int, count: int, budget: float) -> dict:
     """connect-to-EOF times (ms) of `count` sequential connections, bounded by `budget` seconds."""

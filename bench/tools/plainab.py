@@ -1,9 +1,9 @@
-"""A/B of two epollmux trees on plain connections: `python3 -m bench.plainab --base DIR [--work DIR] ...`.
+"""A/B of two epollmux trees on plain connections: `python3 -m bench.tools.plainab --base DIR [--work DIR] ...`.
 
 Owns: short interleaved runs (base, work, work, base, ...) of one epollmux worker (`relay = splice`, `probe = any`,
-nginx behind, as bench.subjects.EpollmuxSplice) under wrk `Connection: close` (a connection per request). Per run:
+nginx behind, as bench.peers.subjects.EpollmuxSplice) under wrk `Connection: close` (a connection per request). Per run:
 the worker's CPU µs per connection from /proc/PID/stat and the rate; with --cprofile, one extra run per tree
-counts Python-visible calls per connection (as bench.tlsab). Prints medians with min-max. Measures; changes nothing.
+counts Python-visible calls per connection (as bench.tools.tlsab). Prints medians with min-max. Measures; changes nothing.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import os
 import sys
 import tempfile
 
-from bench.backends import Nginx
-from bench.connrate import wrk
-from bench.procs import Ports
-from bench.subjects import EpollmuxSplice
-from bench.tlsab import ab_options, measure, print_calls, print_runs
-from bench.tlsprofile import cprofile_env
+from bench.peers.backends import Nginx
+from bench.peers.loadgen import wrk
+from bench.harness.procs import Ports
+from bench.peers.subjects import EpollmuxSplice
+from bench.tools.tlsab import ab_options, measure, print_calls, print_runs
+from bench.tools.tlsprofile import cprofile_env
 
 
 class TreePlain(EpollmuxSplice):
@@ -40,7 +40,7 @@ def one_run(tree, seconds, tmp, ports, backend, profile=False) -> dict:
 
 
 def main(argv=None) -> int:
-    o = ab_options("python3 -m bench.plainab", "26200-26299").parse_args(argv)
+    o = ab_options("python3 -m bench.tools.plainab", "26200-26299").parse_args(argv)
     ports = Ports(*(int(x) for x in o.ports.split("-")))
     tmp = tempfile.mkdtemp(prefix="epollmux-plainab-")
     trees = {"base": os.path.abspath(o.base), "work": os.path.abspath(o.work)}

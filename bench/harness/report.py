@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import os
 
-from bench import report_tls
-from bench.fmt import LABELS, _bars, _f, _med, _pct, _series, _x
+from bench.harness import report_tls
+from bench.harness.fmt import LABELS, _bars, _f, _med, _pct, _series, _x
 
 
 # --- markdown ---------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ def write(results: dict, outdir: str, results_md: str) -> list[str]:
 
 
 def targets(results: dict, subject: str = "epollmux-splice") -> list[dict]:
-    """Issue 6's targets for one epollmux subject, checked against this run's medians."""
+    """The performance targets for one epollmux subject, checked against this run's medians."""
     out = []
     secs = {sec["section"]: sec for sec in results["sections"]}
 
@@ -219,7 +219,7 @@ def targets_md(results: dict) -> str:
     if not rows:
         return ""
     mark = {True: "met", False: "**missed**", None: "—"}
-    lines = ["## Issue 6 targets (this run: epollmux splice for TCP, epollmux 1 worker for TLS)", "", "| target | value | goal | |", "|---|---|---|---|"]
+    lines = ["## Performance targets (this run: epollmux splice for TCP, epollmux 1 worker for TLS)", "", "| target | value | goal | |", "|---|---|---|---|"]
     lines += [f"| {r['target']} | {r['value']} | {r['goal']} | {mark[r['met']]} |" for r in rows]
     return "\n".join(lines) + "\n"
 
@@ -228,7 +228,7 @@ def header_md(results: dict) -> str:
     m, v = results["machine"], results["versions"]
     lines = ["# epollmux benchmark results (latest run)", "",
              f"Run {results['started']} → {results['finished']} ({results['wall_seconds']:.0f} s), "
-             f"`python3 -m bench.run {' '.join(results['argv'])}`.", "",
+             f"`python3 -m bench.harness.run {' '.join(results['argv'])}`.", "",
              f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['mem_gb']:.0f} GB, kernel {m['kernel']}, "
              f"Python {m['python']}, fd limit {m['nofile']}. Load average at start {m['load_start']}, "
              f"at end {m['load_end']} (other work on the machine shows here and widens the spread).", "",

@@ -4,7 +4,7 @@ Owns: `check()` (two HTTPS requests with Python's ssl, the second offering the f
 version, cipher and whether the server resumed, so a run shows every subject negotiated the same
 thing and that `resumption = off` really is off) and `bulk()` (N parallel `curl --http1.1` downloads
 of nginx's /bulk for a fixed time: MB/s one way, server to client). Handshake and request loads are
-wrk's (`bench.connrate.wrk` with scheme https): wrk offers the session it got on each connection
+wrk's (`bench.sections.connrate.wrk` with scheme https): wrk offers the session it got on each connection
 slot, so against a server with resumption on nearly all its handshakes are resumed, and against one
 with resumption off all are full.
 """
@@ -16,7 +16,7 @@ import ssl
 import subprocess
 import time
 
-from bench.procs import HOST
+from bench.harness.procs import HOST
 
 REQUEST = "GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n"
 

@@ -1,4 +1,4 @@
-"""Profile epollmux's TLS termination: `python3 -m bench.tlsprofile [--seconds S] [--loads ...]`.
+"""Profile epollmux's TLS termination: `python3 -m bench.tools.tlsprofile [--seconds S] [--loads ...]`.
 
 Owns: one profiling pass over an epollmux worker terminating TLS 1.3 (1 worker, ECDSA P-256,
 `tls_resumption = no`, plaintext nginx behind) under three loads:
@@ -6,7 +6,7 @@ Owns: one profiling pass over an epollmux worker terminating TLS 1.3 (1 worker, 
 - tls-keepalive: wrk over https on 32 persistent connections (small records);
 - tls-bulk: 4 parallel curl downloads of a large file (16 KB records one way).
 For each load, separate runs (so no tool distorts another's numbers): py-spy on the worker (Python
-functions and lines, as in bench.hotpaths), `perf record` on the worker (CPU by shared object:
+functions and lines, as in bench.tools.hotpaths), `perf record` on the worker (CPU by shared object:
 libcrypto, libssl, libpython, kernel, and the hottest symbols), `strace -c` on the worker
 (syscalls per unit), cProfile in the worker (a bench-only `sitecustomize` starts it after the
 fork and dumps it at the worker's `os._exit`: Python calls per unit, not times, since cProfile
@@ -21,7 +21,7 @@ import os as _os
 import sys as _sys
 
 if not __package__:
-    _sys.path[0] = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+    _sys.path[0] = _os.path.dirname(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
 
 import functools
 import os
@@ -32,14 +32,14 @@ import subprocess
 import sys
 import time
 
-from bench import certs, tlsload
-from bench.backends import Nginx, SparseFile
-from bench.connrate import wrk
-from bench.hotpaths import (attach, detach, options, pyspy, pyspy_tables, run_plan, strace, strace_table, timed,
+from bench.peers import certs, tlsload
+from bench.peers.backends import Nginx, SparseFile
+from bench.peers.loadgen import wrk
+from bench.tools.hotpaths import (attach, detach, options, pyspy, pyspy_tables, run_plan, strace, strace_table, timed,
                              worker_pid, write)
-from bench.tlssubjects import EpollmuxTLS, HaproxyTLS
+from bench.peers.tlssubjects import EpollmuxTLS, HaproxyTLS
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # bench/
 LOADS = ("tls-handshake", "tls-keepalive", "tls-bulk")
 
 
@@ -53,7 +53,7 @@ def load(kind: str, port: int, seconds: float) -> dict:
     return res
 
 
-SITECUSTOMIZE = """# bench-only: cProfile an epollmux worker from its fork to its os._exit (bench.tlsprofile)
+SITECUSTOMIZE = """# bench-only: cProfile an epollmux worker from its fork to its os._exit (bench.tools.tlsprofile)
 import cProfile, os
 _out = os.environ.get("EPOLLMUX_BENCH_CPROFILE")
 if _out:
@@ -144,7 +144,7 @@ def _perf_report(data: str, keys: str, top: int) -> list:
 
 
 def report_md(results: dict) -> str:
-    lines = ["# epollmux TLS hot paths (raw figures of `python3 -m bench.tlsprofile`)", "",
+    lines = ["# epollmux TLS hot paths (raw figures of `python3 -m bench.tools.tlsprofile`)", "",
              f"epollmux {results.get('version', '?')}, 1 worker, TLS 1.3, ECDSA P-256, `tls_resumption = no`; "
              f"{results['seconds']} s per run.", ""]
     for kind, runs in results["loads"].items():
@@ -186,7 +186,7 @@ def report_md(results: dict) -> str:
 
 def main(argv=None) -> int:
     o, ports, tmp = options("tlsprofile", LOADS, argv)
-    from bench.subjects import versions
+    from bench.peers.subjects import versions
     results = {"seconds": o.seconds, "loads": {}, "version": versions()["epollmux"]}
     cert = certs.make(tmp, "ecdsa")
     spy, trace = functools.partial(pyspy, loader=load), functools.partial(strace, loader=load)

@@ -1,4 +1,4 @@
-"""Probe decision cost: `python3 -m bench.sniffcost [--repeat N] [--seconds S]` prints JSON.
+"""Probe decision cost: `python3 -m bench.tools.sniffcost [--repeat N] [--seconds S]` prints JSON.
 
 Owns: timing epollmux's pure sniffing functions on real first flights (tests/fixtures/probes/*.bin)
 over the example config's route table (ssh, tls with `sni`, http, any), in a fresh interpreter so
@@ -20,7 +20,7 @@ import os as _os
 import sys as _sys
 
 if not __package__:
-    _sys.path[0] = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+    _sys.path[0] = _os.path.dirname(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
 
 import argparse
 import json
@@ -28,7 +28,7 @@ import os
 import sys
 import timeit
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "probes")
 SNI = "www.example.org"          # the name in the curl fixtures
 # The example config's routes, in its order, with the tls route narrowed by SNI.
@@ -98,7 +98,7 @@ def measure(repeat: int, seconds: float) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m bench.sniffcost")
+    p = argparse.ArgumentParser(prog="python3 -m bench.tools.sniffcost")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--seconds", type=float, default=0.3, help="about this long per timed run")
     o = p.parse_args(argv)

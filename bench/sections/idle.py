@@ -2,7 +2,7 @@
 
 Owns: the idle section. Per subject, alone on the machine's attention: a fresh echo backend,
 the subject, a warm-up of a few connections, then a baseline of its memory (RSS and PSS over all
-its processes); client processes (`bench.idle_client`, at most CLIENT_CHUNK connections each, so
+its processes); client processes (`bench.peers.idle_client`, at most CLIENT_CHUNK connections each, so
 no process nears the 20,000-fd limit) open N connections, each proven by a byte round trip;
 memory is read with all of them held, after a second round trip on every connection; then the
 clients close and memory is read again (what the subject gives back), and once more after a
@@ -22,10 +22,10 @@ import subprocess
 import sys
 import time
 
-from bench.backends import Echo
-from bench.context import Context, started
-from bench.idle_client import round_trip
-from bench.procs import HOST
+from bench.peers.backends import Echo
+from bench.harness.context import Context, started
+from bench.peers.idle_client import round_trip
+from bench.harness.procs import HOST
 
 SUBJECTS = ["epollmux-splice", "haproxy", "sslh-select", "epollmux-sockmap"]
 CLIENT_CHUNK = 4500
@@ -33,7 +33,7 @@ CAPS = {"epollmux-splice": (9000, "20,000 fds per process, 2 per connection (1 w
         "epollmux-copy": (9000, "20,000 fds per process, 2 per connection (1 worker)"),
         "haproxy": (9000, "20,000 fds per process, 2 per connection (nbthread 1, maxconn 9000)"),
         "sslh-select": (500, "select(): FD_SETSIZE 1024, 2 fds per connection")}
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class Clients:
@@ -45,7 +45,7 @@ class Clients:
         while left > 0:
             chunk = min(CLIENT_CHUNK, left)
             self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "bench.idle_client", HOST, str(port), str(chunk), str(seconds)],
+                [sys.executable, "-m", "bench.peers.idle_client", HOST, str(port), str(chunk), str(seconds)],
                 cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1))
             left -= chunk
 

@@ -1,0 +1,1 @@
+"""What the bench measures and drives: subjects (epollmux and its peers), backends, load generators, certificates."""
