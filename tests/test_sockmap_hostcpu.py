@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO))
-from bench import hostcpu  # noqa: E402
+from bench.harness import hostcpu  # noqa: E402
 
 HZ = hostcpu.HZ
 
