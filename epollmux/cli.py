@@ -132,5 +132,5 @@ def main(argv: list[str] | None = None) -> int:
     if args.explain:
         from epollmux.tools import explain
         return explain.main(cfg, args.explain)
-    from epollmux.process import supervisor  # imported late: --check and --version need none of it
-    return supervisor.run(cfg, args)
+    from epollmux.process import start  # imported late: --check and --version need none of it
+    return start.run(cfg, args)

@@ -20,6 +20,7 @@ from validate import Validator
 
 from epollmux import acl, addr
 from epollmux.wire import probes
+from epollmux.tls import checks as tlschecks
 from epollmux.tls import contexts as tlsctx
 
 
@@ -288,7 +289,7 @@ def _route_tls(route: Route, opts: dict, problems: _Problems) -> None:
     where = ["routes", route.name]
     if opts.get("inner_routes") and not opts.get("tls_cert"):
         problems.add(where, "inner_routes", "needs tls_cert (only a terminating route sees inside)")
-    found = tlsctx.check_route_tls(opts)
+    found = tlschecks.check_route_tls(opts)
     for key, message in found:
         problems.add(where, key, message)
     if found:

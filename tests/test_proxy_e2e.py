@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 
 from certs import tls_ca  # noqa: F401  (fixture)
 from conftest import closed_count, stats, REPO, echo, free_port, recv_all
+from epollmux.wire import proxybuild as pb
 from epollmux.wire import proxyproto as pp
 from peers import HAProxy, need, nginx, wait_text  # noqa: F401  (fixture)
 
@@ -547,7 +548,7 @@ def test_bad_headers_are_closed_and_counted_while_good_clients_are_served(daemon
     rec = Recorder(server, "v1")
     port, v2port = free_port(), free_port()
     d = start(daemon, pp_listener_config(port, v2port, rec.port), port)
-    v2_head = pp.build_v2(("198.51.100.20", 1000), ("198.51.100.1", 443), tlvs=[pp.tlv_authority("x.test")],
+    v2_head = pb.build_v2(("198.51.100.20", 1000), ("198.51.100.1", 443), tlvs=[pb.tlv_authority("x.test")],
                           crc=True)
 
     stall = client(port)                                       # part of a v2 header, then nothing
@@ -558,11 +559,11 @@ def test_bad_headers_are_closed_and_counted_while_good_clients_are_served(daemon
     good = []
     # a v1 header: its addresses are the client's from then on
     with client(port) as c:
-        assert answer(c, b"good v1", head=pp.build_v1(("203.0.113.5", 4444), ("198.51.100.1", 443))) == b"good v1"
+        assert answer(c, b"good v1", head=pb.build_v1(("203.0.113.5", 4444), ("198.51.100.1", 443))) == b"good v1"
         good.append(b"PROXY TCP4 203.0.113.5 198.51.100.1 4444 443\r\n")
     # a v2 header with TLVs and a CRC, IPv6 addresses
     with client(port) as c:
-        head = pp.build_v2(("2001:db8::5", 5555), ("2001:db8::1", 443), tlvs=[pp.tlv_unique_id(b"x")], crc=True)
+        head = pb.build_v2(("2001:db8::5", 5555), ("2001:db8::1", 443), tlvs=[pb.tlv_unique_id(b"x")], crc=True)
         assert answer(c, b"good v2", head=head) == b"good v2"
         good.append(b"PROXY TCP6 2001:db8::5 2001:db8::1 5555 443\r\n")
     # the header arrives after the accept (a proxy's connect completes before its first write)
@@ -579,7 +580,7 @@ def test_bad_headers_are_closed_and_counted_while_good_clients_are_served(daemon
     # LOCAL (a health check): accepted, and the real socket addresses are used
     with client(port) as c:
         sport = c.getsockname()[1]
-        assert answer(c, b"local", head=pp.build_v2(None, None, local=True)) == b"local"
+        assert answer(c, b"local", head=pb.build_v2(None, None, local=True)) == b"local"
         good.append(f"PROXY TCP4 127.0.0.1 127.0.0.1 {sport} {port}\r\n".encode())
     # PROXY UNKNOWN (v1): accepted, the real addresses too
     with client(port) as c:
@@ -606,7 +607,7 @@ def test_bad_headers_are_closed_and_counted_while_good_clients_are_served(daemon
         c.sendall(data)
         bad["proxy-invalid"].append(c)
     c = client(v2port)                                         # v1 on a v2-only listener
-    c.sendall(pp.build_v1(("203.0.113.9", 1), ("203.0.113.1", 2)) + b"x")
+    c.sendall(pb.build_v1(("203.0.113.9", 1), ("203.0.113.1", 2)) + b"x")
     bad["proxy-invalid"].append(c)
     for reason, socks in bad.items():
         for c in socks:
@@ -639,7 +640,7 @@ def test_header_with_unix_addresses_falls_back_to_the_socket_addresses(daemon, s
     rec = Recorder(server, "v1")
     port, v2port = free_port(), free_port()
     d = start(daemon, pp_listener_config(port, v2port, rec.port, max_connections_per_source=10), port)
-    head = pp.build_v2("unix:/run/front.sock", "unix:/run/back.sock")
+    head = pb.build_v2("unix:/run/front.sock", "unix:/run/back.sock")
     assert pp.parse(head).family == "UNIX_STREAM"
     with client(port) as c:
         sport = c.getsockname()[1]
@@ -656,14 +657,14 @@ def test_live_fuzz_daemon_agrees_with_the_parser(daemon, server):
     rec = Recorder(server, "v1")
     port, v2port = free_port(), free_port()
     d = start(daemon, pp_listener_config(port, v2port, rec.port), port)
-    bases = [pp.build_v1(("192.0.2.1", 1111), ("192.0.2.2", 443)),
-             pp.build_v1(("2001:db8::1", 2222), ("2001:db8::2", 443)),
+    bases = [pb.build_v1(("192.0.2.1", 1111), ("192.0.2.2", 443)),
+             pb.build_v1(("2001:db8::1", 2222), ("2001:db8::2", 443)),
              b"PROXY UNKNOWN\r\n",
-             pp.build_v2(("192.0.2.3", 3333), ("192.0.2.4", 443), tlvs=[pp.tlv_alpn("h2"), pp.tlv_authority("a.b")],
+             pb.build_v2(("192.0.2.3", 3333), ("192.0.2.4", 443), tlvs=[pb.tlv_alpn("h2"), pb.tlv_authority("a.b")],
                          crc=True),
-             pp.build_v2(("2001:db8::3", 4444), ("2001:db8::4", 443), tlvs=[pp.tlv_noop(3)]),
-             pp.build_v2(None, None, local=True),
-             pp.build_v2(None, ("192.0.2.4", 443))]                 # UNSPEC
+             pb.build_v2(("2001:db8::3", 4444), ("2001:db8::4", 443), tlvs=[pb.tlv_noop(3)]),
+             pb.build_v2(None, None, local=True),
+             pb.build_v2(None, ("192.0.2.4", 443))]                 # UNSPEC
 
     @settings(max_examples=60, deadline=None, database=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -693,7 +694,7 @@ def test_live_fuzz_daemon_agrees_with_the_parser(daemon, server):
                 assert got == rest
                 seen = rec.next(5)
                 if expected.src is not None and expected.src.port is not None:
-                    want = pp.build_v1(expected.src, expected.dst)
+                    want = pb.build_v1(expected.src, expected.dst)
                 else:
                     want = f"PROXY TCP4 127.0.0.1 127.0.0.1 {sport} {port}\r\n".encode()
                 assert seen.header == want, (data, expected)
@@ -822,7 +823,7 @@ def test_per_source_limit_counts_the_header_address_by_ipv6_prefix(daemon, serve
 
     def via_proxy(src: str) -> socket.socket:
         c = client(port)
-        c.sendall(pp.build_v2((src, 1234), ("2001:db8:ffff::1", 443)))
+        c.sendall(pb.build_v2((src, 1234), ("2001:db8:ffff::1", 443)))
         return c
 
     held = [via_proxy("2001:db8::1"), via_proxy("2001:db8::2")]            # one /64, two hosts
@@ -888,10 +889,10 @@ def test_source_acls_per_listener_and_route_before_any_backend_connect(daemon, s
     with client(pub, "127.0.0.5") as c:
         assert answer(c, b"hello") == b"hello"
     # behind a PROXY header the header's address is the one checked
-    denied(prox, "127.0.0.1", pp.build_v1(("198.51.100.7", 7777), ("127.0.0.1", prox)) + b"x", "-",
+    denied(prox, "127.0.0.1", pb.build_v1(("198.51.100.7", 7777), ("127.0.0.1", prox)) + b"x", "-",
            via="198.51.100.7:7777")
     with client(prox) as c:
-        assert answer(c, b"fine", head=pp.build_v1(("203.0.113.7", 7777), ("127.0.0.1", prox))) == b"fine"
+        assert answer(c, b"fine", head=pb.build_v1(("203.0.113.7", 7777), ("127.0.0.1", prox))) == b"fine"
     denied(only, "127.0.0.2", b"hello", "-")                   # not in the listener's allow list
     with client(only) as c:
         assert answer(c, b"hello") == b"hello"
@@ -923,7 +924,7 @@ def test_transparent_backend_connection_from_the_client_address(daemon, server):
     assert backend6.peers.get(timeout=5)[0] == "::1"
     # behind a PROXY header: the header's address is bound
     with client(prox) as c:
-        assert answer(c, b"hdr", head=pp.build_v2(("127.0.0.66", 6666), ("127.0.0.1", prox))) == b"hdr"
+        assert answer(c, b"hdr", head=pb.build_v2(("127.0.0.66", 6666), ("127.0.0.1", prox))) == b"hdr"
     assert backend.peers.get(timeout=5)[0] == "127.0.0.66"
     # an IPv6 client cannot be the source of an IPv4 connection
     with client(port, "::1", "::1") as c:

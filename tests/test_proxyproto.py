@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from certs import tls_ca  # noqa: F401
+from epollmux.wire import proxybuild as pb
 from epollmux.wire import proxyproto as pp
 from epollmux.wire.proxyproto import Endpoint, Status
 from peers import HAProxy
@@ -166,8 +167,8 @@ def test_v2_spec_example_with_alpn_and_authority():
     assert r.tlvs == ((0x01, b"h2"), (0x02, b"example.com"))
     assert r.alpn == "h2" and r.authority == "example.com"
     assert r.tlv(pp.TLV_AUTHORITY) == b"example.com" and r.tlv(pp.TLV_SSL) is None
-    assert pp.build_v2(("192.168.0.1", 56324), ("192.168.0.11", 443),
-                       tlvs=[pp.tlv_alpn("h2"), pp.tlv_authority("example.com")]) == V2_TCP4_TLVS
+    assert pb.build_v2(("192.168.0.1", 56324), ("192.168.0.11", 443),
+                       tlvs=[pb.tlv_alpn("h2"), pb.tlv_authority("example.com")]) == V2_TCP4_TLVS
     assert_prefixes_need_more(V2_TCP4_TLVS)
 
 
@@ -193,7 +194,7 @@ def test_v2_unix_addresses():
     assert r.src == Endpoint("/run/client.sock", None) and str(r.dst) == "unix:/run/epollmux.sock"
     r = ok(SIG + bytes.fromhex("21 32 00D8") + unix_block(b"\0abstract", b"x" * 108))
     assert r.family == "UNIX_DGRAM" and r.src.host == "@abstract" and r.dst.host == "x" * 108
-    assert pp.build_v2("unix:/run/client.sock", "unix:/run/epollmux.sock") == header
+    assert pb.build_v2("unix:/run/client.sock", "unix:/run/epollmux.sock") == header
 
 
 def test_v2_local_with_len_is_skipped():
@@ -205,7 +206,7 @@ def test_v2_local_with_len_is_skipped():
     assert (r.command, r.src, r.tlvs, r.length) == ("LOCAL", None, (), len(header))
     assert_prefixes_need_more(header)
     assert ok(SIG + bytes.fromhex("20 FF 0003 000000")).length == 19   # family ignored under LOCAL
-    assert pp.build_v2(None, None, local=True) == SIG + bytes.fromhex("20 00 0000")
+    assert pb.build_v2(None, None, local=True) == SIG + bytes.fromhex("20 00 0000")
 
 
 def test_v2_unspec_skips_the_block():
@@ -213,7 +214,7 @@ def test_v2_unspec_skips_the_block():
     assert (r.command, r.family, r.src, r.dst) == ("PROXY", "UNSPEC", None, None)
     r = ok(SIG + bytes.fromhex("21 00 0005 0102030405") + b"after")
     assert r.length == 21 and r.tlvs == ()
-    assert pp.build_v2(None, ("1.2.3.4", 5)) == SIG + bytes.fromhex("21 00 0000")
+    assert pb.build_v2(None, ("1.2.3.4", 5)) == SIG + bytes.fromhex("21 00 0000")
 
 
 @pytest.mark.parametrize("ver_cmd", [0x11, 0x31, 0x01, 0xF1, 0x22, 0x2F])
@@ -299,7 +300,7 @@ def test_v2_crc32c_hand_built_header_and_every_bit_flip():
     header = SIG + bytes.fromhex("21 11") + len(body).to_bytes(2, "big") + body
     crc = pp.crc32c(header)                                 # computed with the field zeroed, sent big-endian
     header = header[:-4] + struct.pack("!I", crc)
-    assert pp.build_v2(("192.168.0.1", 56324), ("192.168.0.11", 443), crc=True) == header
+    assert pb.build_v2(("192.168.0.1", 56324), ("192.168.0.11", 443), crc=True) == header
     r = ok(header)
     assert r.tlvs[-1] == (pp.TLV_CRC32C, struct.pack("!I", crc))
     for i in range(len(header)):
@@ -335,77 +336,77 @@ def test_ssl_tlv_every_field_from_hand_bytes():
     assert (info.sig_alg, info.key_alg) == ("RSA-SHA256", "RSA2048")
     assert (info.group, info.sig_scheme, info.client_cert) == ("X25519", "rsa_pss_rsae_sha256", b"\x30\x01\x00")
     assert [t.type for t in info.subtlvs] == list(range(0x21, 0x29))
-    built = pp.tlv_ssl(client=7, verify=0, version="TLSv1.3", cn="client\u00e9-one",
+    built = pb.tlv_ssl(client=7, verify=0, version="TLSv1.3", cn="client\u00e9-one",
                        cipher="TLS_AES_256_GCM_SHA384", sig_alg="RSA-SHA256", key_alg="RSA2048",
                        group="X25519", sig_scheme="rsa_pss_rsae_sha256", client_cert=b"\x30\x01\x00")
     assert built == (0x20, SSL_VALUE)
 
 
 def test_ssl_tlv_without_client_cert():
-    info = ok(pp.build_v2("1.2.3.4:1", "5.6.7.8:2", tlvs=[pp.tlv_ssl(version="TLSv1.2")])).ssl
+    info = ok(pb.build_v2("1.2.3.4:1", "5.6.7.8:2", tlvs=[pb.tlv_ssl(version="TLSv1.2")])).ssl
     assert info.client == pp.CLIENT_SSL and info.verify == 1 and info.ssl and not info.cert_verified
     assert info.cn is None and info.subtlvs == ((0x21, b"TLSv1.2"),)
-    assert pp.tlv_ssl(client=0) == (0x20, b"\x00\x00\x00\x00\x01")
+    assert pb.tlv_ssl(client=0) == (0x20, b"\x00\x00\x00\x00\x01")
     with pytest.raises(ValueError):
-        pp.tlv_ssl(client=256)
+        pb.tlv_ssl(client=256)
 
 
 def test_other_tlv_builders():
-    assert pp.tlv_alpn(b"http/1.1") == (0x01, b"http/1.1") and pp.tlv_alpn("h2") == (0x01, b"h2")
-    assert pp.tlv_authority("b\u00fccher.example") == (0x02, "b\u00fccher.example".encode())
-    assert pp.tlv_unique_id(b"u" * 128) == (0x05, b"u" * 128)
-    assert pp.tlv_noop(3) == (0x04, b"\0\0\0") and pp.tlv_noop() == (0x04, b"")
-    assert pp.tlv_netns("blue") == (0x30, b"blue")
+    assert pb.tlv_alpn(b"http/1.1") == (0x01, b"http/1.1") and pb.tlv_alpn("h2") == (0x01, b"h2")
+    assert pb.tlv_authority("b\u00fccher.example") == (0x02, "b\u00fccher.example".encode())
+    assert pb.tlv_unique_id(b"u" * 128) == (0x05, b"u" * 128)
+    assert pb.tlv_noop(3) == (0x04, b"\0\0\0") and pb.tlv_noop() == (0x04, b"")
+    assert pb.tlv_netns("blue") == (0x30, b"blue")
     with pytest.raises(ValueError):
-        pp.tlv_unique_id(b"u" * 129)
-    r = ok(pp.build_v2("1.2.3.4:1", "5.6.7.8:2", tlvs=[pp.tlv_unique_id(b"id-1"), pp.tlv_netns("blue"),
-                                                     pp.tlv_noop(2)]))
+        pb.tlv_unique_id(b"u" * 129)
+    r = ok(pb.build_v2("1.2.3.4:1", "5.6.7.8:2", tlvs=[pb.tlv_unique_id(b"id-1"), pb.tlv_netns("blue"),
+                                                     pb.tlv_noop(2)]))
     assert (r.unique_id, r.netns) == (b"id-1", "blue")
 
 
 # ---------------------------------------------------------------------------------------------- builders
 
 def test_build_v1_forms_and_families():
-    assert pp.build_v1(("192.168.0.1", 56324), ("192.168.0.11", 443)) == V1_EXAMPLE
-    assert pp.build_v1("192.168.0.1:56324", "192.168.0.11:443") == V1_EXAMPLE
-    assert pp.build_v1((socket.AF_INET, "192.168.0.1", 56324), Endpoint("192.168.0.11", 443)) == V1_EXAMPLE
-    assert pp.build_v1(("::1", 5, 0, 0), "[2001:db8::1]:6") == b"PROXY TCP6 ::1 2001:db8::1 5 6\r\n"
-    assert pp.build_v1(("fe80::1%lo", 5, 0, 1), ("::1", 6)) == b"PROXY TCP6 fe80::1 ::1 5 6\r\n"
-    assert pp.build_v1(None, "1.2.3.4:5") == b"PROXY UNKNOWN\r\n"
-    assert pp.build_v1("unix:/a", "unix:/b") == b"PROXY UNKNOWN\r\n"
+    assert pb.build_v1(("192.168.0.1", 56324), ("192.168.0.11", 443)) == V1_EXAMPLE
+    assert pb.build_v1("192.168.0.1:56324", "192.168.0.11:443") == V1_EXAMPLE
+    assert pb.build_v1((socket.AF_INET, "192.168.0.1", 56324), Endpoint("192.168.0.11", 443)) == V1_EXAMPLE
+    assert pb.build_v1(("::1", 5, 0, 0), "[2001:db8::1]:6") == b"PROXY TCP6 ::1 2001:db8::1 5 6\r\n"
+    assert pb.build_v1(("fe80::1%lo", 5, 0, 1), ("::1", 6)) == b"PROXY TCP6 fe80::1 ::1 5 6\r\n"
+    assert pb.build_v1(None, "1.2.3.4:5") == b"PROXY UNKNOWN\r\n"
+    assert pb.build_v1("unix:/a", "unix:/b") == b"PROXY UNKNOWN\r\n"
 
 
 def test_build_mapped_addresses():
     # a dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d: both sides v4 -> TCP4
-    assert pp.build_v1(("::ffff:10.0.0.1", 5, 0, 0), ("::ffff:127.0.0.1", 443, 0, 0)) == \
+    assert pb.build_v1(("::ffff:10.0.0.1", 5, 0, 0), ("::ffff:127.0.0.1", 443, 0, 0)) == \
         b"PROXY TCP4 10.0.0.1 127.0.0.1 5 443\r\n"
     # families still differ -> the IPv4 one is mapped into IPv6
-    assert pp.build_v1("10.0.0.1:5", "[2001:db8::1]:443") == b"PROXY TCP6 ::ffff:10.0.0.1 2001:db8::1 5 443\r\n"
-    r = ok(pp.build_v2("[2001:db8::1]:5", "10.0.0.1:443"))
+    assert pb.build_v1("10.0.0.1:5", "[2001:db8::1]:443") == b"PROXY TCP6 ::ffff:10.0.0.1 2001:db8::1 5 443\r\n"
+    r = ok(pb.build_v2("[2001:db8::1]:5", "10.0.0.1:443"))
     assert r.family == "TCP6" and r.dst == Endpoint("::ffff:10.0.0.1", 443)
-    r = ok(pp.build_v2("[::ffff:10.0.0.1]:5", "10.0.0.2:443"))
+    r = ok(pb.build_v2("[::ffff:10.0.0.1]:5", "10.0.0.2:443"))
     assert r.family == "TCP4" and r.src == Endpoint("10.0.0.1", 5)
 
 
 def test_build_v2_dgram_and_mixed_unix():
-    assert ok(pp.build_v2("1.2.3.4:1", "5.6.7.8:2", dgram=True)).family == "UDP4"
-    assert ok(pp.build_v2("unix:@a", "unix:/b", dgram=True)).family == "UNIX_DGRAM"
-    assert ok(pp.build_v2("unix:/a", "1.2.3.4:5")).family == "UNSPEC"
+    assert ok(pb.build_v2("1.2.3.4:1", "5.6.7.8:2", dgram=True)).family == "UDP4"
+    assert ok(pb.build_v2("unix:@a", "unix:/b", dgram=True)).family == "UNIX_DGRAM"
+    assert ok(pb.build_v2("unix:/a", "1.2.3.4:5")).family == "UNSPEC"
 
 
 @pytest.mark.parametrize("call", [
-    lambda: pp.build_v1("1.2.3.4", "5.6.7.8:1"),
-    lambda: pp.build_v1("::1:80", "5.6.7.8:1"),
-    lambda: pp.build_v1("[::1]80", "5.6.7.8:1"),
-    lambda: pp.build_v1("1.2.3.4:70000", "5.6.7.8:1"),
-    lambda: pp.build_v1(("1.2.3.4", -1), "5.6.7.8:1"),
-    lambda: pp.build_v1(("not-an-ip", 1), "5.6.7.8:1"),
-    lambda: pp.build_v1(12, "5.6.7.8:1"),
-    lambda: pp.build_v2("unix:/" + "x" * 108, "unix:/b"),
-    lambda: pp.build_v2("1.2.3.4:1", "5.6.7.8:2", tlvs=[(0xE0, b"x" * 65536)]),
-    lambda: pp.build_v2("1.2.3.4:1", "5.6.7.8:2", tlvs=[(0xE0, b"x" * 65000), (0xE1, b"x" * 600)]),
-    lambda: pp.build_v2("1.2.3.4:1", "5.6.7.8:2", tlvs=[(256, b"")]),
-    lambda: pp.build_v2(None, None, local=True, crc=True),
+    lambda: pb.build_v1("1.2.3.4", "5.6.7.8:1"),
+    lambda: pb.build_v1("::1:80", "5.6.7.8:1"),
+    lambda: pb.build_v1("[::1]80", "5.6.7.8:1"),
+    lambda: pb.build_v1("1.2.3.4:70000", "5.6.7.8:1"),
+    lambda: pb.build_v1(("1.2.3.4", -1), "5.6.7.8:1"),
+    lambda: pb.build_v1(("not-an-ip", 1), "5.6.7.8:1"),
+    lambda: pb.build_v1(12, "5.6.7.8:1"),
+    lambda: pb.build_v2("unix:/" + "x" * 108, "unix:/b"),
+    lambda: pb.build_v2("1.2.3.4:1", "5.6.7.8:2", tlvs=[(0xE0, b"x" * 65536)]),
+    lambda: pb.build_v2("1.2.3.4:1", "5.6.7.8:2", tlvs=[(0xE0, b"x" * 65000), (0xE1, b"x" * 600)]),
+    lambda: pb.build_v2("1.2.3.4:1", "5.6.7.8:2", tlvs=[(256, b"")]),
+    lambda: pb.build_v2(None, None, local=True, crc=True),
 ])
 def test_build_refuses_what_does_not_fit(call):
     with pytest.raises(ValueError):
@@ -434,7 +435,7 @@ def test_parse_takes_bytearray_and_memoryview():
 # ---------------------------------------------------------------------------------------------- properties
 
 VECTORS = [V1_EXAMPLE, V1_MAX_TCP6, V1_MAX_UNKNOWN, V2_TCP4, V2_TCP4_TLVS, V2_TCP6,
-           pp.build_v2("1.2.3.4:1", "5.6.7.8:2", tlvs=[pp.tlv_ssl(version="TLSv1.3")], crc=True)]
+           pb.build_v2("1.2.3.4:1", "5.6.7.8:2", tlvs=[pb.tlv_ssl(version="TLSv1.3")], crc=True)]
 
 ipv4 = st.integers(0, 2**32 - 1).map(lambda n: str(pp.ipaddress.IPv4Address(n)))
 ipv6 = st.integers(0, 2**128 - 1).map(lambda n: str(pp.ipaddress.IPv6Address(n)))
@@ -442,11 +443,11 @@ ports = st.integers(0, 65535)
 endpoints = st.tuples(st.one_of(ipv4, ipv6), ports)
 texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
 known_tlvs = st.one_of(
-    st.binary(min_size=1, max_size=20).map(pp.tlv_alpn),
-    texts.map(pp.tlv_authority),
-    st.binary(max_size=128).map(pp.tlv_unique_id),
-    st.integers(0, 30).map(pp.tlv_noop),
-    st.builds(pp.tlv_ssl, client=st.integers(0, 7), verify=st.integers(0, 2**32 - 1),
+    st.binary(min_size=1, max_size=20).map(pb.tlv_alpn),
+    texts.map(pb.tlv_authority),
+    st.binary(max_size=128).map(pb.tlv_unique_id),
+    st.integers(0, 30).map(pb.tlv_noop),
+    st.builds(pb.tlv_ssl, client=st.integers(0, 7), verify=st.integers(0, 2**32 - 1),
               version=st.none() | texts, cn=st.none() | texts, cipher=st.none() | texts,
               sig_alg=st.none() | texts, key_alg=st.none() | texts,
               client_cert=st.none() | st.binary(max_size=50)),
@@ -474,7 +475,7 @@ def expected_endpoints(src, dst):
        tail=st.binary(max_size=8))
 def test_v2_round_trip(src, dst, tlvs, crc, tail):
     assume(unique_types(tlvs))
-    header = pp.build_v2(src, dst, tlvs=tlvs, crc=crc)
+    header = pb.build_v2(src, dst, tlvs=tlvs, crc=crc)
     r = pp.parse(header + tail, "v2", max_v2_len=65535)
     assert r.status is Status.OK and r.length == len(header)
     assert (r.src, r.dst) == expected_endpoints(src, dst)
@@ -482,14 +483,14 @@ def test_v2_round_trip(src, dst, tlvs, crc, tail):
     assert len(r.tlvs) == len(tlvs) + crc
     for t in tlvs:
         if t[0] == pp.TLV_SSL:
-            assert pp.tlv_ssl(**{k: getattr(r.ssl, k) for k in ("client", "verify", "version", "cn", "cipher",
+            assert pb.tlv_ssl(**{k: getattr(r.ssl, k) for k in ("client", "verify", "version", "cn", "cipher",
                                  "sig_alg", "key_alg", "client_cert")}) == t
 
 
 @settings(max_examples=300, deadline=None)
 @given(src=endpoints, dst=endpoints, tail=st.binary(max_size=8))
 def test_v1_round_trip(src, dst, tail):
-    line = pp.build_v1(src, dst)
+    line = pb.build_v1(src, dst)
     assert len(line) <= pp.V1_MAX_LEN
     r = pp.parse(line + tail, "v1")
     assert r.status is Status.OK and r.length == len(line)
@@ -501,7 +502,7 @@ def test_v1_round_trip(src, dst, tail):
        dst=st.text(st.characters(min_codepoint=1, blacklist_categories=("Cs",)), max_size=20))
 def test_unix_round_trip(src, dst):
     assume(len(("/" + dst).encode()) <= 108)
-    r = pp.parse(pp.build_v2("unix:/" + src, "unix:/" + dst))
+    r = pp.parse(pb.build_v2("unix:/" + src, "unix:/" + dst))
     assert r.status is Status.OK and (r.src.host, r.dst.host) == ("/" + src, "/" + dst)
 
 

@@ -24,6 +24,7 @@ import pytest
 
 from conftest import REPO
 from epollmux.relay import kernel as kernelrelay
+from epollmux.relay import bpf
 from epollmux.relay import sockmap as sm
 from epollmux.relay.kernel import KernelRelay
 from epollmux.reactor import Reactor
@@ -164,11 +165,11 @@ class Relayed:
 # --- the program and its loading -----------------------------------------------------------------
 
 def test_assembler_resolves_labels_in_slots():
-    prog = sm.assemble([sm.jump(sm.JEQ, "end", sm.R1, imm=0), sm.load_map(sm.R1, 7), "end", sm.exit_()])
+    prog = bpf.assemble([bpf.jump(bpf.JEQ, "end", bpf.R1, imm=0), bpf.load_map(bpf.R1, 7), "end", bpf.exit_()])
     assert len(prog) == 4 * 8
     code, regs, off, imm = struct.unpack_from("<BBhi", prog, 0)
-    assert (code, regs & 0xF, off, imm) == (sm.JMP | sm.JEQ | sm.K, sm.R1, 2, 0)   # skips both map slots
-    assert len(sm.verdict_program(3, 4, 5, 20)) % 8 == 0
+    assert (code, regs & 0xF, off, imm) == (bpf.JMP | bpf.JEQ | bpf.K, bpf.R1, 2, 0)   # skips both map slots
+    assert len(bpf.verdict_program(3, 4, 5, 20)) % 8 == 0
 
 
 def test_load_gives_maps_and_program(maps):

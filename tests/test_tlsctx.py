@@ -9,8 +9,10 @@ import time
 import pytest
 
 from certs import make_ca_factory, tls_ca  # noqa: F401  (fixtures)
+from epollmux.tls.checks import check_route_tls
 from epollmux.tls.contexts import (RouteTLS, TLSConfigError, backend_context, build_listener_context,
-                             check_listener_tls, check_route_tls, route_for_sni, server_context, sni_matches)
+                                   route_for_sni, server_context, sni_matches)
+from epollmux.tls.options import check_listener_tls
 from epollmux.tls.engine import CloseReason, Event, TLSEngine, TLSState
 from test_tlsengine import TLS12, TLS13, Peer, client_context, handshake
 

@@ -1,7 +1,7 @@
 """The access log: one record per connection at close, written as text (key=value) or JSON.
 
-Owns: the record's fields and their order, what is learnt from the peeked bytes for it (SNI, ALPN,
-Host), and the two formats. Must not import sockets or the reactor.
+Owns: the record's fields and their order, and the two formats (the names learnt from the peeked
+bytes are `wire/sniff.py`'s `Names`). Must not import sockets or the reactor.
 
 Fields: time (JSON only; the text line carries the logger's timestamp), worker (pid), client (after a
 PROXY header), listener, route (outer>inner when chosen inside TLS), backend (once a connect was tried),
@@ -19,20 +19,14 @@ import logging
 import os
 import time
 
-from epollmux.wire import clienthello, probes
+from epollmux.wire import sniff
 
 log = logging.getLogger("epollmux.access")
 
 
 def peeked_names(data: bytes) -> dict:
     """SNI and ALPN of a ClientHello, or the Host of an HTTP request, found in the peeked bytes."""
-    if data[:1] == b"\x16":
-        hello = clienthello.parse_client_hello(data)
-        if hello.status is clienthello.HelloStatus.OK:
-            return {"sni": hello.sni, "alpn": ",".join(hello.alpn) or None}
-        return {}
-    host = probes.request_host(data)
-    return {"host": host} if host else {}
+    return sniff.names(data).fields()
 
 
 def text(record: dict) -> str:

@@ -43,3 +43,11 @@ def setup(level: str = "info", target: str = "stderr", access_format: str = "tex
     root.addHandler(handler)
     root.setLevel(LEVELS[level])
     return handler
+
+
+def change(level: str, target: str, access_format: str, current_target: str) -> None:
+    """On reload: a new target is set up anew; on the same target only the level changes."""
+    if target != current_target:
+        setup(level, target, access_format)
+    else:
+        logging.getLogger().setLevel(LEVELS[level])

@@ -1,12 +1,13 @@
 """The supervisor: the process that holds the listening sockets and keeps the workers running.
 
-Owns: the start sequence (privileges checked, sockets bound or adopted from systemd, the metrics
-endpoints bound, RLIMIT_NOFILE raised, optional detach, workers forked), worker generations (a reload starts a new generation over
-the same sockets and stops the old one only once the new one accepts), replacing dead workers with
-back-off, the supervisor's signals handled in its own Reactor (SIGTERM/SIGINT stop, SIGHUP reload,
-SIGUSR1 stats, SIGCHLD reap), the metrics the workers report (collector.py sums them; exporter.py
-serves them, from this loop), what systemd is told, and the exit code: 0 clean stop, 2 runtime
-failure at start (cannot bind, cannot drop privileges, workers that cannot start).
+Owns: the supervisor's states (starting, running, reloading, stopping), worker generations (a
+reload starts a new generation over the same sockets and stops the old one only once the new one
+accepts; `generation.py` holds one generation's bookkeeping and back-off), replacing dead workers,
+the supervisor's signals handled in its own Reactor (SIGTERM/SIGINT stop, SIGHUP reload, SIGUSR1
+stats, SIGCHLD reap), answering the metrics endpoints (collector.py sums the workers' reports,
+exporter.py serves them from this loop, observe/report.py words them), what systemd is told, and
+the exit code once running: 0 clean stop, 2 runtime failure (workers that cannot start). The start
+sequence before the loop is `start.py`.
 The supervisor keeps the credentials it was started with, like nginx's master: it must read the
 file and bind new addresses on reload, and it never reads a client byte. Each worker drops to
 `user`/`group` right after its fork, before it serves anything.
@@ -20,11 +21,13 @@ import logging
 import os
 import signal
 import time
-from collections import Counter, deque
+from collections import Counter
 
-from epollmux import __version__, config
-from epollmux.observe import collector, exporter, logsetup, metrics, stats
-from epollmux.process import daemonize, privileges, systemd, workerproc
+from epollmux import config
+from epollmux.observe import collector, exporter, logsetup, metrics, report
+from epollmux.process import systemd, workerproc
+from epollmux.process.prepare import Prepared, Refused, prepare
+from epollmux.process.generation import Generation, describe_socket, describe_status, send, terminate
 from epollmux.reactor import IN, Reactor
 from epollmux.process.sockettable import SocketTable
 
@@ -33,9 +36,6 @@ log = logging.getLogger("epollmux.supervisor")
 EXIT_OK, EXIT_RUNTIME = 0, 2
 REPORT_INTERVAL = 1.0       # seconds between a worker's count reports (shorter under a fast watchdog)
 READY_TIMEOUT = 20.0        # new workers must accept within this, at start and on reload
-MAX_START_FAILURES = 3      # workers dying before they accept, in a row: the generation cannot start
-BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
-BACKOFF_RESET = 10.0        # a worker that lived this long resets the back-off
 KILL_GRACE = 5.0            # past drain_timeout, a stopping worker is killed
 RATE_SECONDS = 5.0          # the connections-per-second figure averages over this
 
@@ -45,71 +45,6 @@ class State(enum.Enum):
     RUNNING = "running"
     RELOADING = "reloading"
     STOPPING = "stopping"
-
-
-class Generation:
-    """The workers started from one configuration."""
-
-    def __init__(self, number: int, cfg, sockets: list, keys: set, creds):
-        self.number = number
-        self.cfg = cfg
-        self.sockets = sockets
-        self.keys = keys
-        self.creds = creds
-        self.wanted = cfg.settings.workers
-        self.workers: dict[int, workerproc.WorkerProc] = {}
-        self.start_failures = 0
-        self.quick_deaths = 0
-        self.announced = False          # every worker accepted once
-
-    def all_ready(self) -> bool:
-        return len(self.workers) >= self.wanted and all(p.ready for p in self.workers.values())
-
-
-def run(cfg, args) -> int:
-    """Start the service and supervise it until stopped; returns the exit code (DESIGN §2)."""
-    verbose = bool(getattr(args, "verbose", False))
-    logsetup.setup("debug" if verbose else cfg.settings.log_level, cfg.settings.log_target, cfg.settings.log_format)
-    path = None if getattr(args, "listen", None) else os.path.abspath(cfg.source)
-    try:
-        creds = privileges.resolve(cfg.settings.user, cfg.settings.group)
-        privileges.check(creds)
-        table = SocketTable(systemd.listen_fds())
-    except (privileges.PrivilegeError, systemd.ActivationError) as exc:
-        log.error("%s", exc)
-        return EXIT_RUNTIME
-    try:
-        sockets, keys = table.assign(cfg)
-    except OSError as exc:
-        log.error("%s", exc.strerror or exc)
-        table.close_all()
-        return EXIT_RUNTIME
-    for inherited in table.unused_inherited(cfg):
-        log.warning("inherited %s matches no listener: not served", inherited.describe())
-    try:
-        endpoints = exporter.bind(cfg.metrics.address, cfg.metrics.stats_socket)
-    except OSError as exc:
-        log.error("%s", exc.strerror or exc)
-        table.close_all()
-        return EXIT_RUNTIME
-    soft, hard = privileges.raise_nofile()
-    log.debug("open files limit %d (hard %d)", soft, hard)
-    pidfile = daemonize.PidFile(args.pidfile) if getattr(args, "pidfile", None) else None
-    try:
-        if getattr(args, "daemon", False):
-            daemonize.detach(pidfile, [s.fileno() for s in table.sockets() + endpoints.sockets()])
-        elif pidfile is not None:
-            pidfile.__enter__()
-    except daemonize.PidFileError as exc:
-        log.error("%s", exc)
-        endpoints.close()
-        table.close_all()
-        return EXIT_RUNTIME
-    try:
-        return Supervisor(path, verbose, table, pidfile, endpoints).run(cfg, sockets, keys, creds)
-    finally:
-        if pidfile is not None:
-            pidfile.__exit__(None, None, None)
 
 
 class Supervisor:
@@ -130,11 +65,10 @@ class Supervisor:
         self.reload_queued = False
         self.log_target = ""
         self.accepted_gone = 0          # last counts of workers that exited
-        self.rate = 0.0
         self.last_status = ""
         wd = self.notifier.watchdog_interval
         self.report_interval = min(REPORT_INTERVAL, wd / 2) if wd else REPORT_INTERVAL
-        self.samples: deque = deque(maxlen=int(RATE_SECONDS / self.report_interval) + 1)
+        self.rate = report.Rate(RATE_SECONDS, self.report_interval)
         self.collector = collector.Collector(self.reactor)
         self.exporter = exporter.Exporter(endpoints)
         self.reloads: Counter[str] = Counter()      # ok | refused | abandoned
@@ -142,18 +76,18 @@ class Supervisor:
         self.started_at = time.time()
 
     # --- life cycle --------------------------------------------------------------------------
-    def run(self, cfg, sockets: list, keys: set, creds) -> int:
+    def run(self, ready: Prepared) -> int:
         reactor = self.reactor
-        self.log_target = cfg.settings.log_target
+        self.log_target = ready.cfg.settings.log_target
         for signum, handler in ((signal.SIGTERM, self.handle_stop), (signal.SIGINT, self.handle_stop),
                                 (signal.SIGHUP, self.handle_reload), (signal.SIGUSR1, self.handle_stats),
                                 (signal.SIGCHLD, self.handle_child)):
             reactor.on_signal(signum, handler)
-        log.info("listening on %s", ", ".join(_describe_socket(lst, s) for lst, s in sockets))
+        log.info("listening on %s", ", ".join(describe_socket(lst, s) for lst, s in ready.sockets))
         self.exporter.start(reactor, self._answer)
         if self.exporter.describe():
             log.info("%s", self.exporter.describe())
-        self.current = self._new_generation(cfg, sockets, keys, creds)
+        self.current = self._new_generation(ready)
         self._fill(self.current)
         reactor.call_later(self.report_interval, self._tick_status)
         if self.notifier.watchdog_interval:
@@ -190,11 +124,11 @@ class Supervisor:
         return [p for g in self._generations() for p in g.workers.values()]
 
     # --- workers -----------------------------------------------------------------------------
-    def _new_generation(self, cfg, sockets: list, keys: set, creds) -> Generation:
+    def _new_generation(self, ready: Prepared) -> Generation:
         self.generations += 1
-        gen = Generation(self.generations, cfg, sockets, keys, creds)
+        gen = Generation(self.generations, ready.cfg, ready.sockets, ready.keys, ready.creds)
         log.info("generation %d: starting %d workers%s", gen.number, gen.wanted,
-                 f" as {creds.describe()}" if creds else "")
+                 f" as {ready.creds.describe()}" if ready.creds else "")
         self.reactor.call_later(READY_TIMEOUT, lambda: self._ready_timeout(gen))
         return gen
 
@@ -222,9 +156,7 @@ class Supervisor:
         self.exporter.close_in_child()
         self.notifier.close()
         for proc in self._live():
-            if proc.report_fd >= 0:
-                os.close(proc.report_fd)
-                proc.report_fd = -1
+            proc.close_channel()
         keep = {id(sock) for _, sock in gen.sockets}
         for sock in self.table.sockets():
             if id(sock) not in keep:
@@ -234,30 +166,18 @@ class Supervisor:
             self.pidfile.fd = -1
 
     def _read_reports(self, proc: workerproc.WorkerProc, limit: int = 16) -> None:
-        for _ in range(limit):
-            try:
-                data = os.read(proc.report_fd, workerproc.MAX_MESSAGE)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                self._close_reports(proc)
-                return
-            for line in proc.feed(data):
-                message = proc.apply(line)
-                if message is None:
-                    continue
-                kind, qid, payload = message
-                if kind == "ready":
-                    self._worker_ready(proc)
-                elif qid:
-                    self.collector.reply(proc, kind, qid, payload)
+        messages, ended = proc.receive(limit)
+        for kind, qid, payload in messages:
+            if kind == "ready":
+                self._worker_ready(proc)
+            elif qid:
+                self.collector.reply(proc, kind, qid, payload)
+        if ended:
+            self._close_reports(proc)
 
     def _close_reports(self, proc: workerproc.WorkerProc) -> None:
         self.reactor.unregister(proc.report_fd)
-        os.close(proc.report_fd)
-        proc.report_fd = -1
+        proc.close_channel()
 
     def _worker_ready(self, proc: workerproc.WorkerProc) -> None:
         gen = proc.generation
@@ -273,14 +193,6 @@ class Supervisor:
             self._run_queued_reload()
         elif gen is self.pending:
             self._switch(gen)
-
-    def _terminate(self, proc: workerproc.WorkerProc) -> None:
-        if not proc.stopping:
-            proc.stopping = True
-            try:
-                os.kill(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
     def handle_child(self) -> None:
         """SIGCHLD: reap every exited worker."""
@@ -304,7 +216,7 @@ class Supervisor:
         gen.workers.pop(proc.pid, None)
         self.accepted_gone += proc.accepted
         self.collector.worker_gone(proc)
-        how = _describe_status(status)
+        how = describe_status(status)
         if proc.stopping or self.state is State.STOPPING:
             log.info("worker %d (generation %d) %s", proc.pid, gen.number, how)
         else:
@@ -322,20 +234,17 @@ class Supervisor:
         if not proc.ready:
             self._start_failed(gen, "died before accepting")
             return
-        lived = time.monotonic() - proc.started
-        gen.quick_deaths = gen.quick_deaths + 1 if lived < BACKOFF_RESET else 1
+        gen.died_after(time.monotonic() - proc.started)
         self._replace_later(gen)
 
     def _start_failed(self, gen: Generation, why: str) -> None:
-        gen.start_failures += 1
-        if gen.start_failures >= MAX_START_FAILURES:
+        if gen.failed_start():
             self._generation_failed(gen, f"workers cannot start ({gen.start_failures} in a row {why})")
             return
-        gen.quick_deaths += 1
         self._replace_later(gen)
 
     def _replace_later(self, gen: Generation) -> None:
-        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, gen.quick_deaths - 1))
+        delay = gen.backoff()
         log.info("generation %d: replacing a worker in %.1fs", gen.number, delay)
         self.reactor.call_later(delay, lambda: self._replace(gen))
 
@@ -382,7 +291,7 @@ class Supervisor:
         self.notifier.stopping()
         gens = self._generations()
         for proc in self._live():
-            self._terminate(proc)
+            terminate(proc)
         drain = max((g.cfg.settings.drain_timeout for g in gens), default=0.0)
         self.reactor.call_later(drain + KILL_GRACE, self._kill_stragglers)
         if not self._live():
@@ -391,10 +300,7 @@ class Supervisor:
     def _kill_stragglers(self) -> None:
         for proc in self._live():
             log.warning("worker %d still running past drain_timeout: killing it", proc.pid)
-            try:
-                os.kill(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            send(proc, signal.SIGKILL)
 
     def handle_reload(self) -> None:
         """SIGHUP: validate the file; if good, a new generation takes over; if bad, nothing changes."""
@@ -419,31 +325,20 @@ class Supervisor:
             self.notifier.ready(self._status_text())
             return
         log.info("reloading %s", self.path)
-        endpoints = None
         try:
-            cfg = config.load_file(self.path)
-            creds = privileges.resolve(cfg.settings.user, cfg.settings.group)
-            privileges.check(creds)
-            endpoints = exporter.bind(cfg.metrics.address, cfg.metrics.stats_socket, self.exporter.endpoints)
-            sockets, keys = self.table.assign(cfg)
+            ready = prepare(config.load_file(self.path), self.table, self.exporter.endpoints)
         except config.ConfigError as exc:
             self._refuse(exc.problems)
             return
-        except privileges.PrivilegeError as exc:
-            self._refuse([str(exc)])
+        except Refused as exc:
+            self._refuse(exc.problems)
             return
-        except OSError as exc:
-            if endpoints is not None:       # bound for this reload only: the running ones stay
-                for sock in endpoints.sockets():
-                    if sock not in self.exporter.endpoints.sockets():
-                        sock.close()
-            self._refuse([exc.strerror or str(exc)])
-            return
-        self.exporter.replace(endpoints)
-        for inherited in self.table.unused_inherited(cfg):
-            log.warning("inherited %s matches no listener: not served", inherited.describe())
-        self._apply_logging(cfg)
-        self.pending = self._new_generation(cfg, sockets, keys, creds)
+        self.exporter.replace(ready.endpoints)
+        settings = ready.cfg.settings
+        logsetup.change("debug" if self.verbose else settings.log_level, settings.log_target,
+                        settings.log_format, self.log_target)
+        self.log_target = settings.log_target
+        self.pending = self._new_generation(ready)
         self.state = State.RELOADING
         self._fill(self.pending)
 
@@ -454,14 +349,6 @@ class Supervisor:
         self.reloads["refused"] += 1
         self.notifier.ready(self._status_text() + "; last reload refused")
 
-    def _apply_logging(self, cfg) -> None:
-        level = "debug" if self.verbose else cfg.settings.log_level
-        if cfg.settings.log_target != self.log_target:
-            logsetup.setup(level, cfg.settings.log_target, cfg.settings.log_format)
-            self.log_target = cfg.settings.log_target
-        else:
-            logging.getLogger().setLevel(logsetup.LEVELS[level])
-
     def _switch(self, gen: Generation) -> None:
         """The reload's generation accepts on every worker: the old one stops accepting and drains."""
         old, self.current, self.pending = self.current, gen, None
@@ -469,7 +356,7 @@ class Supervisor:
         if old is not None:
             self.retired.append(old)
             for proc in old.workers.values():
-                self._terminate(proc)
+                terminate(proc)
         log.info("reloaded: generation %d accepting, generation %d draining",
                  gen.number, old.number if old else 0)
         self.reloads["ok"] += 1
@@ -483,7 +370,7 @@ class Supervisor:
         self.pending = None
         self.retired.append(gen)
         for proc in gen.workers.values():
-            self._terminate(proc)
+            terminate(proc)
         self.state = State.RUNNING
         self.notifier.ready(self._status_text() + "; last reload abandoned")
         self._forget_idle_generations()
@@ -491,17 +378,9 @@ class Supervisor:
 
     def handle_stats(self) -> None:
         """SIGUSR1: every worker logs its stats; the supervisor logs one line per worker."""
-        lines = [f"supervisor: {self.state.value}, {self._status_text()}"]
-        for gen in self._generations():
-            for proc in gen.workers.values():
-                lines.append(f"worker {proc.pid} generation={gen.number} "
-                             f"{'draining' if proc.stopping else 'ready' if proc.ready else 'starting'} "
-                             f"accepted={proc.accepted} open={proc.open}")
-                try:
-                    os.kill(proc.pid, signal.SIGUSR1)
-                except ProcessLookupError:
-                    pass
-        log.info("%s", "\n".join(lines))
+        log.info("%s", report.stats_lines(self.state.value, self._status_text(), self._workers()))
+        for proc in self._live():
+            send(proc, signal.SIGUSR1)
         self.collector.ask(self._live(), ("snap", "conns"), lambda query: log.info(
             "show stat:\n%sshow conns:\n%s", self._stat_text(), self._conns_text(query)))
 
@@ -515,56 +394,30 @@ class Supervisor:
         else:
             self.collector.ask(self._live(), ("snap",), lambda query: reply(metrics.prometheus(self._snapshot())))
 
+    def _workers(self) -> list[report.WorkerView]:
+        return [report.WorkerView(p.pid, g.number, report.proc_state(p), p.accepted, p.open,
+                                  p.snapshot.get("epollmux_open_fds", {}).get(("workers",), "?"))
+                for g in self._generations() for p in g.workers.values()]
+
     def _snapshot(self) -> metrics.Snapshot:
-        """The workers' sums plus the supervisor's own families."""
-        snapshot = self.collector.totals(self._live())
-        states = Counter(_proc_state(p) for p in self._live())
-        return metrics.add(snapshot, {
-            "epollmux_workers": {(s,): states[s] for s in ("ready", "starting", "draining")},
-            "epollmux_worker_crashes_total": {(): self.crashes},
-            "epollmux_reloads_total": {(r,): self.reloads[r] for r in ("ok", "refused", "abandoned")},
-            "epollmux_start_time_seconds": {(): round(self.started_at, 3)},
-            "epollmux_info": {(__version__,): 1},
-            "epollmux_open_fds": {("supervisor",): stats.open_fds()},
-        })
+        return report.supervisor_families(self.collector.totals(self._live()), self._workers(),
+                                          self.crashes, self.reloads, self.started_at)
 
     def _stat_text(self) -> str:
-        up = time.time() - self.started_at
-        head = [f"epollmux {__version__}: supervisor {os.getpid()}, {self.state.value}, up {up:.0f}s, "
-                f"generation {self.current.number if self.current else 0}, reloads {self.reloads['ok']} ok "
-                f"{self.reloads['refused']} refused {self.reloads['abandoned']} abandoned, "
-                f"{self.crashes} worker crashes",
-                f"status: {self._status_text()}"]
-        for gen in self._generations():
-            for proc in gen.workers.values():
-                fds = proc.snapshot.get("epollmux_open_fds", {}).get(("workers",), "?")
-                head.append(f"worker {proc.pid}: generation {gen.number}, {_proc_state(proc)}, "
-                            f"accepted {proc.accepted}, open {proc.open}, fds {fds}")
-        return metrics.stat_text(self._snapshot(), head)
+        return report.stat_text(self._snapshot(), self.state.value, self.current.number if self.current else 0,
+                                self.reloads, self.crashes, self.started_at, self._status_text(), self._workers())
 
     def _conns_text(self, query: collector.Query) -> str:
-        rows = [[pid, *row] for pid in query.asked for row in query.rows.get(pid, [])]
-        notes = [f"{len(rows)} connections listed"]
-        for pid in query.asked:
-            unlisted = query.open.get(pid, 0) - len(query.rows.get(pid, []))
-            if unlisted > 0:
-                notes.append(f"worker {pid}: {unlisted} more not listed")
-        notes += [f"worker {pid}: no complete answer within {self.collector.timeout:g}s" for pid in query.incomplete()]
-        return metrics.conns_text(rows, notes)
+        return report.conns_text(query, self.collector.timeout)
 
     # --- systemd -----------------------------------------------------------------------------
     def _status_text(self) -> str:
-        workers = len(self.current.workers) if self.current else 0
-        draining = sum(len(g.workers) for g in self.retired)
-        connections = sum(p.open for p in self._live())
-        text = f"{workers} workers, {connections} open connections, {self.rate:.1f} connections/s"
-        return text + (f", {draining} draining" if draining else "")
+        return report.status_text(len(self.current.workers) if self.current else 0,
+                                  sum(p.open for p in self._live()), self.rate.value,
+                                  sum(len(g.workers) for g in self.retired))
 
     def _tick_status(self) -> None:
-        now = time.monotonic()
-        self.samples.append((now, self.accepted_gone + sum(p.accepted for p in self._live())))
-        (t0, n0), (t1, n1) = self.samples[0], self.samples[-1]
-        self.rate = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+        self.rate.sample(time.monotonic(), self.accepted_gone + sum(p.accepted for p in self._live()))
         text = self._status_text()
         if self.state is State.RUNNING and text != self.last_status:
             self.notifier.status(text)
@@ -592,22 +445,3 @@ class _Reports:
 
     def on_event(self, fd: int, events: int) -> None:
         self.supervisor._read_reports(self.proc)
-
-
-def _proc_state(proc: workerproc.WorkerProc) -> str:
-    return "draining" if proc.stopping else "ready" if proc.ready else "starting"
-
-
-def _describe_status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        try:
-            return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-        except ValueError:
-            return f"killed by signal {os.WTERMSIG(status)}"
-    return f"exited with {os.waitstatus_to_exitcode(status)}"
-
-
-def _describe_socket(lst, sock) -> str:
-    host, port = sock.getsockname()[:2]
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return f"{where} ({lst.name})"

@@ -187,6 +187,27 @@ class WorkerProc:
                 return None
         return kind, int(qid), payload
 
+    def receive(self, limit: int) -> tuple[list[tuple[str, int, str]], bool]:
+        """Read up to `limit` datagrams from the report channel and apply them: the messages for the
+        supervisor to act on, and whether the channel reached its end (the worker has exited)."""
+        messages = []
+        for _ in range(limit):
+            try:
+                data = os.read(self.report_fd, MAX_MESSAGE)
+            except BlockingIOError:
+                return messages, False
+            except OSError:
+                data = b""
+            if not data:
+                return messages, True
+            messages += [m for line in self.feed(data) if (m := self.apply(line)) is not None]
+        return messages, False
+
+    def close_channel(self) -> None:
+        if self.report_fd >= 0:
+            os.close(self.report_fd)
+            self.report_fd = -1
+
     def ask(self, request: str) -> bool:
         """Send the worker a request; False if it cannot be sent now."""
         if self.report_fd < 0:

@@ -1,81 +1,39 @@
 """One client connection from accept to close: sniff, [terminate TLS, sniff inside], connect, relay.
 
-Owns: the connection's phases (changed only through `_set_phase`, which cancels the old phase's
-deadline; entering a waiting phase arms its own), its epoll registrations (each socket registered
-once, edge-triggered; a plain socket without EPOLLOUT until a direction waits for it to drain, then
-one EPOLL_CTL_MOD adds it; the kernel relay narrows them, see kernelrelay.PAIRED_EVENTS) and
-`close()`, the one place where a connection ends: it records the reason, counts it per route and
-writes the connection's log line.
+Owns: the connection's phases (`phases.py`; changed only through `_set_phase`, which cancels the old
+phase's deadline; entering a waiting phase arms its own), its epoll registrations (each socket
+registered once, edge-triggered; a plain socket without EPOLLOUT until a direction waits for it to
+drain, then one EPOLL_CTL_MOD adds it; the kernel relay narrows them, see relay/kernel.py's
+PAIRED_EVENTS) and `close()`, the one place where a connection ends: it records the reason, counts it
+per route and writes the connection's log line. The socket work of the sniff phases is
+`sniffing.py`, the backend socket and connect `backend.py`, the relay phase `relaying.py`.
 Handlers return None to go on or a close reason; only `_event` turns a reason into a close.
-Must not parse protocols (the sniffer and the TLS engine do) or move bytes itself (relay.Direction does,
-or the kernel: a passthrough connection between two TCP sockets may be handed to ctx.kernel, a
-kernelrelay.KernelRelay, which reports its close reasons through `_event` like any handler).
+Must not parse protocols (wire/ and the TLS engine do) or move bytes itself (relay/direction.py
+does, or the kernel: a passthrough connection between two TCP sockets may be handed to ctx.kernel,
+a relay/kernel.py KernelRelay, which reports its close reasons through `_event` like any handler).
 """
 
 from __future__ import annotations
 
-import _socket
-import enum
 import errno
 import logging
 import socket
 
-from epollmux.observe import accesslog
-from epollmux import addr, errors
-from epollmux.wire import clienthello, proxyout, proxyproto, sniff
-from epollmux.serve.admission import Grant
+from epollmux import errors
+from epollmux.reactor import ERR, HUP, OUT, RDHUP
 from epollmux.relay.endpoints import PlainEndpoint, TLSEndpoint
-from epollmux.reactor import ERR, ET, HUP, IN, OUT, RDHUP
-from epollmux.relay.direction import Direction, State
+from epollmux.serve import backend, sniffing
+from epollmux.serve.admission import Grant
+from epollmux.serve.relaying import Relaying
+from epollmux.serve.phases import BACKEND_OUT, CLIENT_OUT, EVENTS, NEXT, QUIET, READABLE, Phase, client_events
 from epollmux.tls.engine import Event, TLSEngine
+from epollmux.wire import proxyout, sniff
+
+__all__ = ["Connection", "Phase", "client_events"]
 
 log = logging.getLogger("epollmux.conn")
-probe_log = logging.getLogger("epollmux.probe")
 
-EVENTS = IN | OUT | RDHUP | ET
-QUIET = IN | RDHUP | ET     # a plain socket's events until a direction waits for it to drain (saves an edge
-#                             per writable socket that nobody waits on); ERR and HUP come regardless
-READABLE = IN | ERR | HUP | RDHUP
-WRITABLE = OUT | ERR | HUP
 LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"   # struct linger {on, 0 s}: close() sends RST
-IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
-IPV6_TRANSPARENT = 75
-TCP_ESTABLISHED = 1                                  # tcp_info.tcpi_state, its first byte
-TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
-CLIENT_OUT, BACKEND_OUT = OUT, OUT << 16               # Connection.writable bits
-
-
-def client_events(listener) -> int:
-    """Events a listener's clients are registered with: QUIET unless a route may terminate TLS (a TLS
-    endpoint flushes ciphertext on writable edges, in the handshake too)."""
-    routes = [*listener.routes, listener.on_timeout]
-    return EVENTS if any(r is not None and r.server_context is not None for r in routes) else QUIET
-
-
-class Phase(enum.Enum):
-    PROXY_HEADER = "proxy-header"            # reading the PROXY protocol header a trusted proxy sends
-    SNIFFING = "sniffing"
-    HANDSHAKING = "handshaking"              # terminating TLS with the client
-    INNER_SNIFFING = "inner-sniffing"        # sniffing the decrypted stream
-    CONNECTING = "connecting"
-    BACKEND_HANDSHAKING = "backend-handshaking"   # TLS towards the backend
-    RELAYING = "relaying"
-    CLOSED = "closed"
-
-
-_ALLOWED = {
-    Phase.PROXY_HEADER: {Phase.SNIFFING, Phase.CLOSED},
-    Phase.SNIFFING: {Phase.HANDSHAKING, Phase.CONNECTING, Phase.CLOSED},
-    Phase.HANDSHAKING: {Phase.INNER_SNIFFING, Phase.CONNECTING, Phase.CLOSED},
-    Phase.INNER_SNIFFING: {Phase.CONNECTING, Phase.CLOSED},
-    Phase.CONNECTING: {Phase.BACKEND_HANDSHAKING, Phase.RELAYING, Phase.CLOSED},
-    Phase.BACKEND_HANDSHAKING: {Phase.RELAYING, Phase.CLOSED},
-    Phase.RELAYING: {Phase.CLOSED},
-    Phase.CLOSED: set(),
-}
-for _phase, _next in _ALLOWED.items():
-    _phase.allowed = tuple(_next)     # `in` a tuple of members compares identity: no Enum.__hash__ (Python code)
-del _phase, _next
 
 
 def _expired(reason: str) -> str:
@@ -83,10 +41,10 @@ def _expired(reason: str) -> str:
     return reason
 
 
-class Connection:
+class Connection(Relaying):
     __slots__ = ("ctx", "listener", "client", "cfd", "src", "dst", "backend", "bfd", "route", "outer",
                  "phase", "timer", "cend", "bend", "up", "down", "started", "last_active", "_peek_len", "_soon",
-                 "_inner", "detail", "tls", "grant", "hello", "names", "verdict")
+                 "_inner", "detail", "tls", "grant", "peeked", "names", "verdict")
     __slots__ += ("connect_started",)     # metrics: when the backend connect began
     __slots__ += ("kernel",)              # True: ctx.kernel relays this connection, not Directions
     __slots__ += ("writable",)            # fds registered with OUT: CLIENT_OUT | BACKEND_OUT
@@ -114,10 +72,10 @@ class Connection:
         self._inner = b""          # decrypted bytes read while sniffing inside TLS
         self.detail = None         # what a TLS engine said about an error, for the log line
         self.tls = None            # version, cipher, ALPN, client CN of a terminated handshake, for the access log
-        self.names = None          # SNI / ALPN / Host seen in the peeked bytes, for the access log
+        self.names = None          # sniff.Names of the peeked bytes: the access log, an outgoing PROXY v2 header
         self.verdict = "none"      # how the route was chosen: match, timeout
         self.grant = Grant()       # what admission granted, undone at close
-        self.hello = None          # the peeked ClientHello, kept when a PROXY v2 header will need its SNI
+        self.peeked = None         # the last bytes peeked while sniffing, until a route is chosen
         self.connect_started = 0.0
         self.kernel = False
         self.writable = events      # start() registers the client with these events
@@ -137,7 +95,7 @@ class Connection:
         self._event(self._admit if self.listener.proxy_protocol == "none" else self._begin)
 
     def _set_phase(self, phase: Phase, deadline: float = 0, on_expiry=None, *args) -> None:
-        if phase not in self.phase.allowed:
+        if phase not in NEXT[self.phase]:
             raise RuntimeError(f"connection phase {self.phase.value} -> {phase.value} not allowed")
         if self.timer is not None:
             self.timer.cancel()
@@ -202,19 +160,13 @@ class Connection:
         return self._proxy_header(False)
 
     def _proxy_header(self, peer_done: bool) -> str | None:
-        try:
-            data = self.client.recv(proxyproto.MAX_HEADER_LEN, socket.MSG_PEEK)
-        except BlockingIOError:
-            return None        # nothing yet: the next edge brings the header (or the deadline ends it)
-        if not data:
-            return "client-eof"
-        result = proxyproto.parse(data, self.listener.proxy_protocol)
-        if result.status is proxyproto.Status.NEED_MORE:
-            return "proxy-invalid" if peer_done else None
-        if result.status is proxyproto.Status.INVALID:
-            self.detail = result.reason.replace(" ", "_")
-            return "proxy-invalid"
-        self.client.recv(result.length)        # consume exactly the header; the stream starts after it
+        reason, result = sniffing.take_proxy_header(self.client, self.listener.proxy_protocol, peer_done)
+        if reason:
+            if result is not None:
+                self.detail = result.reason.replace(" ", "_")
+            return reason
+        if result is None:
+            return None
         if result.src is not None and result.src.port is not None:    # UNIX addresses: keep the socket's
             self.src, self.dst = (result.src.host, result.src.port), (result.dst.host, result.dst.port)
         self._set_phase(Phase.SNIFFING)
@@ -250,15 +202,13 @@ class Connection:
         if len(data) == self._peek_len and not peer_done:
             return None        # nothing new (a spurious wake-up); the next edge brings more bytes
         self._peek_len = len(data)
-        self.hello = data
+        self.peeked = data
         return self._decide(data, self.listener.routes, self.listener.probe_table,
                             peer_done or len(data) >= limit)
 
     def _decide(self, data: bytes, routes, table, full: bool) -> str | None:
         decision = sniff.decide(data, table, full=full)
-        if probe_log.isEnabledFor(logging.DEBUG):
-            probe_log.debug("%s: %d bytes, verdicts %s", self.peer, len(data),
-                            " ".join(f"{r.name}={v.value}" for r, v in zip(routes, decision.verdicts)))
+        sniffing.log_verdicts(self.peer, data, routes, decision)
         if not decision.done:
             return None
         if decision.route is None:
@@ -285,10 +235,10 @@ class Connection:
         reason = admission.route(self.grant, route, self.src[0])
         if reason:
             return reason
-        if self.hello is not None and self.names is None:
-            self.names = accesslog.peeked_names(self.hello)
-        if route.send_proxy != "v2" or route.server_context is not None:
-            self.hello = None
+        if self.peeked is not None:
+            if self.names is None:
+                self.names = sniff.names(self.peeked)
+            self.peeked = None
         if route.server_context is not None:
             return self._start_tls(route)
         if self.outer is not None:
@@ -327,25 +277,10 @@ class Connection:
         """Read decrypted bytes (kept, to be sent first) and decide among the inner routes."""
         outer = self.outer
         limit = self.ctx.settings.max_probe_bytes
-        buf = bytearray(limit)
-        view = memoryview(buf)
-        peer_done = False
-        got = len(self._inner)
-        buf[:got] = self._inner
-        try:
-            while got < limit:
-                n = self.cend.readinto(view[got:])
-                if n == 0:
-                    peer_done = True
-                    break
-                got += n
-        except BlockingIOError:
-            pass
-        self._inner = bytes(buf[:got])
-        view.release()
+        self._inner, peer_done = sniffing.read_inner(self.cend, self._inner, limit)
         if not self._inner:
             return "client-eof" if peer_done else None
-        return self._decide(self._inner, outer.inner_routes, outer.inner_table, peer_done or got >= limit)
+        return self._decide(self._inner, outer.inner_routes, outer.inner_table, peer_done or len(self._inner) >= limit)
 
     # --- connecting ------------------------------------------------------------------------
     def _connect(self) -> str | None:
@@ -355,25 +290,12 @@ class Connection:
         self._set_phase(Phase.CONNECTING)
         ctx = self.ctx
         self.connect_started = ctx.reactor.clock()
-        route = self.route
-        target = route.backend
-        family = target.family
-        # _socket.socket: the C socket type, without socket.socket's Python-level __init__/close/.family
-        sock = _socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        sock, reason, done = backend.connect(self.route, self.src[0])
         self.backend = sock
         self.bfd = sock.fileno()
-        tcp = family in TCP_FAMILIES
-        if tcp:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if route.transparent:
-            reason = self._bind_as_client(sock, family)
-            if reason:
-                return reason
-        err = sock.connect_ex(target.sockaddr)
-        if err not in (0, errno.EINPROGRESS):
-            return "backend-busy" if err == errno.EAGAIN else errors.connect_reason(err)
-        if route.backend_context is None and (
-                err == 0 or tcp and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == TCP_ESTABLISHED):
+        if reason:
+            return reason
+        if done:
             # done already (on loopback the handshake ran inside connect()): no turn spent waiting for EPOLLOUT.
             # Bytes the backend sends make an edge after the registration (or are seen by it): no pump now.
             ctx.reactor.register(self.bfd, QUIET, self)
@@ -381,19 +303,6 @@ class Connection:
         ctx.reactor.register(self.bfd, EVENTS, self)
         self.writable |= BACKEND_OUT
         self._arm(ctx.settings.connect_timeout, _expired, "backend-timeout")
-        return None
-
-    def _bind_as_client(self, sock: socket.socket, family: int) -> str | None:
-        """Transparent mode: the backend sees the client's own address (IP_TRANSPARENT)."""
-        ip = self.src[0]
-        if (":" in ip) != (family == socket.AF_INET6):
-            return "transparent-family"
-        level, option = (socket.IPPROTO_IPV6, IPV6_TRANSPARENT) if family == socket.AF_INET6 else (socket.SOL_IP, IP_TRANSPARENT)
-        try:
-            sock.setsockopt(level, option, 1)
-        except PermissionError:
-            return "transparent-denied"     # no CAP_NET_ADMIN / CAP_NET_RAW (--check warns)
-        sock.bind((ip, 0))
         return None
 
     def _connected(self, events: int, pump_down: bool = True) -> str | None:
@@ -434,117 +343,8 @@ class Connection:
     def _facts(self) -> proxyout.Facts:
         if self.dst is None:
             self.dst = self.client.getsockname()
-        facts = proxyout.Facts(src=self.src[:2], dst=self.dst[:2], unique_id=self.ctx.unique_id())
-        if isinstance(self.cend, TLSEndpoint):
-            engine = self.cend.engine
-            cert = engine.peer_cert_der() is not None
-            facts.sni, facts.alpn = engine.sni, engine.alpn()
-            facts.tls_version, facts.tls_cipher = engine.version(), engine.cipher()
-            facts.client_cn, facts.client_cert, facts.client_verified = engine.peer_cn(), cert, engine.peer_verified()
-            facts.session_reused = engine.session_reused()
-        elif self.hello is not None:
-            hello = clienthello.parse_client_hello(self.hello)
-            if hello.status is clienthello.HelloStatus.OK:
-                facts.sni, facts.alpn = hello.server_name, (hello.alpn[0] if hello.alpn else None)
-            self.hello = None
-        return facts
-
-    # --- relaying --------------------------------------------------------------------------
-    def _start_relay(self, pump_down: bool = True) -> str | None:
-        """pump_down=False: the backend was registered this turn, so its first bytes will raise an edge."""
-        self._set_phase(Phase.RELAYING)
-        ctx = self.ctx
-        if ctx.kernel is not None and self._kernel_relayable() and ctx.kernel.take(self, self.client, self.backend):
-            self.kernel = True
-            if ctx.settings.idle_timeout:
-                self._arm(ctx.settings.idle_timeout, self._idle_check)
-            return None
-        pool = ctx.pool
-        up = self.up = Direction(self.cend, self.bend, pool)
-        down = self.down = Direction(self.bend, self.cend, pool)
-        up.other, down.other = down, up
-        if ctx.settings.idle_timeout:
-            self._arm(ctx.settings.idle_timeout, self._idle_check)
-        return self._pump(up) or (pump_down and self._pump(down)) or self._after_pump()
-
-    def _kernel_relayable(self) -> bool:
-        """Passthrough between two TCP sockets, with a kernel relay in this worker."""
-        return (self.ctx.kernel is not None and type(self.cend) is PlainEndpoint and type(self.bend) is PlainEndpoint
-                and self.client.family in TCP_FAMILIES and self.backend.family in TCP_FAMILIES)
-
-    def _relay_event(self, fd: int, events: int) -> str | None:
-        if self.kernel:
-            return self.ctx.kernel.socket_event(self, fd, events)
-        if fd == self.cfd:
-            sock, end, src, dst = self.client, self.cend, self.up, self.down
-        else:
-            sock, end, src, dst = self.backend, self.bend, self.down, self.up
-        if events & ERR and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-            return "reset"
-        moved = False          # an edge that finds nothing to do (a writable socket with nothing waiting) ends here
-        if events & WRITABLE and end.holds_output and end.pending_output():
-            end.flush()
-            moved = True
-        if events & READABLE and src.state is State.WAIT_SRC:
-            reason = self._pump(src, not events & (RDHUP | HUP | ERR))     # clean edge: see Direction.pump
-            if reason:
-                return reason
-            moved = True
-        if events & WRITABLE and dst.state is State.WAIT_DST:
-            reason = self._pump(dst)
-            if reason:
-                return reason
-            moved = True
-        return self._after_pump() if moved else None
-
-    def _pump(self, direction: Direction, clean: bool = False) -> str | None:
-        self.last_active = self.ctx.reactor.now
-        reason = direction.pump(clean)
-        if reason:
-            if direction.detail:
-                self.detail = direction.detail
-            return reason
-        if direction.state is State.WAIT_DST:
-            self._want_writable(direction)
-        return None
-
-    def _want_writable(self, direction: Direction) -> None:
-        """A direction waits for its destination to drain: make sure that socket reports writable edges."""
-        bit, fd = (BACKEND_OUT, self.bfd) if direction is self.up else (CLIENT_OUT, self.cfd)
-        if not self.writable & bit:
-            self.ctx.reactor.modify(fd, EVENTS)    # ET: if it drained meanwhile, the edge is queued now
-            self.writable |= bit
-
-    def _after_pump(self) -> str | None:
-        up, down = self.up.state, self.down.state
-        if up is State.DONE and down is State.DONE:
-            cend, bend = self.cend, self.bend
-            if cend.holds_output and cend.pending_output() or bend.holds_output and bend.pending_output():
-                return None        # a close_notify still on its way: the next writable edge sends it
-            return "eof"
-        if (up is State.BUSY or down is State.BUSY) and not self._soon:
-            self._soon = True
-            self.ctx.reactor.call_soon(self._event, self._resume)
-        return None
-
-    def _resume(self) -> str | None:
-        self._soon = False
-        for direction in (self.up, self.down):
-            if direction.state is State.BUSY:
-                reason = self._pump(direction)
-                if reason:
-                    return reason
-        return self._after_pump()
-
-    def _idle_check(self) -> str | None:
-        idle = self.ctx.settings.idle_timeout
-        if self.kernel and self.ctx.kernel.active(self):     # payload wakes no one: ask the kernel
-            self.last_active = self.ctx.reactor.clock()
-        left = self.last_active + idle - self.ctx.reactor.clock()
-        if left <= 0:
-            return "idle-timeout"
-        self._arm(left, self._idle_check)
-        return None
+        engine = self.cend.engine if isinstance(self.cend, TLSEndpoint) else None
+        return backend.facts(self.src, self.dst, self.ctx.unique_id(), engine, self.names)
 
     # --- the one place where a connection ends ----------------------------------------------
     def close(self, reason: str) -> None:
@@ -581,7 +381,7 @@ class Connection:
             self.down.discard()
             up, down, spliced = self.up.moved, self.down.moved, self.up.spliced + self.down.spliced
         route = self.route.name if self.route else "-"
-        ctx.stats.closed(self.listener.name, route, phase._value_, reason, up, down)   # _value_: .value is a Python property
+        ctx.stats.closed(self.listener.name, route, phase, reason, up, down)   # a StrEnum is its own label
         if reason == "exhausted":
             ctx.exhausted(f"{self.peer}: out of file descriptors or memory")
         if ctx.access.enabled():
@@ -599,7 +399,7 @@ class Connection:
                   "spliced": spliced, "duration": round(self.ctx.reactor.clock() - self.started, 6),
                   "reason": reason, "verdict": self.verdict}
         if self.names:
-            record.update(self.names)
+            record.update(self.names.fields())
         if self.tls:
             record.update(self.tls)
         record["detail"] = self.detail

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from epollmux.wire import proxyproto
+from epollmux.wire import proxybuild, proxyproto
 
 
 @dataclass
@@ -30,18 +30,18 @@ class Facts:
 
 def header(version: str, facts: Facts, *, crc: bool = False) -> bytes:
     if version == "v1":
-        return proxyproto.build_v1(facts.src, facts.dst)
-    tlvs = [proxyproto.tlv_unique_id(facts.unique_id)]
+        return proxybuild.build_v1(facts.src, facts.dst)
+    tlvs = [proxybuild.tlv_unique_id(facts.unique_id)]
     if facts.sni:
-        tlvs.append(proxyproto.tlv_authority(facts.sni))
+        tlvs.append(proxybuild.tlv_authority(facts.sni))
     if facts.alpn:
-        tlvs.append(proxyproto.tlv_alpn(facts.alpn))
+        tlvs.append(proxybuild.tlv_alpn(facts.alpn))
     if facts.tls_version:
         client = proxyproto.CLIENT_SSL
         if facts.client_cert:
             client |= proxyproto.CLIENT_CERT_SESS
             if not facts.session_reused:
                 client |= proxyproto.CLIENT_CERT_CONN
-        tlvs.append(proxyproto.tlv_ssl(client=client, verify=0 if facts.client_verified else 1,
+        tlvs.append(proxybuild.tlv_ssl(client=client, verify=0 if facts.client_verified else 1,
                                        version=facts.tls_version, cn=facts.client_cn, cipher=facts.tls_cipher))
-    return proxyproto.build_v2(facts.src, facts.dst, tlvs=tlvs, crc=crc)
+    return proxybuild.build_v2(facts.src, facts.dst, tlvs=tlvs, crc=crc)

@@ -1,0 +1,82 @@
+"""One generation of workers (those started from one configuration) and what the supervisor does to
+a worker process.
+
+Owns: a generation's bookkeeping (its workers, how many it wants, whether all accepted once) and its
+restart policy (start failures in a row, back-off after quick deaths), sending a worker SIGTERM or
+SIGKILL, and the words for an exit status and a listening socket in the log.
+Must not fork (workerproc does), touch the reactor or client connections.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+MAX_START_FAILURES = 3      # workers dying before they accept, in a row: the generation cannot start
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
+BACKOFF_RESET = 10.0        # a worker that lived this long resets the back-off
+
+
+class Generation:
+    """The workers started from one configuration."""
+
+    def __init__(self, number: int, cfg, sockets: list, keys: set, creds):
+        self.number = number
+        self.cfg = cfg
+        self.sockets = sockets
+        self.keys = keys
+        self.creds = creds
+        self.wanted = cfg.settings.workers
+        self.workers: dict = {}         # pid -> workerproc.WorkerProc
+        self.start_failures = 0
+        self.quick_deaths = 0
+        self.announced = False          # every worker accepted once
+
+    def all_ready(self) -> bool:
+        return len(self.workers) >= self.wanted and all(p.ready for p in self.workers.values())
+
+    def died_after(self, lived: float) -> None:
+        """A worker that had accepted died after `lived` seconds."""
+        self.quick_deaths = self.quick_deaths + 1 if lived < BACKOFF_RESET else 1
+
+    def failed_start(self) -> bool:
+        """A worker could not start; True once too many did in a row."""
+        self.start_failures += 1
+        if self.start_failures >= MAX_START_FAILURES:
+            return True
+        self.quick_deaths += 1
+        return False
+
+    def backoff(self) -> float:
+        """Seconds to wait before replacing a dead worker."""
+        return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, self.quick_deaths - 1))
+
+
+def terminate(proc) -> None:
+    """SIGTERM once: the worker stops accepting and drains; its exit is then expected."""
+    if not proc.stopping:
+        proc.stopping = True
+        send(proc, signal.SIGTERM)
+
+
+def send(proc, signum: int) -> None:
+    """Signal a worker that may have exited already."""
+    try:
+        os.kill(proc.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        try:
+            return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+        except ValueError:
+            return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exited with {os.waitstatus_to_exitcode(status)}"
+
+
+def describe_socket(lst, sock) -> str:
+    host, port = sock.getsockname()[:2]
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"{where} ({lst.name})"

@@ -1,0 +1,71 @@
+"""The backend side of a connection before relaying: its socket, the connect, the transparent bind,
+and the facts a PROXY header sends.
+
+Owns: creating the backend socket (the C socket type, TCP_NODELAY), binding it to the client's
+address in transparent mode (IP_TRANSPARENT), starting the connect and telling whether it finished
+inside connect() already, and `facts()` for proxyout.
+Must not import the reactor or the relay; the phases and deadlines stay the connection's.
+"""
+
+from __future__ import annotations
+
+import _socket
+import errno
+import socket
+
+from epollmux import errors
+from epollmux.wire import proxyout
+
+IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
+IPV6_TRANSPARENT = 75
+TCP_ESTABLISHED = 1                                  # tcp_info.tcpi_state, its first byte
+TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+
+
+def connect(route, client_ip: str) -> tuple[object, str | None, bool]:
+    """Start connecting to route.backend: (socket, close reason or None, connected already).
+    A connect done by the time connect() returns (loopback, a unix socket) needs no EPOLLOUT wait."""
+    family = route.backend.family
+    # _socket.socket: the C socket type, without socket.socket's Python-level __init__/close/.family
+    sock = _socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    tcp = family in TCP_FAMILIES
+    if tcp:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if route.transparent:
+        reason = bind_as_client(sock, family, client_ip)
+        if reason:
+            return sock, reason, False
+    err = sock.connect_ex(route.backend.sockaddr)
+    if err not in (0, errno.EINPROGRESS):
+        return sock, "backend-busy" if err == errno.EAGAIN else errors.connect_reason(err), False
+    done = route.backend_context is None and (
+        err == 0 or tcp and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == TCP_ESTABLISHED)
+    return sock, None, done
+
+
+def bind_as_client(sock, family: int, ip: str) -> str | None:
+    """Transparent mode: the backend sees the client's own address (IP_TRANSPARENT)."""
+    if (":" in ip) != (family == socket.AF_INET6):
+        return "transparent-family"
+    level, option = (socket.IPPROTO_IPV6, IPV6_TRANSPARENT) if family == socket.AF_INET6 else (socket.SOL_IP, IP_TRANSPARENT)
+    try:
+        sock.setsockopt(level, option, 1)
+    except PermissionError:
+        return "transparent-denied"     # no CAP_NET_ADMIN / CAP_NET_RAW (--check warns)
+    sock.bind((ip, 0))
+    return None
+
+
+def facts(src, dst, unique_id: bytes, engine, names) -> proxyout.Facts:
+    """What a PROXY header tells the backend: from the TLS engine of a terminated connection, else
+    from the names sniffed in the client's first bytes (sniff.Names, or None)."""
+    out = proxyout.Facts(src=src[:2], dst=dst[:2], unique_id=unique_id)
+    if engine is not None:
+        cert = engine.peer_cert_der() is not None
+        out.sni, out.alpn = engine.sni, engine.alpn()
+        out.tls_version, out.tls_cipher = engine.version(), engine.cipher()
+        out.client_cn, out.client_cert, out.client_verified = engine.peer_cn(), cert, engine.peer_verified()
+        out.session_reused = engine.session_reused()
+    elif names is not None and names.hello:
+        out.sni, out.alpn = names.server_name, (names.alpn[0] if names.alpn else None)
+    return out

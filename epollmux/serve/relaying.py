@@ -1,0 +1,118 @@
+"""The relay phase of a connection: the two directions (or the kernel relay) and the events that drive them.
+
+Owns: starting the relay (Directions over the two endpoints, or the kernel relay for passthrough
+between two TCP sockets), turning socket edges into pumps, asking for writable edges only while a
+direction waits for its destination to drain, the busy-direction resume, the end of both directions,
+and the idle deadline. `Relaying` is a base class of `connection.Connection`: it works on that
+connection's fields and returns close reasons like every other handler.
+Must not parse protocols, close the connection (connection.close does) or move bytes itself.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from epollmux.reactor import ERR, HUP, RDHUP
+from epollmux.relay.direction import Direction, State
+from epollmux.relay.endpoints import PlainEndpoint
+from epollmux.serve.phases import BACKEND_OUT, CLIENT_OUT, EVENTS, READABLE, TCP_FAMILIES, WRITABLE, Phase
+
+
+class Relaying:
+    __slots__ = ()
+
+    def _start_relay(self, pump_down: bool = True) -> str | None:
+        """pump_down=False: the backend was registered this turn, so its first bytes will raise an edge."""
+        self._set_phase(Phase.RELAYING)
+        ctx = self.ctx
+        if ctx.kernel is not None and self._kernel_relayable() and ctx.kernel.take(self, self.client, self.backend):
+            self.kernel = True
+            if ctx.settings.idle_timeout:
+                self._arm(ctx.settings.idle_timeout, self._idle_check)
+            return None
+        pool = ctx.pool
+        up = self.up = Direction(self.cend, self.bend, pool)
+        down = self.down = Direction(self.bend, self.cend, pool)
+        up.other, down.other = down, up
+        if ctx.settings.idle_timeout:
+            self._arm(ctx.settings.idle_timeout, self._idle_check)
+        return self._pump(up) or (pump_down and self._pump(down)) or self._after_pump()
+
+    def _kernel_relayable(self) -> bool:
+        """Passthrough between two TCP sockets, with a kernel relay in this worker."""
+        return (self.ctx.kernel is not None and type(self.cend) is PlainEndpoint and type(self.bend) is PlainEndpoint
+                and self.client.family in TCP_FAMILIES and self.backend.family in TCP_FAMILIES)
+
+    def _relay_event(self, fd: int, events: int) -> str | None:
+        if self.kernel:
+            return self.ctx.kernel.socket_event(self, fd, events)
+        if fd == self.cfd:
+            sock, end, src, dst = self.client, self.cend, self.up, self.down
+        else:
+            sock, end, src, dst = self.backend, self.bend, self.down, self.up
+        if events & ERR and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            return "reset"
+        moved = False          # an edge that finds nothing to do (a writable socket with nothing waiting) ends here
+        if events & WRITABLE and end.holds_output and end.pending_output():
+            end.flush()
+            moved = True
+        if events & READABLE and src.state is State.WAIT_SRC:
+            reason = self._pump(src, not events & (RDHUP | HUP | ERR))     # clean edge: see Direction.pump
+            if reason:
+                return reason
+            moved = True
+        if events & WRITABLE and dst.state is State.WAIT_DST:
+            reason = self._pump(dst)
+            if reason:
+                return reason
+            moved = True
+        return self._after_pump() if moved else None
+
+    def _pump(self, direction: Direction, clean: bool = False) -> str | None:
+        self.last_active = self.ctx.reactor.now
+        reason = direction.pump(clean)
+        if reason:
+            if direction.detail:
+                self.detail = direction.detail
+            return reason
+        if direction.state is State.WAIT_DST:
+            self._want_writable(direction)
+        return None
+
+    def _want_writable(self, direction: Direction) -> None:
+        """A direction waits for its destination to drain: make sure that socket reports writable edges."""
+        bit, fd = (BACKEND_OUT, self.bfd) if direction is self.up else (CLIENT_OUT, self.cfd)
+        if not self.writable & bit:
+            self.ctx.reactor.modify(fd, EVENTS)    # ET: if it drained meanwhile, the edge is queued now
+            self.writable |= bit
+
+    def _after_pump(self) -> str | None:
+        up, down = self.up.state, self.down.state
+        if up is State.DONE and down is State.DONE:
+            cend, bend = self.cend, self.bend
+            if cend.holds_output and cend.pending_output() or bend.holds_output and bend.pending_output():
+                return None        # a close_notify still on its way: the next writable edge sends it
+            return "eof"
+        if (up is State.BUSY or down is State.BUSY) and not self._soon:
+            self._soon = True
+            self.ctx.reactor.call_soon(self._event, self._resume)
+        return None
+
+    def _resume(self) -> str | None:
+        self._soon = False
+        for direction in (self.up, self.down):
+            if direction.state is State.BUSY:
+                reason = self._pump(direction)
+                if reason:
+                    return reason
+        return self._after_pump()
+
+    def _idle_check(self) -> str | None:
+        idle = self.ctx.settings.idle_timeout
+        if self.kernel and self.ctx.kernel.active(self):     # payload wakes no one: ask the kernel
+            self.last_active = self.ctx.reactor.clock()
+        left = self.last_active + idle - self.ctx.reactor.clock()
+        if left <= 0:
+            return "idle-timeout"
+        self._arm(left, self._idle_check)
+        return None
