@@ -212,6 +212,12 @@ def test_verbose_options_map_to_log_levels(flags, level):
     assert r.returncode == 0 and f"log_level = {level}\n" in r.stdout, r.stderr
 
 
+def test_verbose_logfile_bit_is_reported_once():
+    r = run("-f", "-p", "127.0.0.1:1", "--ssh", "127.0.0.1:22", "--verbose-connections", "7",
+            "--verbose-fd", "4", "--check")
+    assert r.returncode == 0 and r.stderr.count("bit 4 (logfile): no effect") == 1, r.stderr
+
+
 def test_version():
     r = run("-V")
     assert r.returncode == 0 and "epollmux" in r.stdout

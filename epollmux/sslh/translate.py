@@ -118,6 +118,10 @@ def _globals(model: Model, out: Translation, problems: Problems) -> None:
     if g.get("user"):
         glob["user"] = g["user"]
     glob["log_level"] = _log_level(g)
+    logfile_bit = [k for k, v in g.items() if k.startswith("verbose") and isinstance(v, int) and v & 4]
+    if logfile_bit:
+        problems.notice(model.global_where[logfile_bit[0]], "global", logfile_bit[0].replace("_", "-"),
+                        "value bit 4 (logfile): no effect, logs go to stderr or syslog")
     daemon = not (out.foreground or out.inetd)
     glob["log_target"] = "syslog" if daemon and g.get("syslog_facility") != "none" and \
         os.path.exists("/dev/log") else "stderr"
