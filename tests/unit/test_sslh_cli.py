@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from support.daemon import REPO
 from epollmux import config
 from epollmux.sslh import cmdline, options, translate
 

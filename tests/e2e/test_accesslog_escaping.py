@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import socket
 
-from conftest import connect, free_port, recv_all
-from hello_builder import build_client_hello
+from support.net import connect, free_port, recv_all
+from support.hello_builder import build_client_hello
 from test_accesslog import access_lines
 
 from epollmux.observe.accesslog import text
