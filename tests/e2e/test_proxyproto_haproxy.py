@@ -35,7 +35,7 @@ def haproxy_to(haproxy):
         backend.listen(4)
         backend.settimeout(10)
         sockets.append(backend)
-        h = haproxy_to(f"127.0.0.1:{backend.getsockname()[1]} {server_options}", frontend, ipv6=True,
+        h = haproxy(f"127.0.0.1:{backend.getsockname()[1]} {server_options}", frontend, ipv6=True,
                     unique_id="%ci:%cp_%fp")
         return h, backend
 
