@@ -6,14 +6,17 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from support.daemon import REPO
+from support.net import free_port, wait_port
 from epollmux import config
 from epollmux.sslh import cmdline, options, translate
 
@@ -199,3 +202,39 @@ def test_readme_table_covers_every_option():
             continue        # one row stands for the family
         assert rows.get((option.where, option.name)) == option.status, (option.where, option.name)
     assert ("command line", "--verbose-*") in rows and ("global", "verbose-*") in rows
+
+
+@pytest.mark.parametrize("flags, level", [
+    ([], "info"), (["-v"], "debug"), (["-v", "0"], "warning"), (["--verbose-probe-info", "1"], "debug"),
+    (["--verbose-connections", "0"], "warning"), (["--verbose-connections-error", "3"], "info"),
+])
+def test_verbose_options_map_to_log_levels(flags, level):
+    r = run("-f", "-p", "127.0.0.1:1", "--ssh", "127.0.0.1:22", *flags, "--print-config")
+    assert r.returncode == 0 and f"log_level = {level}\n" in r.stdout, r.stderr
+
+
+def test_version():
+    r = run("-V")
+    assert r.returncode == 0 and "epollmux" in r.stdout
+
+
+def test_without_foreground_it_detaches_and_writes_the_pidfile(tmp_path):
+    port, pidfile = free_port(), tmp_path / "sslh.pid"
+    with open(tmp_path / "log", "wb") as log:      # the daemon keeps stderr (its log) open: not a pipe
+        r = subprocess.run([sys.executable, "-m", "epollmux", "-p", f"127.0.0.1:{port}", "--anyprot",
+                            "127.0.0.1:9", "-P", str(pidfile)], cwd=REPO, stdout=log, stderr=log,
+                           stdin=subprocess.DEVNULL, timeout=30)
+    assert r.returncode == 0, (tmp_path / "log").read_text()     # the starting process returns once detached
+    deadline = time.monotonic() + 10
+    while not (pidfile.exists() and pidfile.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    pid = int(pidfile.read_text())
+    try:
+        wait_port(port)
+        assert pid != os.getpid() and os.path.exists(f"/proc/{pid}")
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pidfile.exists()         # removed at a clean stop
