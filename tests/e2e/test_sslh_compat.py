@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -20,7 +21,7 @@ import pytest
 
 from support.certs import make_ca
 from support.daemon import REPO
-from support.net import connect, free_port, Server, wait_port
+from support.net import connect, free_port, listening, Server
 from support.hello_builder import build_client_hello
 from support.peers import need, openvpn_keys, tls_server_block
 from support.probe_fixtures import FIXTURES
@@ -261,3 +262,37 @@ def test_inetd_serves_the_connection_on_stdin(tmp_path):
         assert proc.wait(20) == 0, proc.stderr.read()
     assert got == b"ssh: " + PAYLOADS["ssh"]
     backend.server.close()
+
+
+def test_socket_activation_serves_systemds_sockets_instead_of_listen(daemon, tmp_path):
+    """sslh.socket: the sockets systemd passes are served and the config's listen entries not bound."""
+    activate = shutil.which("systemd-socket-activate") or pytest.skip("systemd-socket-activate not installed")
+    backend = Tagged("ssh")
+    port, configured = free_port(), free_port()
+    cfg = tmp_path / "sslh.cfg"
+    cfg.write_text(f'listen: ( {{ host: "127.0.0.1"; port: "{configured}"; }} );\n'
+                   f'protocols: ( {{ name: "ssh"; host: "127.0.0.1"; port: "{backend.port}"; }} );\n')
+    d = daemon().start(args=["--foreground", "-F", str(cfg)], wrap=[activate, "-l", f"127.0.0.1:{port}"],
+                       wait=port)
+    assert_routed(port, PAYLOADS["ssh"], "ssh", bytewise=False)
+    d.wait_log("ready")
+    assert "not bound: systemd passes 1 socket" in d.log_text()
+    assert not listening(configured)
+    backend.server.close()
+
+
+def test_sighup_rereads_the_sslh_file_with_the_same_options(daemon, tmp_path):
+    first, second = Tagged("ssh"), Tagged("anyprot")
+    port = free_port()
+    cfg = tmp_path / "sslh.cfg"
+    cfg.write_text(f'protocols: ( {{ name: "ssh"; host: "127.0.0.1"; port: "{first.port}"; }} );\n')
+    d = daemon().start(args=["-f", "-p", f"127.0.0.1:{port}", "-F", str(cfg)], wait=port)
+    assert_routed(port, PAYLOADS["http"], "ssh", bytewise=False)      # all NEXT: the last protocol
+    cfg.write_text(f'protocols: ( {{ name: "ssh"; host: "127.0.0.1"; port: "{first.port}"; }},\n'
+                   f'  {{ name: "anyprot"; host: "127.0.0.1"; port: "{second.port}"; }} );\n')
+    os.kill(d.pid, signal.SIGHUP)
+    d.wait_log("reloaded: generation 2")
+    assert_routed(port, PAYLOADS["http"], "anyprot", bytewise=False)
+    assert_routed(port, PAYLOADS["ssh"], "ssh", bytewise=False)
+    first.server.close()
+    second.server.close()
