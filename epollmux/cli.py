@@ -122,6 +122,11 @@ def plural(n: int, noun: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prog = sys.argv[0] if argv is None else "epollmux"
+    argv = sys.argv[1:] if argv is None else argv
+    from epollmux.sslh import cmdline as sslh_cmdline
+    if sslh_cmdline.applies(argv, prog):
+        return sslh_cmdline.main(argv, prog)
     args = parser().parse_args(argv)
     try:
         cfg = load(args)
