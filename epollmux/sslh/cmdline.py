@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import socket
 import sys
 import types
 
@@ -98,9 +99,37 @@ def model_from(args, problems: Problems) -> Model:
             model.set_global(CLI, key, True)
     for text in args.listen:
         model.listen.append(_cli_entry(f"--listen {text}", text, {}, problems))
+    activated = _activated_addresses()
+    if activated:
+        source = model.listen[0].source if model.listen else CLI
+        problems.notice(source, "listen", "", f"not bound: systemd passes {len(activated)} socket(s), "
+                                              "served instead (as sslh does)")
+        model.listen = [Entry("systemd", f"socket {i}", {"host": host, "port": port})
+                        for i, (host, port) in enumerate(activated)]
     for name, text in args.protocols:
         model.protocols.append(_cli_entry(f"--{name} {text}", text, {"name": name}, problems))
     return model
+
+
+def _activated_addresses() -> list[tuple[str, str]]:
+    """The local addresses of the sockets systemd passes (LISTEN_FDS for this PID), left in place for
+    the supervisor to adopt; sslh serves these instead of its listen entries."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or not os.environ.get("LISTEN_FDS", "").isdigit():
+        return []
+    found = []
+    for fd in range(3, 3 + int(os.environ["LISTEN_FDS"])):
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            continue        # the supervisor reports it
+        try:
+            host, port = sock.getsockname()[:2]
+        except (OSError, TypeError, ValueError):
+            continue
+        finally:
+            sock.detach()
+        found.append((host, str(port)))
+    return found
 
 
 def _cli_entry(where: str, text: str, keys: dict, problems: Problems) -> Entry:
