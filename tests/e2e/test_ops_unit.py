@@ -16,8 +16,9 @@ import sys
 
 import pytest
 
-from conftest import REPO, free_port, tree_pids
-from svhelpers import Proc, TaggedBackend, procs, config  # noqa: F401  (procs is a fixture)
+from support.daemon import REPO, Daemon, tree_pids
+from support.net import free_port
+from support.supervision import TaggedBackend, config
 
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv missing (util-linux)"),
@@ -56,16 +57,14 @@ def backend():
 
 
 def _bounded_config(tmp_path, port: int, backend_port: int) -> str:
-    return config(port, backend_port, extra_global="user = nobody") + \
-        f"\n[metrics]\nstats_socket = {tmp_path}/run/epollmux.sock\n"
+    return config(port, backend_port, user="nobody", sections=f"[metrics]\nstats_socket = {tmp_path}/run/epollmux.sock\n")
 
 
-def test_unit_capabilities_survive_reload_stats_stop(tmp_path, procs, backend):
+def test_unit_capabilities_survive_reload_stats_stop(tmp_path, daemon, backend):
     settings = unit_settings()
     assert "User" not in settings, "the test assumes the supervisor runs as root (User= unset)"
     bounding = settings["CapabilityBoundingSet"].split()
-    d = Proc(tmp_path, _bounded_config(tmp_path, free_port(), backend.port), python_code=setpriv_code(bounding))
-    procs.append(d)
+    d = daemon().start(_bounded_config(tmp_path, free_port(), backend.port), python_code=setpriv_code(bounding))
     d.wait_log("ready: ", timeout=30)
     supervisor = d.pid
     assert int(_status(supervisor, "CapBnd"), 16) == _mask(bounding)
@@ -85,11 +84,10 @@ def test_unit_capabilities_survive_reload_stats_stop(tmp_path, procs, backend):
     assert not [p for p in d.seen if os.path.exists(f"/proc/{p}")], "workers outlived the supervisor"
 
 
-def test_refused_signal_is_logged_not_fatal(tmp_path, procs, backend):
+def test_refused_signal_is_logged_not_fatal(tmp_path, daemon, backend):
     """Without CAP_KILL (the unit before the fix) the supervisor logs the refusal and keeps running."""
     bounding = [c for c in unit_settings()["CapabilityBoundingSet"].split() if c != "CAP_KILL"]
-    d = Proc(tmp_path, _bounded_config(tmp_path, free_port(), backend.port), python_code=setpriv_code(bounding))
-    procs.append(d)
+    d = daemon().start(_bounded_config(tmp_path, free_port(), backend.port), python_code=setpriv_code(bounding))
     d.wait_log("ready: ", timeout=30)
     d.signal(signal.SIGUSR1)
     d.wait_log("cannot send SIGUSR1 to worker", timeout=30)
@@ -109,15 +107,13 @@ def test_unit_gives_the_stats_socket_a_runtime_directory():
     assert re.search(r"^user = epollmux\b", example, re.M)
 
 
-def test_exec_reload_reports_the_outcome(tmp_path, procs, backend):
+def test_exec_reload_reports_the_outcome(tmp_path, daemon, backend):
     settings = unit_settings()
     assert settings["ExecReload"].split()[-1] == "--reload"
     assert settings["Type"] == "notify"      # notify-reload needs systemd 253; Debian 12 has 252
     port = free_port()
     text = _bounded_config(tmp_path, port, backend.port).replace("user = nobody", "")
-    d = Proc(tmp_path, text)
-    procs.append(d)
-    d.wait_log("ready: ")
+    d = daemon().start(text, ready=True)
     ok = _reload(d)
     assert ok.returncode == 0 and ok.stdout.startswith("ok: generation 2 accepting"), ok.stdout + ok.stderr
 
@@ -132,7 +128,7 @@ def test_exec_reload_reports_the_outcome(tmp_path, procs, backend):
     assert "reload refused" in d.log_text()
 
 
-def _reload(d: Proc) -> subprocess.CompletedProcess:
+def _reload(d: Daemon) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "MAINPID"}
     return subprocess.run([sys.executable, "-m", "epollmux", "-c", str(d.config_path), "--reload"], cwd=REPO,
                           capture_output=True, text=True, timeout=90, env=env)

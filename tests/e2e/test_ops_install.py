@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO
+from support.daemon import REPO
 
 pytestmark = [pytest.mark.timeout(600),
               pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed (Debian package make)")]

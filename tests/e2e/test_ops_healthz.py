@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
-from conftest import connect, free_port, wait_port
-from svhelpers import Proc, TaggedBackend, procs, config  # noqa: F401  (procs is a fixture)
+from support.net import connect, free_port, wait_port
+from support.supervision import TaggedBackend, config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -24,14 +24,12 @@ def http_get(port: int, path: str) -> tuple[int, str]:
     return int(head.split()[1]), body.decode()
 
 
-def test_healthz_200_while_accepting_503_while_draining(tmp_path, procs):
+def test_healthz_200_while_accepting_503_while_draining(daemon):
     backend = TaggedBackend(b"A")
     try:
         port, metrics = free_port(), free_port()
-        text = config(port, backend.port, workers=1) + f"\n[metrics]\naddress = 127.0.0.1:{metrics}\n"
-        d = Proc(tmp_path, text)
-        procs.append(d)
-        d.wait_log("ready: ")
+        text = config(port, backend.port, workers=1, sections=f"[metrics]\naddress = 127.0.0.1:{metrics}\n")
+        d = daemon().start(text, ready=True)
         wait_port(metrics)
         assert http_get(metrics, "/healthz") == (200, "accepting\n")
         held = connect(port)                        # keeps the worker draining after SIGTERM

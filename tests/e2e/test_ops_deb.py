@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from support.daemon import REPO
 
 TOOLS = ("dpkg-deb", "fakeroot", "apt-get", "dpkg")
 pytestmark = [

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO
+from support.daemon import REPO
 from epollmux import cli
 from epollmux.tools import manpage
 
