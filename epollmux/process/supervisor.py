@@ -22,7 +22,7 @@ import signal
 import time
 from collections import Counter, deque
 
-from epollmux import __version__, config
+from epollmux import __version__, checks, config
 from epollmux.observe import collector, exporter, logsetup, metrics, stats
 from epollmux.process import daemonize, privileges, systemd, workerproc
 from epollmux.reactor import IN, Reactor
@@ -426,6 +426,11 @@ class Supervisor:
         endpoints = None
         try:
             cfg = self.loader(self.path)
+            found = checks.run(cfg, starting=True)
+            if found.errors:
+                raise config.ConfigError(found.errors)
+            for warning in found.warnings:
+                log.warning("%s", warning)
             creds = privileges.resolve(cfg.settings.user, cfg.settings.group)
             privileges.check(creds)
             endpoints = exporter.bind(cfg.metrics.address, cfg.metrics.stats_socket, self.exporter.endpoints)
