@@ -292,7 +292,10 @@ def _route(entry: Entry, model: Model, out: Translation, problems: Problems) -> 
 
 
 def _byte_escaped(pattern: str) -> str:
-    """libconfig decoded `\\xNN` into characters; epollmux reads `\\xNN` text as the byte NN."""
+    """libconfig decoded `\\xNN` into characters; epollmux reads `\\xNN` text as the byte NN.
+    sslh's catch-all "" (which epollmux refuses as a mistake) becomes "(?:)", which also matches anything."""
+    if pattern == "":
+        return "(?:)"
     out = []
     for ch in pattern:
         if 0x20 <= ord(ch) < 0x7F:
