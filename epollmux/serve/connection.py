@@ -22,7 +22,7 @@ import socket
 
 from epollmux.observe import accesslog
 from epollmux import addr, errors
-from epollmux.wire import clienthello, proxyout, proxyproto, sniff
+from epollmux.wire import clienthello, proxyout, proxyproto, sniff, why
 from epollmux.serve.admission import Grant
 from epollmux.relay.endpoints import PlainEndpoint, TLSEndpoint
 from epollmux.reactor import ERR, ET, HUP, IN, OUT, RDHUP
@@ -90,6 +90,7 @@ class Connection:
     __slots__ += ("connect_started",)     # metrics: when the backend connect began
     __slots__ += ("kernel",)              # True: ctx.kernel relays this connection, not Directions
     __slots__ += ("writable",)            # fds registered with OUT: CLIENT_OUT | BACKEND_OUT
+    __slots__ += ("local",)               # the backend socket's own address, while in ctx.own_backends
 
     def __init__(self, ctx, listener, client: socket.socket, sockaddr, events: int = EVENTS):
         self.ctx = ctx
@@ -121,6 +122,7 @@ class Connection:
         self.connect_started = 0.0
         self.kernel = False
         self.writable = events      # start() registers the client with these events
+        self.local = None
 
     @property
     def peer(self) -> str:
@@ -134,7 +136,18 @@ class Connection:
         ctx.reactor.register(self.cfd, self.writable, self)
         self.writable &= CLIENT_OUT
         ctx.connections.add(self)
+        if self.src in ctx.own_backends:
+            self._event(self._looped)
+            return
         self._event(self._admit if self.listener.proxy_protocol == "none" else self._begin)
+
+    def _looped(self) -> str:
+        """The client is one of this worker's own backend sockets: a route's backend leads back here."""
+        if not self.ctx.loop_warned:
+            self.ctx.loop_warned = True
+            log.warning("%s: a connection from this worker's own backend socket: a route's backend leads back "
+                        "to a listener of this daemon; closed (reason loop)", self.listener.name)
+        return "loop"
 
     def _set_phase(self, phase: Phase, deadline: float = 0, on_expiry=None, *args) -> None:
         if phase not in self.phase.allowed:
@@ -258,7 +271,7 @@ class Connection:
         decision = sniff.decide(data, table, full=full)
         if probe_log.isEnabledFor(logging.DEBUG):
             probe_log.debug("%s: %d bytes, verdicts %s", self.peer, len(data),
-                            " ".join(f"{r.name}={v.value}" for r, v in zip(routes, decision.verdicts)))
+                            why.describe(routes, decision.verdicts, data, full=full))
         if not decision.done:
             return None
         if decision.route is None:
@@ -372,6 +385,9 @@ class Connection:
         err = sock.connect_ex(target.sockaddr)
         if err not in (0, errno.EINPROGRESS):
             return "backend-busy" if err == errno.EAGAIN else errors.connect_reason(err)
+        if tcp:         # remembered so that this socket, arriving at one of our listeners, is seen as a loop
+            self.local = sock.getsockname()
+            ctx.own_backends.add(self.local)
         if route.backend_context is None and (
                 err == 0 or tcp and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == TCP_ESTABLISHED):
             # done already (on loopback the handshake ran inside connect()): no turn spent waiting for EPOLLOUT.
@@ -555,6 +571,8 @@ class Connection:
         ctx = self.ctx
         ctx.connections.discard(self)
         ctx.admission.leave(self.grant)
+        if self.local is not None:
+            ctx.own_backends.discard(self.local)
         abort = reason == "reset"
         up = down = spliced = 0
         if self.kernel:        # out of the maps before the sockets close; the counts need them open
