@@ -9,7 +9,8 @@ up and down (bytes client->backend, backend->client), spliced (bytes of those th
 the rest was copied), duration (seconds), reason, verdict (match, timeout or none), sni, alpn, host
 (from the peeked bytes; alpn is the negotiated one on terminated connections), tls, cipher, client_cn
 (terminated connections), detail (what TLS or a PROXY parser said about an error).
-Fields with no value are left out.
+Fields with no value are left out. In the text format every value that is not plain (letters, digits and
+`._:/-[]>,@+`) is a JSON string literal: no client-controlled byte can forge or split a line.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 
+from epollmux.observe import logsetup
 from epollmux.wire import sniff
 
 log = logging.getLogger("epollmux.access")
@@ -44,8 +47,15 @@ def text(record: dict) -> str:
     return " ".join(parts)
 
 
+# A text value is written bare only when it is made of these characters; anything else (a space, a quote,
+# a tab, CR/LF, a terminal escape, any non-ASCII character) is written as a JSON string literal, so a
+# client-controlled value (SNI, ALPN, Host, a client certificate's CN, a PROXY header's reason) can never
+# end a line early, add a field or hide one: one record is always one line of key=value pairs.
+_PLAIN = re.compile(r"[A-Za-z0-9._:/\-\[\]>,@+]+")
+
+
 def _text_value(value: str) -> str:
-    return value if value and " " not in value and '"' not in value else json.dumps(value)
+    return value if _PLAIN.fullmatch(value) else json.dumps(value)
 
 
 def as_json(record: dict, stamp: str) -> str:
@@ -70,6 +80,7 @@ class Writer:
         self._stamp = ""
         self.pid = os.getpid()
         self._prefix = f" epollmux[{self.pid}] INFO epollmux.access: worker={self.pid} "
+        self.journal = logsetup.under_systemd()    # "<6>" first, no time stamp: journald adds both
 
     def enabled(self) -> bool:
         return log.isEnabledFor(logging.INFO)
@@ -84,8 +95,11 @@ class Writer:
         if self.json:
             line = as_json({"worker": self.pid, **record}, self._stamp + millis + "Z")
             if self.direct:
-                self.lines.append(line + "\n")
+                self.lines.append(("<6>" if self.journal else "") + line + "\n")
                 return
+        elif self.direct and self.journal:
+            self.lines.append(f"<6>INFO epollmux.access: worker={self.pid} {text(record)}\n")
+            return
         elif self.direct:
             self.lines.append(f"{self._stamp}{millis}{self._prefix}{text(record)}\n")
             return

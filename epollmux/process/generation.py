@@ -9,8 +9,11 @@ Must not fork (workerproc does), touch the reactor or client connections.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+
+log = logging.getLogger("epollmux.supervisor")
 
 MAX_START_FAILURES = 3      # workers dying before they accept, in a row: the generation cannot start
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
@@ -59,12 +62,18 @@ def terminate(proc) -> None:
         send(proc, signal.SIGTERM)
 
 
-def send(proc, signum: int) -> None:
-    """Signal a worker that may have exited already."""
+def send(proc, signum: int) -> bool:
+    """Send a signal to a worker; a worker already gone or a refusal (EPERM: no CAP_KILL while workers
+    run as another user) is logged, never raised: the supervisor carries on."""
     try:
         os.kill(proc.pid, signum)
+        return True
     except ProcessLookupError:
-        pass
+        return False
+    except PermissionError:
+        log.error("cannot send %s to worker %d: permission denied (the supervisor needs CAP_KILL "
+                  "when workers run as another user)", signal.Signals(signum).name, proc.pid)
+        return False
 
 
 def describe_status(status: int) -> str:

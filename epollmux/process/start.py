@@ -26,6 +26,7 @@ def run(cfg, args) -> int:
     verbose = bool(getattr(args, "verbose", False))
     logsetup.setup("debug" if verbose else cfg.settings.log_level, cfg.settings.log_target, cfg.settings.log_format)
     path = None if getattr(args, "listen", None) else os.path.abspath(cfg.source)
+    path = getattr(args, "config_path", path)      # the sslh command line names its own source
     try:
         table = SocketTable(systemd.listen_fds())
     except systemd.ActivationError as exc:
@@ -52,7 +53,8 @@ def run(cfg, args) -> int:
         table.close_all()
         return EXIT_RUNTIME
     try:
-        return Supervisor(path, verbose, table, pidfile, endpoints).run(ready)
+        return Supervisor(path, verbose, table, pidfile, endpoints,
+                          getattr(args, "loader", None)).run(ready)
     finally:
         if pidfile is not None:
             pidfile.__exit__(None, None, None)

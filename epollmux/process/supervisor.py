@@ -23,7 +23,7 @@ import signal
 import time
 from collections import Counter
 
-from epollmux import config
+from epollmux import checks, config
 from epollmux.observe import collector, exporter, logsetup, metrics, report
 from epollmux.process import systemd, workerproc
 from epollmux.process.prepare import Prepared, Refused, prepare
@@ -49,8 +49,9 @@ class State(enum.Enum):
 
 class Supervisor:
     def __init__(self, path: str | None, verbose: bool, table: SocketTable, pidfile=None,
-                 endpoints: exporter.Endpoints | None = None):
+                 endpoints: exporter.Endpoints | None = None, loader=None):
         self.path = path                # None: config-free mode, nothing to reload from
+        self.loader = loader or config.load_file     # path -> Config (the sslh command line has its own)
         self.verbose = verbose
         self.table = table
         self.pidfile = pidfile
@@ -63,6 +64,8 @@ class Supervisor:
         self.retired: list[Generation] = []          # draining after a reload
         self.generations = 0
         self.reload_queued = False
+        self.reload_asked: list = []                 # stats-socket `reload` clients before their reload runs
+        self.reload_waiters: list = []               # ... while it runs: told its outcome
         self.log_target = ""
         self.accepted_gone = 0          # last counts of workers that exited
         self.last_status = ""
@@ -107,10 +110,10 @@ class Supervisor:
         for proc in self._live():
             if proc.report_fd >= 0:
                 self._close_reports(proc)
+            send(proc, signal.SIGKILL)
             try:
-                os.kill(proc.pid, signal.SIGKILL)
                 os.waitpid(proc.pid, 0)
-            except (ProcessLookupError, ChildProcessError):
+            except ChildProcessError:
                 pass
         self.exporter.close()
         self.reactor.close()
@@ -288,6 +291,9 @@ class Supervisor:
 
     def _stop(self) -> None:
         self.state = State.STOPPING
+        self.reload_waiters += self.reload_asked
+        self.reload_asked = []
+        self._tell_reload("refused: the daemon is stopping\n")
         self.notifier.stopping()
         gens = self._generations()
         for proc in self._live():
@@ -318,15 +324,23 @@ class Supervisor:
             self.reactor.call_soon(self.handle_reload)
 
     def _reload(self) -> None:
+        self.reload_waiters, self.reload_asked = self.reload_waiters + self.reload_asked, []
         self.notifier.reloading()
         if self.path is None:
             log.warning("reload is not possible: started from command-line flags, there is no file")
             self.reloads["refused"] += 1
+            self._tell_reload("refused: started from command-line flags, there is no file\n")
             self.notifier.ready(self._status_text())
             return
         log.info("reloading %s", self.path)
         try:
-            ready = prepare(config.load_file(self.path), self.table, self.exporter.endpoints)
+            cfg = self.loader(self.path)
+            found = checks.run(cfg, starting=True)
+            if found.errors:
+                raise config.ConfigError(found.errors)
+            for warning in found.warnings:
+                log.warning("%s", warning)
+            ready = prepare(cfg, self.table, self.exporter.endpoints)
         except config.ConfigError as exc:
             self._refuse(exc.problems)
             return
@@ -347,7 +361,14 @@ class Supervisor:
             log.error("reload refused: %s", problem)
         log.error("reload refused (%d problems): the running configuration stays", len(problems))
         self.reloads["refused"] += 1
+        self._tell_reload("".join(f"refused: {p}\n" for p in problems))
         self.notifier.ready(self._status_text() + "; last reload refused")
+
+    def _tell_reload(self, text: str) -> None:
+        """The reload that was running is over: answer every `reload` client that asked before it."""
+        waiters, self.reload_waiters = self.reload_waiters, []
+        for reply in waiters:
+            reply(text)
 
     def _switch(self, gen: Generation) -> None:
         """The reload's generation accepts on every worker: the old one stops accepting and drains."""
@@ -360,6 +381,7 @@ class Supervisor:
         log.info("reloaded: generation %d accepting, generation %d draining",
                  gen.number, old.number if old else 0)
         self.reloads["ok"] += 1
+        self._tell_reload(f"ok: generation {gen.number} accepting\n")
         self.notifier.ready(self._status_text())
         self._forget_idle_generations()
         self._run_queued_reload()
@@ -367,6 +389,7 @@ class Supervisor:
     def _abandon(self, gen: Generation, why: str) -> None:
         log.error("reload abandoned: %s; the running configuration stays", why)
         self.reloads["abandoned"] += 1
+        self._tell_reload(f"abandoned: {why}\n")
         self.pending = None
         self.retired.append(gen)
         for proc in gen.workers.values():
@@ -387,7 +410,15 @@ class Supervisor:
     # --- metrics -----------------------------------------------------------------------------
     def _answer(self, what: str, reply) -> None:
         """An endpoint's question (metrics, stat, conns): ask the workers, then reply with fresh numbers."""
-        if what == "conns":
+        if what == "health":
+            reply("accepting\n" if self.state in (State.RUNNING, State.RELOADING) else f"{self.state.value}\n")
+        elif what == "reload":
+            if self.state is State.STOPPING:
+                reply("refused: the daemon is stopping\n")
+                return
+            self.reload_asked.append(reply)
+            self.handle_reload()
+        elif what == "conns":
             self.collector.ask(self._live(), ("conns",), lambda query: reply(self._conns_text(query)))
         elif what == "stat":
             self.collector.ask(self._live(), ("snap",), lambda query: reply(self._stat_text()))

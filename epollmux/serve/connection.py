@@ -25,7 +25,8 @@ from epollmux.relay.endpoints import PlainEndpoint, TLSEndpoint
 from epollmux.serve import backend, sniffing
 from epollmux.serve.admission import Grant
 from epollmux.serve.relaying import Relaying
-from epollmux.serve.phases import BACKEND_OUT, CLIENT_OUT, EVENTS, NEXT, QUIET, READABLE, Phase, client_events
+from epollmux.serve.phases import (BACKEND_OUT, CLIENT_OUT, EVENTS, NEXT, QUIET, READABLE, TCP_FAMILIES, Phase,
+                                   client_events)
 from epollmux.tls.engine import Event, TLSEngine
 from epollmux.wire import proxyout, sniff
 
@@ -48,6 +49,7 @@ class Connection(Relaying):
     __slots__ += ("connect_started",)     # metrics: when the backend connect began
     __slots__ += ("kernel",)              # True: ctx.kernel relays this connection, not Directions
     __slots__ += ("writable",)            # fds registered with OUT: CLIENT_OUT | BACKEND_OUT
+    __slots__ += ("local",)               # the backend socket's own address, while in ctx.own_backends
 
     def __init__(self, ctx, listener, client: socket.socket, sockaddr, events: int = EVENTS):
         self.ctx = ctx
@@ -79,6 +81,7 @@ class Connection(Relaying):
         self.connect_started = 0.0
         self.kernel = False
         self.writable = events      # start() registers the client with these events
+        self.local = None
 
     @property
     def peer(self) -> str:
@@ -92,7 +95,18 @@ class Connection(Relaying):
         ctx.reactor.register(self.cfd, self.writable, self)
         self.writable &= CLIENT_OUT
         ctx.connections.add(self)
+        if self.src in ctx.own_backends:
+            self._event(self._looped)
+            return
         self._event(self._admit if self.listener.proxy_protocol == "none" else self._begin)
+
+    def _looped(self) -> str:
+        """The client is one of this worker's own backend sockets: a route's backend leads back here."""
+        if not self.ctx.loop_warned:
+            self.ctx.loop_warned = True
+            log.warning("%s: a connection from this worker's own backend socket: a route's backend leads back "
+                        "to a listener of this daemon; closed (reason loop)", self.listener.name)
+        return "loop"
 
     def _set_phase(self, phase: Phase, deadline: float = 0, on_expiry=None, *args) -> None:
         if phase not in NEXT[self.phase]:
@@ -208,7 +222,7 @@ class Connection(Relaying):
 
     def _decide(self, data: bytes, routes, table, full: bool) -> str | None:
         decision = sniff.decide(data, table, full=full)
-        sniffing.log_verdicts(self.peer, data, routes, decision)
+        sniffing.log_verdicts(self.peer, data, routes, decision, full)
         if not decision.done:
             return None
         if decision.route is None:
@@ -295,6 +309,9 @@ class Connection(Relaying):
         self.bfd = sock.fileno()
         if reason:
             return reason
+        if self.route.backend.family in TCP_FAMILIES:   # remembered so that this socket, arriving at one of
+            self.local = sock.getsockname()             # our listeners, is seen as a loop
+            ctx.own_backends.add(self.local)
         if done:
             # done already (on loopback the handshake ran inside connect()): no turn spent waiting for EPOLLOUT.
             # Bytes the backend sends make an edge after the registration (or are seen by it): no pump now.
@@ -355,6 +372,8 @@ class Connection(Relaying):
         ctx = self.ctx
         ctx.connections.discard(self)
         ctx.admission.leave(self.grant)
+        if self.local is not None:
+            ctx.own_backends.discard(self.local)
         abort = reason == "reset"
         up = down = spliced = 0
         if self.kernel:        # out of the maps before the sockets close; the counts need them open

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import socket
 
-from epollmux.wire import proxyproto
+from epollmux.wire import proxyproto, why
 
 probe_log = logging.getLogger("epollmux.probe")
 
@@ -54,7 +54,7 @@ def read_inner(end, kept: bytes, limit: int) -> tuple[bytes, bool]:
     return bytes(buf[:got]), peer_done
 
 
-def log_verdicts(peer: str, data: bytes, routes, decision) -> None:
+def log_verdicts(peer: str, data: bytes, routes, decision, full: bool) -> None:
     if probe_log.isEnabledFor(logging.DEBUG):
         probe_log.debug("%s: %d bytes, verdicts %s", peer, len(data),
-                        " ".join(f"{r.name}={v.value}" for r, v in zip(routes, decision.verdicts)))
+                        why.describe(routes, decision.verdicts, data, full=full))
