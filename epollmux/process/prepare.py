@@ -3,7 +3,7 @@
 Owns: resolving and checking the worker credentials, binding the metrics endpoints (reusing the
 running ones where unchanged) and assigning the listening sockets (kept, adopted from systemd or
 newly bound), all or nothing: on failure `Refused` carries one line per problem and nothing new is
-left open.
+left open. `ReloadAsks`: who waits for a reload's outcome (the stats socket's `reload`).
 Must not fork, touch the reactor or client connections.
 """
 
@@ -53,3 +53,25 @@ def prepare(cfg, table: SocketTable, running: exporter.Endpoints | None = None) 
     for inherited in table.unused_inherited(cfg):
         log.warning("inherited %s matches no listener: not served", inherited.describe())
     return Prepared(cfg, creds, sockets, keys, endpoints)
+
+
+class ReloadAsks:
+    """The stats-socket clients that asked for a reload, each told the outcome of the reload that runs
+    after its question (asked during one: the next one)."""
+
+    def __init__(self):
+        self.asked: list = []           # before their reload runs
+        self.waiting: list = []         # while it runs
+
+    def ask(self, reply) -> None:
+        self.asked.append(reply)
+
+    def starting(self) -> None:
+        """A reload begins: everyone who asked so far waits for its outcome."""
+        self.waiting, self.asked = self.waiting + self.asked, []
+
+    def tell(self, text: str) -> None:
+        """The reload that was running is over: answer every client waiting for it."""
+        waiting, self.waiting = self.waiting, []
+        for reply in waiting:
+            reply(text)

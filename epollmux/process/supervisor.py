@@ -16,17 +16,19 @@ Must not touch client connections (workers do) nor fork by hand (workerproc does
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
 import signal
 import time
 from collections import Counter
 
-from epollmux import checks, config
-from epollmux.observe import collector, exporter, logsetup, metrics, report
+from epollmux import config
+from epollmux.states import TransitionError
+from epollmux.observe import collector, exporter, metrics, report
 from epollmux.process import systemd, workerproc
-from epollmux.process.prepare import Prepared, Refused, prepare
+from epollmux.process.prepare import Prepared, ReloadAsks
+from epollmux.process.reloading import Reloading
+from epollmux.process.states import NEXT, State
 from epollmux.process.generation import Generation, describe_socket, describe_status, send, terminate
 from epollmux.reactor import IN, Reactor
 from epollmux.process.sockettable import SocketTable
@@ -40,14 +42,7 @@ KILL_GRACE = 5.0            # past drain_timeout, a stopping worker is killed
 RATE_SECONDS = 5.0          # the connections-per-second figure averages over this
 
 
-class State(enum.Enum):
-    STARTING = "starting"
-    RUNNING = "running"
-    RELOADING = "reloading"
-    STOPPING = "stopping"
-
-
-class Supervisor:
+class Supervisor(Reloading):
     def __init__(self, path: str | None, verbose: bool, table: SocketTable, pidfile=None,
                  endpoints: exporter.Endpoints | None = None, loader=None):
         self.path = path                # None: config-free mode, nothing to reload from
@@ -64,8 +59,7 @@ class Supervisor:
         self.retired: list[Generation] = []          # draining after a reload
         self.generations = 0
         self.reload_queued = False
-        self.reload_asked: list = []                 # stats-socket `reload` clients before their reload runs
-        self.reload_waiters: list = []               # ... while it runs: told its outcome
+        self.reload_asks = ReloadAsks()
         self.log_target = ""
         self.accepted_gone = 0          # last counts of workers that exited
         self.last_status = ""
@@ -119,6 +113,11 @@ class Supervisor:
         self.reactor.close()
         self.notifier.close()
         self.table.close_all()
+
+    def _set_state(self, state: State) -> None:
+        if state not in NEXT[self.state]:
+            raise TransitionError.of("supervisor", self.state, state)
+        self.state = state
 
     def _generations(self) -> list[Generation]:
         return [g for g in (self.current, self.pending) if g is not None] + self.retired
@@ -190,11 +189,11 @@ class Supervisor:
             return
         gen.announced = True
         if gen is self.current and self.state is State.STARTING:
-            self.state = State.RUNNING
+            self._set_state(State.RUNNING)
             log.info("ready: %d workers accepting", len(gen.workers))
             self.notifier.ready(self._status_text())
             self._run_queued_reload()
-        elif gen is self.pending:
+        elif gen is self.pending and self.state is State.RELOADING:
             self._switch(gen)
 
     def handle_child(self) -> None:
@@ -290,10 +289,9 @@ class Supervisor:
         self._stop()
 
     def _stop(self) -> None:
-        self.state = State.STOPPING
-        self.reload_waiters += self.reload_asked
-        self.reload_asked = []
-        self._tell_reload("refused: the daemon is stopping\n")
+        self._set_state(State.STOPPING)
+        self.reload_asks.starting()
+        self.reload_asks.tell("refused: the daemon is stopping\n")
         self.notifier.stopping()
         gens = self._generations()
         for proc in self._live():
@@ -308,100 +306,9 @@ class Supervisor:
             log.warning("worker %d still running past drain_timeout: killing it", proc.pid)
             send(proc, signal.SIGKILL)
 
-    def handle_reload(self) -> None:
-        """SIGHUP: validate the file; if good, a new generation takes over; if bad, nothing changes."""
-        if self.state is State.STOPPING:
-            return
-        if self.state is not State.RUNNING:
-            log.info("reload queued: %s", self.state.value)
-            self.reload_queued = True
-            return
-        self._reload()
-
-    def _run_queued_reload(self) -> None:
-        if self.reload_queued:
-            self.reload_queued = False
-            self.reactor.call_soon(self.handle_reload)
-
-    def _reload(self) -> None:
-        self.reload_waiters, self.reload_asked = self.reload_waiters + self.reload_asked, []
-        self.notifier.reloading()
-        if self.path is None:
-            log.warning("reload is not possible: started from command-line flags, there is no file")
-            self.reloads["refused"] += 1
-            self._tell_reload("refused: started from command-line flags, there is no file\n")
-            self.notifier.ready(self._status_text())
-            return
-        log.info("reloading %s", self.path)
-        try:
-            cfg = self.loader(self.path)
-            found = checks.run(cfg, starting=True)
-            if found.errors:
-                raise config.ConfigError(found.errors)
-            for warning in found.warnings:
-                log.warning("%s", warning)
-            ready = prepare(cfg, self.table, self.exporter.endpoints)
-        except config.ConfigError as exc:
-            self._refuse(exc.problems)
-            return
-        except Refused as exc:
-            self._refuse(exc.problems)
-            return
-        self.exporter.replace(ready.endpoints)
-        settings = ready.cfg.settings
-        logsetup.change("debug" if self.verbose else settings.log_level, settings.log_target,
-                        settings.log_format, self.log_target)
-        self.log_target = settings.log_target
-        self.pending = self._new_generation(ready)
-        self.state = State.RELOADING
-        self._fill(self.pending)
-
-    def _refuse(self, problems: list[str]) -> None:
-        for problem in problems:
-            log.error("reload refused: %s", problem)
-        log.error("reload refused (%d problems): the running configuration stays", len(problems))
-        self.reloads["refused"] += 1
-        self._tell_reload("".join(f"refused: {p}\n" for p in problems))
-        self.notifier.ready(self._status_text() + "; last reload refused")
-
-    def _tell_reload(self, text: str) -> None:
-        """The reload that was running is over: answer every `reload` client that asked before it."""
-        waiters, self.reload_waiters = self.reload_waiters, []
-        for reply in waiters:
-            reply(text)
-
-    def _switch(self, gen: Generation) -> None:
-        """The reload's generation accepts on every worker: the old one stops accepting and drains."""
-        old, self.current, self.pending = self.current, gen, None
-        self.state = State.RUNNING
-        if old is not None:
-            self.retired.append(old)
-            for proc in old.workers.values():
-                terminate(proc)
-        log.info("reloaded: generation %d accepting, generation %d draining",
-                 gen.number, old.number if old else 0)
-        self.reloads["ok"] += 1
-        self._tell_reload(f"ok: generation {gen.number} accepting\n")
-        self.notifier.ready(self._status_text())
-        self._forget_idle_generations()
-        self._run_queued_reload()
-
-    def _abandon(self, gen: Generation, why: str) -> None:
-        log.error("reload abandoned: %s; the running configuration stays", why)
-        self.reloads["abandoned"] += 1
-        self._tell_reload(f"abandoned: {why}\n")
-        self.pending = None
-        self.retired.append(gen)
-        for proc in gen.workers.values():
-            terminate(proc)
-        self.state = State.RUNNING
-        self.notifier.ready(self._status_text() + "; last reload abandoned")
-        self._forget_idle_generations()
-        self._run_queued_reload()
-
     def handle_stats(self) -> None:
         """SIGUSR1: every worker logs its stats; the supervisor logs one line per worker."""
-        log.info("%s", report.stats_lines(self.state.value, self._status_text(), self._workers()))
+        log.info("%s", report.stats_lines(self.state, self._status_text(), self._workers()))
         for proc in self._live():
             send(proc, signal.SIGUSR1)
         self.collector.ask(self._live(), ("snap", "conns"), lambda query: log.info(
@@ -411,12 +318,12 @@ class Supervisor:
     def _answer(self, what: str, reply) -> None:
         """An endpoint's question (metrics, stat, conns): ask the workers, then reply with fresh numbers."""
         if what == "health":
-            reply("accepting\n" if self.state in (State.RUNNING, State.RELOADING) else f"{self.state.value}\n")
+            reply("accepting\n" if self.state in (State.RUNNING, State.RELOADING) else f"{self.state}\n")
         elif what == "reload":
             if self.state is State.STOPPING:
                 reply("refused: the daemon is stopping\n")
                 return
-            self.reload_asked.append(reply)
+            self.reload_asks.ask(reply)
             self.handle_reload()
         elif what == "conns":
             self.collector.ask(self._live(), ("conns",), lambda query: reply(self._conns_text(query)))
@@ -435,7 +342,7 @@ class Supervisor:
                                           self.crashes, self.reloads, self.started_at)
 
     def _stat_text(self) -> str:
-        return report.stat_text(self._snapshot(), self.state.value, self.current.number if self.current else 0,
+        return report.stat_text(self._snapshot(), self.state, self.current.number if self.current else 0,
                                 self.reloads, self.crashes, self.started_at, self._status_text(), self._workers())
 
     def _conns_text(self, query: collector.Query) -> str:

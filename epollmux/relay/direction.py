@@ -13,15 +13,23 @@ from __future__ import annotations
 import enum
 
 from epollmux import errors
+from epollmux.states import TransitionError
 from epollmux.relay.channels import ChannelPool
 
 
-class State(enum.Enum):
+class State(enum.StrEnum):
     WAIT_SRC = "wait-src"     # source empty: run again when it is readable
     WAIT_DST = "wait-dst"     # bytes in flight, destination full: run again when it is writable
     BUSY = "busy"             # budget spent with work left: run again on the next turn
     DONE = "done"             # EOF read and passed on
 
+
+NEXT: dict[State, tuple[State, ...]] = {       # the idiom of epollmux/states.py
+    State.WAIT_SRC: (State.WAIT_SRC, State.WAIT_DST, State.BUSY, State.DONE),
+    State.WAIT_DST: (State.WAIT_SRC, State.WAIT_DST, State.BUSY, State.DONE),
+    State.BUSY: (State.WAIT_SRC, State.WAIT_DST, State.BUSY, State.DONE),
+    State.DONE: (),
+}
 
 BUDGET = 4 << 20   # bytes one pump call may move before it yields (BUSY), so one fast stream cannot starve the
 #                    others; checked when the channel is empty, so a call moves at most BUDGET + one channel's worth.
@@ -66,20 +74,20 @@ class Direction:
                     try:
                         n = channel.drain(self.dst, pending)
                     except BlockingIOError:
-                        self.state = State.WAIT_DST
+                        self._set_state(State.WAIT_DST)
                         return
                     pending -= n
                     moved += n
                     if drained and not pending:
                         self._release()
-                        self.state = State.WAIT_SRC
+                        self._set_state(State.WAIT_SRC)
                         return
                     continue
                 if self.eof:
                     self._finish()
                     return
                 if moved >= BUDGET:
-                    self.state = State.BUSY
+                    self._set_state(State.BUSY)
                     return
                 if channel is None:
                     channel = self.channel = self.pool.get(self.zero_copy)
@@ -87,7 +95,7 @@ class Direction:
                     pending = channel.fill(self.src)
                 except BlockingIOError:
                     self._release()
-                    self.state = State.WAIT_SRC
+                    self._set_state(State.WAIT_SRC)
                     return
                 if not pending:
                     self.eof = True
@@ -105,9 +113,14 @@ class Direction:
                 if channel.zero_copy:
                     self.spliced += moved
 
+    def _set_state(self, state: State) -> None:
+        if state not in NEXT[self.state]:
+            raise TransitionError.of("relay direction", self.state, state)
+        self.state = state
+
     def _finish(self) -> None:
         self._release()
-        self.state = State.DONE
+        self._set_state(State.DONE)
         if self.dst.zero_copy and self.other is not None and self.other.state is State.DONE:
             return               # both ends are done: the close that follows sends the FIN
         try:

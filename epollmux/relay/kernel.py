@@ -30,12 +30,14 @@ Must not import the connection, the configuration or anything that knows a proto
 
 from __future__ import annotations
 
+import enum
 import errno
 import logging
 import socket
 
 from epollmux.relay import sockmap
 from epollmux.reactor import ERR, ET, IN, RDHUP
+from epollmux.states import TransitionError
 
 log = logging.getLogger("epollmux.kernelrelay")
 
@@ -52,7 +54,25 @@ COPY_SIZE = 1 << 16
 # room and would wake us, i.e. once per payload segment: the very cost the kernel relay removes.
 PAIRED_EVENTS = RDHUP | ET
 
-KERNEL, PAUSED, DRAIN, COPY, DONE = "kernel", "paused", "drain", "copy", "done"
+
+
+class State(enum.StrEnum):
+    """One direction of a pair in the kernel relay."""
+    KERNEL = "kernel"       # the verdict program redirects it
+    PAUSED = "paused"       # taken out of `sources` above the high-water mark; the source's queue holds
+    DRAIN = "drain"         # a FIN came while paused: wait for the redirected backlog to reach dst
+    COPY = "copy"           # the process moves the rest itself
+    DONE = "done"           # EOF passed on
+
+
+KERNEL, PAUSED, DRAIN, COPY, DONE = State
+NEXT: dict[State, tuple[State, ...]] = {       # the idiom of epollmux/states.py
+    KERNEL: (PAUSED, DONE),
+    PAUSED: (KERNEL, DRAIN),
+    DRAIN: (COPY,),
+    COPY: (DONE,),
+    DONE: (),
+}
 
 
 class _Direction:
@@ -63,6 +83,11 @@ class _Direction:
         self.state = KERNEL
         self.eof = False          # the source has received a FIN (EPOLLRDHUP)
         self.buf = bytearray()    # COPY: read from src, not yet written to dst
+
+    def _set_state(self, state: State) -> None:
+        if state not in NEXT[self.state]:
+            raise TransitionError.of("kernel relay direction", self.state, state)
+        self.state = state
 
     def busy(self) -> bool:
         return self.state in (PAUSED, DRAIN, COPY) or (self.state == KERNEL and self.eof)
@@ -204,7 +229,7 @@ class KernelRelay:
         self.max_backlog = max(self.max_backlog, backlog)
         if backlog > self.high:
             flow.pause()
-            d.state = PAUSED
+            d._set_state(PAUSED)
             self.pauses += 1
             self._mark(link)
         return None
@@ -243,13 +268,13 @@ class KernelRelay:
             if d.eof or backlog <= self.low:
                 try:
                     flow.resume()
-                    d.state = KERNEL
+                    d._set_state(KERNEL)
                 except OSError as exc:     # a FIN came while paused: the kernel will not take it back
                     if exc.errno != errno.EOPNOTSUPP:
                         raise
-                    d.state = DRAIN
+                    d._set_state(DRAIN)
         if d.state == DRAIN and flow.backlog() == 0:
-            d.state = COPY                  # from here the process writes to dst itself
+            d._set_state(COPY)                # from here the process writes to dst itself
         if d.state == COPY:
             self._copy(d)
 
@@ -274,7 +299,7 @@ class KernelRelay:
 
     def _finish(self, d: _Direction) -> None:
         d.flow.dst.shutdown(socket.SHUT_WR)
-        d.state = DONE
+        d._set_state(DONE)
 
     # --- the worker ----------------------------------------------------------------------------
     def describe(self) -> str:

@@ -25,6 +25,7 @@ from epollmux.relay.endpoints import PlainEndpoint, TLSEndpoint
 from epollmux.serve import backend, sniffing
 from epollmux.serve.admission import Grant
 from epollmux.serve.relaying import Relaying
+from epollmux.states import TransitionError
 from epollmux.serve.phases import (BACKEND_OUT, CLIENT_OUT, EVENTS, NEXT, QUIET, READABLE, TCP_FAMILIES, Phase,
                                    client_events)
 from epollmux.tls.engine import Event, TLSEngine
@@ -110,7 +111,7 @@ class Connection(Relaying):
 
     def _set_phase(self, phase: Phase, deadline: float = 0, on_expiry=None, *args) -> None:
         if phase not in NEXT[self.phase]:
-            raise RuntimeError(f"connection phase {self.phase.value} -> {phase.value} not allowed")
+            raise TransitionError.of("connection phase", self.phase, phase)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

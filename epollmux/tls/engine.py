@@ -39,6 +39,8 @@ import enum
 import ssl
 from typing import Callable
 
+from epollmux.states import TransitionError
+
 DEFAULT_MAX_INBOUND = 64 * 1024
 DEFAULT_MAX_OUTBOUND = 64 * 1024
 DEFAULT_READ_SIZE = 64 * 1024
@@ -51,21 +53,19 @@ _ALERT_REASON_PREFIXES = ("SSLV3_ALERT_", "TLSV1_ALERT_", "TLSV13_ALERT_")
 _SNI_ATTRIBUTE = "_epollmux_sni"
 
 
-class TLSState(enum.Enum):
+class TLSState(enum.StrEnum):
     HANDSHAKING = "handshaking"
     OPEN = "open"
     CLOSING = "closing"
     CLOSED = "closed"
 
 
-_TRANSITIONS = {
+NEXT: dict[TLSState, tuple[TLSState, ...]] = {       # the idiom of epollmux/states.py
     TLSState.HANDSHAKING: (TLSState.OPEN, TLSState.CLOSED),
     TLSState.OPEN: (TLSState.CLOSING, TLSState.CLOSED),
     TLSState.CLOSING: (TLSState.CLOSED,),
     TLSState.CLOSED: (),
 }
-for _state, _allowed in _TRANSITIONS.items():
-    _state.allowed = _allowed     # read in _set_state: `in` on a tuple compares identity, no Enum.__hash__
 
 
 class Event(enum.Enum):
@@ -86,7 +86,7 @@ class CloseReason(str, enum.Enum):
         return self.value
 
 
-class TLSStateError(RuntimeError):
+class TLSStateError(TransitionError):
     """A caller bug: a transition or an operation that the current state does not allow."""
 
 
@@ -150,8 +150,8 @@ class TLSEngine:
 
     def _set_state(self, new: TLSState) -> None:
         old = self.state
-        if new not in old.allowed:
-            raise TLSStateError(f"TLS state {old.name} -> {new.name} is not allowed")
+        if new not in NEXT[old]:
+            raise TLSStateError.of("TLS", old, new)
         self.state = new
         if self._on_state_change is not None:
             self._on_state_change(old, new)
