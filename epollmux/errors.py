@@ -6,17 +6,18 @@ Must not import sockets, the reactor or anything above them.
 """
 
 import errno
+from epollmux.reasons import Reason
 
 PEER_GONE = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT,
                        errno.ECONNABORTED, errno.EHOSTUNREACH, errno.ENETUNREACH})
 EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 CONNECT_FAILED = {
-    errno.ECONNREFUSED: "backend-refused",
-    errno.EHOSTUNREACH: "backend-unreachable",
-    errno.ENETUNREACH: "backend-unreachable",
-    errno.ENOENT: "backend-refused",          # unix socket path missing
-    errno.ETIMEDOUT: "backend-timeout",
-    errno.EADDRNOTAVAIL: "backend-unreachable",
+    errno.ECONNREFUSED: Reason.BACKEND_REFUSED,
+    errno.EHOSTUNREACH: Reason.BACKEND_UNREACHABLE,
+    errno.ENETUNREACH: Reason.BACKEND_UNREACHABLE,
+    errno.ENOENT: Reason.BACKEND_REFUSED,          # unix socket path missing
+    errno.ETIMEDOUT: Reason.BACKEND_TIMEOUT,
+    errno.EADDRNOTAVAIL: Reason.BACKEND_UNREACHABLE,
 }
 
 
@@ -40,14 +41,14 @@ def is_exhausted(exc: OSError) -> bool:
 def relay_reason(exc: OSError) -> str:
     """Close reason for an error met while moving bytes."""
     if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED):
-        return "reset"
+        return Reason.RESET
     if exc.errno == errno.ETIMEDOUT:
-        return "timeout"
+        return Reason.TIMEOUT
     if exc.errno in EXHAUSTED:
-        return "exhausted"
-    return "error"
+        return Reason.EXHAUSTED
+    return Reason.ERROR
 
 
 def connect_reason(err: int) -> str:
     """Close reason for a failed backend connect, from its errno."""
-    return CONNECT_FAILED.get(err, "backend-error")
+    return CONNECT_FAILED.get(err, Reason.BACKEND_ERROR)

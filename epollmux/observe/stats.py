@@ -89,13 +89,14 @@ class Stats:
         active: Counter = Counter()
         for conn in connections:
             route = conn.route.name if conn.route is not None else "-"
-            active[conn.listener.name, route, conn.phase.value] += 1
-            if conn.up is not None:
+            active[conn.listener.name, route, conn.phase] += 1
+            counts = conn.moved()
+            if counts is not None:
                 pair = moved.get(route)
                 if pair is None:
                     pair = moved[route] = [0, 0]
-                pair[0] += conn.up.moved
-                pair[1] += conn.down.moved
+                pair[0] += counts[0]
+                pair[1] += counts[1]
         fds = open_fds()
         idle = pool.idle_pipes
         return {
@@ -135,13 +136,9 @@ def conn_rows(connections, now: float, limit: int = CONNS_LISTED) -> list[list]:
     """`show conns` rows (metrics.CONN_COLUMNS without the worker), the oldest connections first."""
     rows = []
     for conn in sorted(connections, key=lambda c: c.started)[:limit]:
-        route = conn.route.name if conn.route is not None else None
-        if conn.outer is not None and conn.route is not conn.outer:
-            route = f"{conn.outer.name}>{route or '?'}"
         backend = conn.route.backend.text if conn.backend is not None and conn.route.backend else None
-        up = conn.up.moved if conn.up is not None else 0
-        down = conn.down.moved if conn.down is not None else 0
-        rows.append([conn.peer, conn.listener.name, route, conn.phase.value, round(now - conn.started, 3),
+        up, down = conn.moved() or (0, 0)
+        rows.append([conn.peer, conn.listener.name, conn.route_label(None), conn.phase, round(now - conn.started, 3),
                      up, down, backend])
     return rows
 

@@ -137,7 +137,7 @@ class TLSEndpoint:
             if isinstance(result, CloseReason):
                 if result is CloseReason.CLOSE_NOTIFY:
                     return 0
-                raise errors.Closed(self.prefix + result.value, engine.detail)
+                raise errors.Closed(result.on(self.prefix), engine.detail)
             if result:
                 # drained: the socket was empty at our recv and the engine holds no whole record either
                 self.drained = short and engine.starved
@@ -154,7 +154,7 @@ class TLSEndpoint:
         n = engine.write_plaintext(view)
         if n == 0:
             if engine.reason is not None:
-                raise errors.Closed(self.prefix + engine.reason.value, engine.detail)
+                raise errors.Closed(engine.reason.on(self.prefix), engine.detail)
             raise BlockingIOError
         self.flush()
         return n

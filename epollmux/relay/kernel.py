@@ -9,7 +9,7 @@ some direction is paused, draining or waiting to pass EOF on), EOF passed on as 
 was paused (the kernel refuses a CLOSE_WAIT socket), errors seen as a reset, remove_pair before close,
 and the byte counts for the access log.
 
-A connection's close reason goes back through `conn._event(handler)`: the connection stays the one
+A connection's close reason goes back through `conn.dispatch(handler)`: the connection stays the one
 place that closes, and calls `release()` first (what is still queued for a removed pair is lost, so
 it removes only at close, when both directions are done or the connection is dead anyway).
 
@@ -38,6 +38,7 @@ import socket
 from epollmux.relay import sockmap
 from epollmux.reactor import ERR, ET, IN, RDHUP
 from epollmux.states import TransitionError
+from epollmux.reasons import Reason
 
 log = logging.getLogger("epollmux.kernelrelay")
 
@@ -201,13 +202,13 @@ class KernelRelay:
 
     # --- events --------------------------------------------------------------------------------
     def socket_event(self, conn, fd: int, events: int) -> str | None:
-        """An event on a paired socket (run inside conn._event): RDHUP marks EOF, an error a reset."""
+        """An event on a paired socket (run inside conn.dispatch): RDHUP marks EOF, an error a reset."""
         link = self.links.get(conn)
         d = link.by_fd.get(fd) if link else None
         if d is None:
             return None
         if events & ERR and d.flow.src.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-            return "reset"
+            return Reason.RESET
         if events & RDHUP and not d.eof:
             d.eof = True
             return self._step(link)
@@ -218,10 +219,10 @@ class KernelRelay:
         for flow in self.maps.notified():
             link = self.by_flow.get(flow)
             if link is not None:
-                link.conn._event(self._watch, link, flow)
+                link.conn.dispatch(self._watch, link, flow)
 
     def _watch(self, link: _Link, flow: sockmap.Flow) -> str | None:
-        link.conn.last_active = self.reactor.clock()
+        link.conn.touch(self.reactor.clock())
         d = link.up if link.up.flow is flow else link.down
         if d.state != KERNEL:
             return None
@@ -244,14 +245,14 @@ class KernelRelay:
         self.timer = None
         for link in list(self.busy):
             if link.conn in self.links:
-                link.conn._event(self._step, link)       # re-arms the timer (_mark) while still busy
+                link.conn.dispatch(self._step, link)       # re-arms the timer (_mark) while still busy
 
     def _step(self, link: _Link) -> str | None:
         for d in (link.up, link.down):
             self._advance(d)
         if link.up.state == DONE and link.down.state == DONE:
             self.busy.discard(link)
-            return "eof"
+            return Reason.EOF
         if link.up.busy() or link.down.busy():
             self._mark(link)
         else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 
 from epollmux.serve.limits import Limits
+from epollmux.reasons import Reason
 
 
 class Admission:
@@ -25,11 +26,11 @@ class Admission:
 
     def enter(self, grant: "Grant", listener, ip: str, now: float, open_connections: int) -> str | None:
         if self.max_connections and open_connections > self.max_connections:
-            return "limit-global"
+            return Reason.LIMIT_GLOBAL
         if listener.access is not None and not listener.access.permits(ip):
-            return "denied"
+            return Reason.DENIED
         if listener.max_connections and self.listeners[listener.name] >= listener.max_connections:
-            return "limit-listener"
+            return Reason.LIMIT_LISTENER
         if self.per_source:
             key = self.limits.key(ip)
             reason = self.limits.admit(key, now)
@@ -53,9 +54,9 @@ class Admission:
 
     def route(self, grant: "Grant", route, ip: str) -> str | None:
         if route.access is not None and not route.access.permits(ip):
-            return "denied"
+            return Reason.DENIED
         if route.max_connections and self.routes[route.name] >= route.max_connections:
-            return "limit-route"
+            return Reason.LIMIT_ROUTE
         if grant.route is not None:          # an inner route replaces the terminating one
             self.routes[grant.route] -= 1
             grant.route = None

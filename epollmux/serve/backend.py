@@ -15,6 +15,7 @@ import socket
 
 from epollmux import errors
 from epollmux.wire import proxyout
+from epollmux.reasons import Reason
 
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 IPV6_TRANSPARENT = 75
@@ -37,7 +38,7 @@ def connect(route, client_ip: str) -> tuple[object, str | None, bool]:
             return sock, reason, False
     err = sock.connect_ex(route.backend.sockaddr)
     if err not in (0, errno.EINPROGRESS):
-        return sock, "backend-busy" if err == errno.EAGAIN else errors.connect_reason(err), False
+        return sock, Reason.BACKEND_BUSY if err == errno.EAGAIN else errors.connect_reason(err), False
     done = route.backend_context is None and (
         err == 0 or tcp and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == TCP_ESTABLISHED)
     return sock, None, done
@@ -46,12 +47,12 @@ def connect(route, client_ip: str) -> tuple[object, str | None, bool]:
 def bind_as_client(sock, family: int, ip: str) -> str | None:
     """Transparent mode: the backend sees the client's own address (IP_TRANSPARENT)."""
     if (":" in ip) != (family == socket.AF_INET6):
-        return "transparent-family"
+        return Reason.TRANSPARENT_FAMILY
     level, option = (socket.IPPROTO_IPV6, IPV6_TRANSPARENT) if family == socket.AF_INET6 else (socket.SOL_IP, IP_TRANSPARENT)
     try:
         sock.setsockopt(level, option, 1)
     except PermissionError:
-        return "transparent-denied"     # no CAP_NET_ADMIN / CAP_NET_RAW (--check warns)
+        return Reason.TRANSPARENT_DENIED     # no CAP_NET_ADMIN / CAP_NET_RAW (--check warns)
     sock.bind((ip, 0))
     return None
 

@@ -7,10 +7,10 @@ drain, then one EPOLL_CTL_MOD adds it; the kernel relay narrows them, see relay/
 PAIRED_EVENTS) and `close()`, the one place where a connection ends: it records the reason, counts it
 per route and writes the connection's log line. The socket work of the sniff phases is
 `sniffing.py`, the backend socket and connect `backend.py`, the relay phase `relaying.py`.
-Handlers return None to go on or a close reason; only `_event` turns a reason into a close.
+Handlers return None to go on or a close reason; only `dispatch` turns a reason into a close.
 Must not parse protocols (wire/ and the TLS engine do) or move bytes itself (relay/direction.py
 does, or the kernel: a passthrough connection between two TCP sockets may be handed to ctx.kernel,
-a relay/kernel.py KernelRelay, which reports its close reasons through `_event` like any handler).
+a relay/kernel.py KernelRelay, which reports its close reasons through `dispatch` like any handler).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from epollmux.serve.phases import (BACKEND_OUT, CLIENT_OUT, EVENTS, NEXT, QUIET,
                                    client_events)
 from epollmux.tls.engine import Event, TLSEngine
 from epollmux.wire import proxyout, sniff
+from epollmux.reasons import Reason
 
 __all__ = ["Connection", "Phase", "client_events"]
 
@@ -97,9 +98,9 @@ class Connection(Relaying):
         self.writable &= CLIENT_OUT
         ctx.connections.add(self)
         if self.src in ctx.own_backends:
-            self._event(self._looped)
+            self.dispatch(self._looped)
             return
-        self._event(self._admit if self.listener.proxy_protocol == "none" else self._begin)
+        self.dispatch(self._admit if self.listener.proxy_protocol == "none" else self._begin)
 
     def _looped(self) -> str:
         """The client is one of this worker's own backend sockets: a route's backend leads back here."""
@@ -107,7 +108,7 @@ class Connection(Relaying):
             self.ctx.loop_warned = True
             log.warning("%s: a connection from this worker's own backend socket: a route's backend leads back "
                         "to a listener of this daemon; closed (reason loop)", self.listener.name)
-        return "loop"
+        return Reason.LOOP
 
     def _set_phase(self, phase: Phase, deadline: float = 0, on_expiry=None, *args) -> None:
         if phase not in NEXT[self.phase]:
@@ -120,32 +121,50 @@ class Connection(Relaying):
             self._arm(deadline, on_expiry, *args)
 
     def _arm(self, delay: float, callback, *args) -> None:
-        self.timer = self.ctx.reactor.call_later(delay, self._event, callback, *args)
+        self.timer = self.ctx.reactor.call_later(delay, self.dispatch, callback, *args)
 
     def on_event(self, fd: int, events: int) -> None:
         phase = self.phase
         if phase is Phase.RELAYING:
-            self._event(self._relay_event, fd, events)
+            self.dispatch(self._relay_event, fd, events)
         elif fd == self.cfd:
             if phase is Phase.SNIFFING and events & READABLE:
-                self._event(self._sniff, bool(events & (RDHUP | HUP)))
+                self.dispatch(self._sniff, bool(events & (RDHUP | HUP)))
             elif phase is Phase.PROXY_HEADER and events & READABLE:
-                self._event(self._proxy_header, bool(events & (RDHUP | HUP)))
+                self.dispatch(self._proxy_header, bool(events & (RDHUP | HUP)))
             elif phase is Phase.HANDSHAKING:
-                self._event(self._handshake)
+                self.dispatch(self._handshake)
             elif phase is Phase.INNER_SNIFFING and events & READABLE:
-                self._event(self._inner_sniff)
+                self.dispatch(self._inner_sniff)
             elif events & ERR:
-                self._event(self._socket_error, self.client)
+                self.dispatch(self._socket_error, self.client)
             elif isinstance(self.cend, TLSEndpoint) and events & OUT:
-                self._event(self.cend.flush)
+                self.dispatch(self.cend.flush)
         elif phase is Phase.CONNECTING:
-            self._event(self._connected, events)
+            self.dispatch(self._connected, events)
         elif phase is Phase.BACKEND_HANDSHAKING:
-            self._event(self._backend_handshake)
+            self.dispatch(self._backend_handshake)
 
-    def _event(self, handler, *args) -> None:
-        """Run a handler; the reason it returns, or the exception it raises, closes the connection."""
+    def touch(self, now: float) -> None:
+        """Bytes moved (seen by a collaborator: the kernel relay): the idle deadline starts again."""
+        self.last_active = now
+
+    def route_label(self, unknown: str | None) -> str | None:
+        """The route as logs and `show conns` name it: outer>inner when chosen inside TLS; `unknown`
+        while none is chosen."""
+        route = self.route.name if self.route is not None else unknown
+        if self.outer is not None and self.route is not self.outer:
+            return f"{self.outer.name}>{route}"
+        return route
+
+    def moved(self) -> tuple[int, int] | None:
+        """Bytes relayed so far by the process (client->backend, backend->client); None before the
+        process relays (and when the kernel does)."""
+        return (self.up.moved, self.down.moved) if self.up is not None else None
+
+    def dispatch(self, handler, *args) -> None:
+        """Run a handler; the reason it returns, or the exception it raises, closes the connection.
+        Public: the kernel relay runs its handlers for this connection through it."""
         if self.phase is Phase.CLOSED:
             return
         try:
@@ -158,20 +177,20 @@ class Connection(Relaying):
             reason = errors.relay_reason(exc)
         except Exception:
             log.exception("%s: internal error", self.peer)
-            reason = "internal-error"
+            reason = Reason.INTERNAL_ERROR
         if isinstance(reason, str):
             self.close(reason)
 
     def _socket_error(self, sock: socket.socket) -> str | None:
-        return "reset" if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) else None
+        return Reason.RESET if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) else None
 
     # --- admission, PROXY header in ---------------------------------------------------------
     def _begin(self) -> str | None:
         """A listener that takes PROXY headers: from a trusted source, wait for one (else start() admits)."""
         listener = self.listener
         if not listener.trusted.contains(self.src[0]):
-            return "proxy-untrusted"
-        self._arm(self.ctx.settings.probe_timeout, _expired, "proxy-timeout")
+            return Reason.PROXY_UNTRUSTED
+        self._arm(self.ctx.settings.probe_timeout, _expired, Reason.PROXY_TIMEOUT)
         return self._proxy_header(False)
 
     def _proxy_header(self, peer_done: bool) -> str | None:
@@ -206,14 +225,14 @@ class Connection(Relaying):
         peer_done: the client shut its side, so these bytes are all there will be.
         """
         if peer_done and self._socket_error(self.client):
-            return "reset"     # a reset client is gone, though the kernel still shows its last bytes
+            return Reason.RESET     # a reset client is gone, though the kernel still shows its last bytes
         limit = self.ctx.settings.max_probe_bytes
         try:
             data = self.client.recv(limit, socket.MSG_PEEK)
         except BlockingIOError:
             return None
         if not data:
-            return "client-eof"
+            return Reason.CLIENT_EOF
         if len(data) == self._peek_len and not peer_done:
             return None        # nothing new (a spurious wake-up); the next edge brings more bytes
         self._peek_len = len(data)
@@ -227,13 +246,13 @@ class Connection(Relaying):
         if not decision.done:
             return None
         if decision.route is None:
-            return "no-route"
+            return Reason.NO_ROUTE
         return self._choose(routes[decision.route])
 
     def _probe_timeout(self) -> str | None:
         route = self.outer.inner_on_timeout if self.outer else self.listener.on_timeout
         if route is None:
-            return "probe-timeout"
+            return Reason.PROBE_TIMEOUT
         self.ctx.stats.count("probe_timeouts", route.name)
         self.verdict = "timeout"
         return self._choose(route)
@@ -262,7 +281,7 @@ class Connection(Relaying):
 
     # --- terminating TLS -------------------------------------------------------------------
     def _start_tls(self, route) -> str | None:
-        self._set_phase(Phase.HANDSHAKING, self.ctx.settings.tls_handshake_timeout, _expired, "tls-handshake-timeout")
+        self._set_phase(Phase.HANDSHAKING, self.ctx.settings.tls_handshake_timeout, _expired, Reason.TLS_HANDSHAKE_TIMEOUT)
         self.cend = TLSEndpoint(self.client, TLSEngine(route.server_context, server_side=True), fd=self.cfd)
         return self._handshake()
 
@@ -273,7 +292,7 @@ class Connection(Relaying):
             if result is None:
                 return None
             self.detail = end.engine.detail
-            return result.value
+            return result.on("")
         if self.ctx.access.enabled():     # only the log line needs them; after a TLS close they cannot be asked
             engine = self.cend.engine
             self.tls = {"tls": engine.version(), "cipher": engine.cipher(), "alpn": engine.alpn(),
@@ -294,7 +313,7 @@ class Connection(Relaying):
         limit = self.ctx.settings.max_probe_bytes
         self._inner, peer_done = sniffing.read_inner(self.cend, self._inner, limit)
         if not self._inner:
-            return "client-eof" if peer_done else None
+            return Reason.CLIENT_EOF if peer_done else None
         return self._decide(self._inner, outer.inner_routes, outer.inner_table, peer_done or len(self._inner) >= limit)
 
     # --- connecting ------------------------------------------------------------------------
@@ -320,7 +339,7 @@ class Connection(Relaying):
             return self._connected(OUT, pump_down=False)
         ctx.reactor.register(self.bfd, EVENTS, self)
         self.writable |= BACKEND_OUT
-        self._arm(ctx.settings.connect_timeout, _expired, "backend-timeout")
+        self._arm(ctx.settings.connect_timeout, _expired, Reason.BACKEND_TIMEOUT)
         return None
 
     def _connected(self, events: int, pump_down: bool = True) -> str | None:
@@ -337,12 +356,12 @@ class Connection(Relaying):
         if route.send_proxy:
             header = proxyout.header(route.send_proxy, self._facts(), crc=route.send_proxy_crc)
             if self.backend.send(header) != len(header):    # a fresh socket takes ~100 bytes at once
-                return "backend-error"
+                return Reason.BACKEND_ERROR
         if route.backend_context is None:
             self.bend = PlainEndpoint(self.backend, self.bfd)
             return self._start_relay(pump_down)
         self._set_phase(Phase.BACKEND_HANDSHAKING, self.ctx.settings.connect_timeout, _expired,
-                        "backend-tls-timeout")
+                        Reason.BACKEND_TLS_TIMEOUT)
         engine = TLSEngine(route.backend_context, server_side=False, server_hostname=route.backend_sni)
         self.bend = TLSEndpoint(self.backend, engine, prefix="backend-", fd=self.bfd)
         return self._backend_handshake()
@@ -356,7 +375,7 @@ class Connection(Relaying):
         if result is None:
             return None
         self.detail = end.engine.detail
-        return "backend-" + result.value
+        return result.on("backend-")
 
     def _facts(self) -> proxyout.Facts:
         if self.dst is None:
@@ -375,7 +394,7 @@ class Connection(Relaying):
         ctx.admission.leave(self.grant)
         if self.local is not None:
             ctx.own_backends.discard(self.local)
-        abort = reason == "reset"
+        abort = reason == Reason.RESET
         up = down = spliced = 0
         if self.kernel:        # out of the maps before the sockets close; the counts need them open
             up, down = ctx.kernel.release(self)
@@ -402,7 +421,7 @@ class Connection(Relaying):
             up, down, spliced = self.up.moved, self.down.moved, self.up.spliced + self.down.spliced
         route = self.route.name if self.route else "-"
         ctx.stats.closed(self.listener.name, route, phase, reason, up, down)   # a StrEnum is its own label
-        if reason == "exhausted":
+        if reason == Reason.EXHAUSTED:
             ctx.exhausted(f"{self.peer}: out of file descriptors or memory")
         if ctx.access.enabled():
             try:
@@ -411,8 +430,7 @@ class Connection(Relaying):
                 log.exception("%s: cannot log the connection", self.peer)
 
     def _record(self, route: str, reason: str, up: int, down: int, spliced: int) -> dict:
-        if self.outer is not None and self.route is not self.outer:
-            route = f"{self.outer.name}>{route}"
+        route = self.route_label(route)
         connected = self.backend is not None
         record = {"client": self.peer, "listener": self.listener.name, "route": route,
                   "backend": self.route.backend.text if connected else None, "up": up, "down": down,

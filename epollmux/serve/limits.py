@@ -7,8 +7,8 @@ Pure: the clock is passed in (`now`, seconds, monotonic); must not import socket
 of the reactor, connection, listener or config modules.
 
 Protocol for one connection (the source is the client's address, after a PROXY header if one is taken):
-    reason = limits.admit(ip, now)            # None, "limit-source" or "limit-rate"; on None, later:
-    reason = limits.sniff_started(ip)         # None or "limit-sniffing"; on None, when sniffing ends:
+    reason = limits.admit(ip, now)            # None, Reason.LIMIT_SOURCE or Reason.LIMIT_RATE; on None, later:
+    reason = limits.sniff_started(ip)         # None or Reason.LIMIT_SNIFFING; on None, when sniffing ends:
     limits.sniff_ended(ip)
     limits.release(ip)                        # once, when the admitted connection closes
 A refused call changes no count, and a refused connection consumes no token.  release()/sniff_ended()
@@ -35,10 +35,11 @@ import ipaddress
 from collections import OrderedDict
 
 from epollmux.acl import source_ip
+from epollmux.reasons import Reason
 
-LIMIT_SOURCE = "limit-source"
-LIMIT_RATE = "limit-rate"
-LIMIT_SNIFFING = "limit-sniffing"
+LIMIT_SOURCE = Reason.LIMIT_SOURCE
+LIMIT_RATE = Reason.LIMIT_RATE
+LIMIT_SNIFFING = Reason.LIMIT_SNIFFING
 MAX_IDLE_SOURCES = 16384
 _TIDY_PER_ADMIT = 2
 

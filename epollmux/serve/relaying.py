@@ -16,6 +16,7 @@ from epollmux.reactor import ERR, HUP, RDHUP
 from epollmux.relay.direction import Direction, State
 from epollmux.relay.endpoints import PlainEndpoint
 from epollmux.serve.phases import BACKEND_OUT, CLIENT_OUT, EVENTS, READABLE, TCP_FAMILIES, WRITABLE, Phase
+from epollmux.reasons import Reason
 
 
 class Relaying:
@@ -51,7 +52,7 @@ class Relaying:
         else:
             sock, end, src, dst = self.backend, self.bend, self.down, self.up
         if events & ERR and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-            return "reset"
+            return Reason.RESET
         moved = False          # an edge that finds nothing to do (a writable socket with nothing waiting) ends here
         if events & WRITABLE and end.holds_output and end.pending_output():
             end.flush()
@@ -92,10 +93,10 @@ class Relaying:
             cend, bend = self.cend, self.bend
             if cend.holds_output and cend.pending_output() or bend.holds_output and bend.pending_output():
                 return None        # a close_notify still on its way: the next writable edge sends it
-            return "eof"
+            return Reason.EOF
         if (up is State.BUSY or down is State.BUSY) and not self._soon:
             self._soon = True
-            self.ctx.reactor.call_soon(self._event, self._resume)
+            self.ctx.reactor.call_soon(self.dispatch, self._resume)
         return None
 
     def _resume(self) -> str | None:
@@ -113,6 +114,6 @@ class Relaying:
             self.last_active = self.ctx.reactor.clock()
         left = self.last_active + idle - self.ctx.reactor.clock()
         if left <= 0:
-            return "idle-timeout"
+            return Reason.IDLE_TIMEOUT
         self._arm(left, self._idle_check)
         return None

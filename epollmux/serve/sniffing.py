@@ -13,6 +13,7 @@ import logging
 import socket
 
 from epollmux.wire import proxyproto, why
+from epollmux.reasons import Reason
 
 probe_log = logging.getLogger("epollmux.probe")
 
@@ -24,12 +25,12 @@ def take_proxy_header(sock: socket.socket, accept: str, peer_done: bool) -> tupl
     except BlockingIOError:
         return None, None      # nothing yet: the next edge brings the header (or the deadline ends it)
     if not data:
-        return "client-eof", None
+        return Reason.CLIENT_EOF, None
     result = proxyproto.parse(data, accept)
     if result.status is proxyproto.Status.NEED_MORE:
-        return ("proxy-invalid" if peer_done else None), None
+        return (Reason.PROXY_INVALID if peer_done else None), None
     if result.status is proxyproto.Status.INVALID:
-        return "proxy-invalid", result
+        return Reason.PROXY_INVALID, result
     sock.recv(result.length)        # consume exactly the header; the stream starts after it
     return None, result
 

@@ -23,6 +23,7 @@ from epollmux.relay.kernel import KernelRelay
 from epollmux.serve.listener import PAUSE_ON_EXHAUSTION, Acceptor, Reserve
 from epollmux.reactor import Reactor
 from epollmux.observe.stats import Stats
+from epollmux.reasons import Reason
 
 log = logging.getLogger("epollmux.worker")
 
@@ -113,7 +114,7 @@ class Worker:
 
     def _drain_deadline(self) -> None:
         for conn in list(self.ctx.connections):
-            conn.close("shutdown")
+            conn.close(Reason.SHUTDOWN)
         self.reactor.stop()
 
     def dump_stats(self) -> None:
@@ -126,7 +127,7 @@ class Worker:
         for acceptor in self.acceptors:
             acceptor.stop()
         for conn in list(self.ctx.connections):
-            conn.close("shutdown")
+            conn.close(Reason.SHUTDOWN)
         self.ctx.access.flush()
         self.ctx.pool.close()
         if self.ctx.kernel is not None:

@@ -39,6 +39,7 @@ import enum
 import ssl
 from typing import Callable
 
+from epollmux.reasons import Reason
 from epollmux.states import TransitionError
 
 DEFAULT_MAX_INBOUND = 64 * 1024
@@ -73,17 +74,22 @@ class Event(enum.Enum):
 
 
 class CloseReason(str, enum.Enum):
-    """Why the TLS layer ended; a plain string for the owner's counters and log line."""
+    """Why the TLS layer ended; its values are the client-side members of reasons.Reason (a backend
+    leg's reason is the "backend-" one)."""
 
-    HANDSHAKE_FAILED = "tls-handshake-failed"   # local refusal: version, cipher, client cert, bad record...
-    ALERT = "tls-alert"                         # the peer sent a fatal alert (detail names it)
-    TRUNCATED = "tls-truncated"                 # TCP EOF without close_notify, in any state
-    CLOSE_NOTIFY = "tls-close-notify"           # clean end of the peer's direction
-    NOT_TLS = "tls-not-tls"                     # the peer's first byte cannot start a TLS record
-    PROTOCOL_ERROR = "tls-protocol-error"       # a bad record or message after the handshake
+    HANDSHAKE_FAILED = Reason.TLS_HANDSHAKE_FAILED.value   # local refusal: version, cipher, client cert, bad record...
+    ALERT = Reason.TLS_ALERT.value                         # the peer sent a fatal alert (detail names it)
+    TRUNCATED = Reason.TLS_TRUNCATED.value                 # TCP EOF without close_notify, in any state
+    CLOSE_NOTIFY = Reason.TLS_CLOSE_NOTIFY.value           # clean end of the peer's direction
+    NOT_TLS = Reason.TLS_NOT_TLS.value                     # the peer's first byte cannot start a TLS record
+    PROTOCOL_ERROR = Reason.TLS_PROTOCOL_ERROR.value       # a bad record or message after the handshake
 
     def __str__(self) -> str:
         return self.value
+
+    def on(self, prefix: str) -> Reason:
+        """The close reason of a leg: prefix "" for the client's, "backend-" for the backend's."""
+        return Reason(prefix + self.value)
 
 
 class TLSStateError(TransitionError):

@@ -112,21 +112,24 @@ def wait_for(cond, timeout: float = 10.0) -> None:
 # --- the daemon's relay on one pair ----------------------------------------------------------------
 
 class Conn:
-    """What kernelrelay.KernelRelay needs of a connection (connection.py in the daemon): `_event`
-    runs a handler and the first close reason it returns ends the connection; the two sockets'
-    events go to `socket_event`. Errors raise here instead of closing, so a test sees them."""
+    """What kernelrelay.KernelRelay needs of a connection (connection.py in the daemon): `dispatch`
+    runs a handler and the first close reason it returns ends the connection, `touch` records
+    activity; the two sockets' events go to `socket_event`. Errors raise here instead of closing, so a test sees them."""
 
     def __init__(self, relay: KernelRelay):
         self.relay, self.reason, self.last_active = relay, None, 0.0
 
-    def _event(self, handler, *args) -> None:
+    def touch(self, now: float) -> None:
+        self.last_active = now
+
+    def dispatch(self, handler, *args) -> None:
         if self.reason is None:
             reason = handler(*args)
             if isinstance(reason, str):
                 self.reason = reason
 
     def on_event(self, fd: int, events: int) -> None:
-        self._event(self.relay.socket_event, self, fd, events)
+        self.dispatch(self.relay.socket_event, self, fd, events)
 
 
 class Relayed:
