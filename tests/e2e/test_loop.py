@@ -14,9 +14,9 @@ from support.net import free_port
 UNCHECKED = """
 import sys, types
 from epollmux import config
-from epollmux.process import supervisor
+from epollmux.process import start
 cfg = config.load_file(sys.argv[-1])
-sys.exit(supervisor.run(cfg, types.SimpleNamespace(verbose=False, listen=None, daemon=False, pidfile=None)))
+sys.exit(start.run(cfg, types.SimpleNamespace(verbose=False, listen=None, daemon=False, pidfile=None)))
 """
 
 
