@@ -17,6 +17,7 @@ import sys
 import types
 
 from epollmux import __version__, config
+from epollmux.observe.words import plural
 from epollmux.sslh import options, translate
 from epollmux.sslh.model import Entry, Model, Problems
 
@@ -173,7 +174,7 @@ def main(argv: list[str], prog: str = "epollmux") -> int:
     for notice in problems.notices:
         print(f"notice: {notice}", file=sys.stderr)
     if args.check:
-        print(f"{cfg.source}: OK ({len(cfg.listeners)} listeners, {len(cfg.routes)} routes)")
+        print(f"{cfg.source}: OK ({plural(len(cfg.listeners), 'listener')}, {plural(len(cfg.routes), 'route')})")
         return EXIT_OK
     return _run(cfg, result, model, args)
 
