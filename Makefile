@@ -10,7 +10,7 @@ BINDIR    = $(DESTDIR)$(PREFIX)/bin
 TESTVENV  = build/test-venv
 # Real peers the tests drive (Debian package names)
 DEB_TEST  = python3-venv openssh-server openssh-client nginx-light curl openssl iperf3 openvpn \
-            bsdutils procps iproute2 socat haproxy systemd chromium
+            bsdutils procps iproute2 socat haproxy systemd chromium prometheus
 DEB_BENCH = sslh haproxy stunnel4 socat nginx-light iperf3 wrk strace linux-perf
 
 .PHONY: all install uninstall run test test-deps deb-deps bench bench-deps bench-profile clean
