@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from epollmux import __version__, config
+from epollmux import __version__, checks, config
 
 EXIT_OK, EXIT_CONFIG, EXIT_RUNTIME = 0, 1, 2
 
@@ -117,20 +117,33 @@ def warnings(cfg: config.Config) -> list[str]:
     return out
 
 
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def main(argv: list[str] | None = None) -> int:
+    prog = sys.argv[0] if argv is None else "epollmux"
+    argv = sys.argv[1:] if argv is None else argv
+    from epollmux.sslh import cmdline as sslh_cmdline
+    if sslh_cmdline.applies(argv, prog):
+        return sslh_cmdline.main(argv, prog)
     args = parser().parse_args(argv)
     try:
         cfg = load(args)
     except config.ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return EXIT_CONFIG
-    if args.check:
-        for warning in warnings(cfg):
-            print(f"{cfg.source}: warning: {warning}", file=sys.stderr)
-        print(f"{cfg.source}: OK ({len(cfg.listeners)} listeners, {len(cfg.routes)} routes)")
-        return EXIT_OK
     if args.explain:
         from epollmux.tools import explain
         return explain.main(cfg, args.explain)
+    found = checks.run(cfg, starting=not args.check)
+    if found.errors:
+        print("\n".join(found.errors), file=sys.stderr)
+        return EXIT_CONFIG
+    for warning in found.warnings + [f"{cfg.source}: warning: {w}" for w in warnings(cfg)]:
+        print(warning, file=sys.stderr)
+    if args.check:
+        print(f"{cfg.source}: OK ({plural(len(cfg.listeners), 'listener')}, {plural(len(cfg.routes), 'route')})")
+        return EXIT_OK
     from epollmux.process import supervisor  # imported late: --check and --version need none of it
     return supervisor.run(cfg, args)

@@ -22,7 +22,7 @@ import signal
 import time
 from collections import Counter, deque
 
-from epollmux import __version__, config
+from epollmux import __version__, checks, config
 from epollmux.observe import collector, exporter, logsetup, metrics, stats
 from epollmux.process import daemonize, privileges, systemd, workerproc
 from epollmux.reactor import IN, Reactor
@@ -71,6 +71,7 @@ def run(cfg, args) -> int:
     verbose = bool(getattr(args, "verbose", False))
     logsetup.setup("debug" if verbose else cfg.settings.log_level, cfg.settings.log_target, cfg.settings.log_format)
     path = None if getattr(args, "listen", None) else os.path.abspath(cfg.source)
+    path = getattr(args, "config_path", path)      # the sslh command line names its own source
     try:
         creds = privileges.resolve(cfg.settings.user, cfg.settings.group)
         privileges.check(creds)
@@ -106,7 +107,8 @@ def run(cfg, args) -> int:
         table.close_all()
         return EXIT_RUNTIME
     try:
-        return Supervisor(path, verbose, table, pidfile, endpoints).run(cfg, sockets, keys, creds)
+        return Supervisor(path, verbose, table, pidfile, endpoints,
+                          getattr(args, "loader", None)).run(cfg, sockets, keys, creds)
     finally:
         if pidfile is not None:
             pidfile.__exit__(None, None, None)
@@ -114,8 +116,9 @@ def run(cfg, args) -> int:
 
 class Supervisor:
     def __init__(self, path: str | None, verbose: bool, table: SocketTable, pidfile=None,
-                 endpoints: exporter.Endpoints | None = None):
+                 endpoints: exporter.Endpoints | None = None, loader=None):
         self.path = path                # None: config-free mode, nothing to reload from
+        self.loader = loader or config.load_file     # path -> Config (the sslh command line has its own)
         self.verbose = verbose
         self.table = table
         self.pidfile = pidfile
@@ -421,7 +424,12 @@ class Supervisor:
         log.info("reloading %s", self.path)
         endpoints = None
         try:
-            cfg = config.load_file(self.path)
+            cfg = self.loader(self.path)
+            found = checks.run(cfg, starting=True)
+            if found.errors:
+                raise config.ConfigError(found.errors)
+            for warning in found.warnings:
+                log.warning("%s", warning)
             creds = privileges.resolve(cfg.settings.user, cfg.settings.group)
             privileges.check(creds)
             endpoints = exporter.bind(cfg.metrics.address, cfg.metrics.stats_socket, self.exporter.endpoints)

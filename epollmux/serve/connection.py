@@ -94,6 +94,7 @@ class Connection:
     __slots__ += ("kernel",)              # True: ctx.kernel relays this connection, not Directions
     __slots__ += ("writable",)            # fds registered with OUT: CLIENT_OUT | BACKEND_OUT
     __slots__ += ("edges", "reader")      # readable edges spent deciding; the ClientHello read so far
+    __slots__ += ("local",)               # the backend socket's own address, while in ctx.own_backends
 
     def __init__(self, ctx, listener, client: socket.socket, sockaddr, events: int = EVENTS):
         self.ctx = ctx
@@ -127,6 +128,7 @@ class Connection:
         self.writable = events      # start() registers the client with these events
         self.edges = 0              # readable edges before the route was decided (max_probe_edges)
         self.reader = None          # a clienthello.HelloReader while a TLS first flight is being sniffed
+        self.local = None
 
     @property
     def peer(self) -> str:
@@ -140,7 +142,18 @@ class Connection:
         ctx.reactor.register(self.cfd, self.writable, self)
         self.writable &= CLIENT_OUT
         ctx.connections.add(self)
+        if self.src in ctx.own_backends:
+            self._event(self._looped)
+            return
         self._event(self._admit if self.listener.proxy_protocol == "none" else self._begin)
+
+    def _looped(self) -> str:
+        """The client is one of this worker's own backend sockets: a route's backend leads back here."""
+        if not self.ctx.loop_warned:
+            self.ctx.loop_warned = True
+            log.warning("%s: a connection from this worker's own backend socket: a route's backend leads back "
+                        "to a listener of this daemon; closed (reason loop)", self.listener.name)
+        return "loop"
 
     def _set_phase(self, phase: Phase, deadline: float = 0, on_expiry=None, *args) -> None:
         if phase not in self.phase.allowed:
@@ -395,6 +408,9 @@ class Connection:
         err = sock.connect_ex(target.sockaddr)
         if err not in (0, errno.EINPROGRESS):
             return "backend-busy" if err == errno.EAGAIN else errors.connect_reason(err)
+        if tcp:         # remembered so that this socket, arriving at one of our listeners, is seen as a loop
+            self.local = sock.getsockname()
+            ctx.own_backends.add(self.local)
         if route.backend_context is None and (
                 err == 0 or tcp and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == TCP_ESTABLISHED):
             # done already (on loopback the handshake ran inside connect()): no turn spent waiting for EPOLLOUT.
@@ -580,6 +596,8 @@ class Connection:
         ctx = self.ctx
         ctx.connections.discard(self)
         ctx.admission.leave(self.grant)
+        if self.local is not None:
+            ctx.own_backends.discard(self.local)
         abort = reason == "reset" or reason == "timeout"    # a dead peer: the other one sees RST, not a clean end
         up = down = spliced = 0
         if self.kernel:        # out of the maps before the sockets close; the counts need them open

@@ -351,7 +351,8 @@ def _parse(data: bytes) -> HelloResult:
 
 
 class HelloReader:
-    """The same verdict as parse_client_hello over all bytes fed so far, for O(bytes) work in total.
+    """The same verdict as parse_client_hello over all bytes fed so far, for O(bytes) work in total (an
+    INVALID's reason may name another fault: faults are met in arrival order here).
 
     A connection feeds each edge's new bytes.  Records are reassembled as they come (a partial record
     header is kept, payload is appended to one buffer) and the body is parsed again only when the

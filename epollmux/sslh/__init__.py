@@ -1,0 +1,1 @@
+"""sslh compatibility: sslh's command line and libconfig file, translated into epollmux's configuration."""
