@@ -300,7 +300,7 @@ def _metrics(section, problems: _Problems) -> MetricsSettings:
             problems.add(where, "stats_socket", f"'{path}': must be an absolute path")
         elif len(path.encode()) > SUN_PATH_MAX:
             problems.add(where, "stats_socket", f"'{path}': longer than {SUN_PATH_MAX} bytes")
-        elif not os.path.isdir(os.path.dirname(path) or "/"):
+        elif not os.path.isdir(os.path.dirname(os.path.dirname(path)) or "/"):   # the daemon makes the last one
             problems.add(where, "stats_socket", f"'{path}': directory {os.path.dirname(path)} does not exist")
     return MetricsSettings(address, path)
 

@@ -22,7 +22,7 @@ import socket
 
 from epollmux.observe import accesslog
 from epollmux import addr, errors
-from epollmux.wire import clienthello, proxyout, proxyproto, sniff
+from epollmux.wire import clienthello, proxyout, proxyproto, sniff, why
 from epollmux.serve.admission import Grant
 from epollmux.relay.endpoints import PlainEndpoint, TLSEndpoint
 from epollmux.reactor import ERR, ET, HUP, IN, OUT, RDHUP
@@ -291,7 +291,7 @@ class Connection:
         decision = sniff.decide(data, table, full=full)
         if probe_log.isEnabledFor(logging.DEBUG):
             probe_log.debug("%s: %d bytes, verdicts %s", self.peer, len(data),
-                            " ".join(f"{r.name}={v.value}" for r, v in zip(routes, decision.verdicts)))
+                            why.describe(routes, decision.verdicts, data, full=full))
         if not decision.done:
             return None
         if decision.route is None:
