@@ -133,6 +133,8 @@ class Supervisor:
         self.retired: list[Generation] = []          # draining after a reload
         self.generations = 0
         self.reload_queued = False
+        self.reload_asked: list = []                 # stats-socket `reload` clients before their reload runs
+        self.reload_waiters: list = []               # ... while it runs: told its outcome
         self.log_target = ""
         self.accepted_gone = 0          # last counts of workers that exited
         self.rate = 0.0
@@ -178,10 +180,10 @@ class Supervisor:
         for proc in self._live():
             if proc.report_fd >= 0:
                 self._close_reports(proc)
+            _signal(proc.pid, signal.SIGKILL)
             try:
-                os.kill(proc.pid, signal.SIGKILL)
                 os.waitpid(proc.pid, 0)
-            except (ProcessLookupError, ChildProcessError):
+            except ChildProcessError:
                 pass
         self.exporter.close()
         self.reactor.close()
@@ -282,10 +284,7 @@ class Supervisor:
     def _terminate(self, proc: workerproc.WorkerProc) -> None:
         if not proc.stopping:
             proc.stopping = True
-            try:
-                os.kill(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            _signal(proc.pid, signal.SIGTERM)
 
     def handle_child(self) -> None:
         """SIGCHLD: reap every exited worker."""
@@ -384,6 +383,9 @@ class Supervisor:
 
     def _stop(self) -> None:
         self.state = State.STOPPING
+        self.reload_waiters += self.reload_asked
+        self.reload_asked = []
+        self._tell_reload("refused: the daemon is stopping\n")
         self.notifier.stopping()
         gens = self._generations()
         for proc in self._live():
@@ -396,10 +398,7 @@ class Supervisor:
     def _kill_stragglers(self) -> None:
         for proc in self._live():
             log.warning("worker %d still running past drain_timeout: killing it", proc.pid)
-            try:
-                os.kill(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _signal(proc.pid, signal.SIGKILL)
 
     def handle_reload(self) -> None:
         """SIGHUP: validate the file; if good, a new generation takes over; if bad, nothing changes."""
@@ -417,10 +416,12 @@ class Supervisor:
             self.reactor.call_soon(self.handle_reload)
 
     def _reload(self) -> None:
+        self.reload_waiters, self.reload_asked = self.reload_waiters + self.reload_asked, []
         self.notifier.reloading()
         if self.path is None:
             log.warning("reload is not possible: started from command-line flags, there is no file")
             self.reloads["refused"] += 1
+            self._tell_reload("refused: started from command-line flags, there is no file\n")
             self.notifier.ready(self._status_text())
             return
         log.info("reloading %s", self.path)
@@ -465,7 +466,14 @@ class Supervisor:
             log.error("reload refused: %s", problem)
         log.error("reload refused (%s): the running configuration stays", plural(len(problems), "problem"))
         self.reloads["refused"] += 1
+        self._tell_reload("".join(f"refused: {p}\n" for p in problems))
         self.notifier.ready(self._status_text() + "; last reload refused")
+
+    def _tell_reload(self, text: str) -> None:
+        """The reload that was running is over: answer every `reload` client that asked before it."""
+        waiters, self.reload_waiters = self.reload_waiters, []
+        for reply in waiters:
+            reply(text)
 
     def _apply_logging(self, cfg) -> None:
         level = "debug" if self.verbose else cfg.settings.log_level
@@ -486,6 +494,7 @@ class Supervisor:
         log.info("reloaded: generation %d accepting, generation %d draining",
                  gen.number, old.number if old else 0)
         self.reloads["ok"] += 1
+        self._tell_reload(f"ok: generation {gen.number} accepting\n")
         self.notifier.ready(self._status_text())
         self._forget_idle_generations()
         self._run_queued_reload()
@@ -493,6 +502,7 @@ class Supervisor:
     def _abandon(self, gen: Generation, why: str) -> None:
         log.error("reload abandoned: %s; the running configuration stays", why)
         self.reloads["abandoned"] += 1
+        self._tell_reload(f"abandoned: {why}\n")
         self.pending = None
         self.retired.append(gen)
         for proc in gen.workers.values():
@@ -510,10 +520,7 @@ class Supervisor:
                 lines.append(f"worker {proc.pid} generation={gen.number} "
                              f"{'draining' if proc.stopping else 'ready' if proc.ready else 'starting'} "
                              f"accepted={proc.accepted} open={proc.open}")
-                try:
-                    os.kill(proc.pid, signal.SIGUSR1)
-                except ProcessLookupError:
-                    pass
+                _signal(proc.pid, signal.SIGUSR1)
         log.info("%s", "\n".join(lines))
         self.collector.ask(self._live(), ("snap", "conns"), lambda query: log.info(
             "show stat:\n%sshow conns:\n%s", self._stat_text(), self._conns_text(query)))
@@ -521,7 +528,15 @@ class Supervisor:
     # --- metrics -----------------------------------------------------------------------------
     def _answer(self, what: str, reply) -> None:
         """An endpoint's question (metrics, stat, conns): ask the workers, then reply with fresh numbers."""
-        if what == "conns":
+        if what == "health":
+            reply("accepting\n" if self.state in (State.RUNNING, State.RELOADING) else f"{self.state.value}\n")
+        elif what == "reload":
+            if self.state is State.STOPPING:
+                reply("refused: the daemon is stopping\n")
+                return
+            self.reload_asked.append(reply)
+            self.handle_reload()
+        elif what == "conns":
             self.collector.ask(self._live(), ("conns",), lambda query: reply(self._conns_text(query)))
         elif what == "stat":
             self.collector.ask(self._live(), ("snap",), lambda query: reply(self._stat_text()))
@@ -618,6 +633,20 @@ class _Reports:
 
     def on_event(self, fd: int, events: int) -> None:
         self.supervisor._read_reports(self.proc)
+
+
+def _signal(pid: int, signum: int) -> bool:
+    """Send a signal to a worker; a worker already gone or a refusal (EPERM: no CAP_KILL while workers
+    run as another user) is logged, never raised: the supervisor carries on."""
+    try:
+        os.kill(pid, signum)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        log.error("cannot send %s to worker %d: permission denied (the supervisor needs CAP_KILL "
+                  "when workers run as another user)", signal.Signals(signum).name, pid)
+        return False
 
 
 def _proc_state(proc: workerproc.WorkerProc) -> str:
