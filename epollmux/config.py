@@ -43,6 +43,7 @@ class Settings:
     connect_timeout: float
     idle_timeout: float
     drain_timeout: float
+    stop_delay: float
     max_connections: int
     max_connections_per_source: int
     max_sniffing_per_source: int
