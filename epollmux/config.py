@@ -40,8 +40,14 @@ class Settings:
     tls_handshake_timeout: float
     on_timeout: str
     max_probe_bytes: int
+    max_probe_edges: int
     connect_timeout: float
     idle_timeout: float
+    tcp_keepalive: bool
+    tcp_keepalive_idle: int
+    tcp_keepalive_interval: int
+    tcp_keepalive_count: int
+    tcp_user_timeout: float
     drain_timeout: float
     stop_delay: float
     max_connections: int
@@ -160,7 +166,7 @@ def _build(source: str, data) -> Config:
         problems.add(sections, name, f"unknown {kind}")
     try:
         config = _typed(source, cfg, problems)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         if not problems.items:      # only a value already reported as wrong may break typing
             raise
     if problems.items:
