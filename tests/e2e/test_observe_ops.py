@@ -132,7 +132,7 @@ def test_counted_nouns_agree(daemon, server, tmp_path):
     port = free_port()
     d = daemon().start(make_config(port, f"127.0.0.1:{backend.port}", workers=1), ready=True)
     text = d.log_text()
-    assert "starting 1 worker" in text and "starting 1 worker" not in text
+    assert "starting 1 worker\n" in text and "1 workers" not in text
     assert "ready: 1 worker accepting" in text
     conf = tmp_path / "one.conf"
     conf.write_text(make_config(port, "127.0.0.1:9"))
