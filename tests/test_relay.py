@@ -178,6 +178,8 @@ def test_backend_refused_closes_client(daemon):
 
 def test_slow_backend_bounded_memory(proxy):
     """The client pushes 256 MiB at a backend that reads slowly; the daemon must not buffer it."""
+    if proxy.relay == "sockmap":
+        pytest.skip("the kernel relay ends such a connection over its backlog limit: test_sockmap.py")
     total = 256 << 20
     got = []
 
@@ -210,17 +212,10 @@ def test_slow_backend_bounded_memory(proxy):
     # stated bound: the daemon grows by less than 16 MiB whatever it relays (pipes live in the kernel,
     # a copy buffer is pipe_size bytes per direction)
     assert peak - base < 16 * 1024, (base, peak)
-    if proxy.relay == "sockmap":
-        # the kernel holds what the backend has not taken yet, charged to no socket (not in `ss -m`):
-        # the relay pauses the direction above 8 MiB, seen once per 1 MiB notification; loopback
-        # senders outrun the notifications by tens of MiB, so the high-water mark is bounded at 64 MiB
-        kernel = kernel_stats(d)
-        assert kernel["pairs"] == 1 and kernel["pauses"] > 0, kernel
-        assert kernel["max_backlog"] < 64 << 20, kernel
 
 
 def kernel_stats(d) -> dict:
-    """The kernel relay's lines of the workers' stats blocks, summed: pairs, pauses, max_backlog, ..."""
+    """The kernel relay's lines of the workers' stats blocks, summed: pairs, overruns, max_backlog, ..."""
     lines = lambda: [x for x in d.log_text().splitlines() if x.startswith("kernel relay: ")]
     before = len(lines())
     stats(d)
@@ -298,10 +293,10 @@ def test_server_closes_first_client_sees_eof_every_time(proxy):
         c.close()
 
 
-@pytest.mark.parametrize("relay,level", [("sockmap", "WARNING"), ("auto", "INFO")])
+@pytest.mark.parametrize("relay,level", [("sockmap", "WARNING")])
 def test_sockmap_unavailable_falls_back_to_splice(daemon, server, relay, level):
-    """Without CAP_BPF and friends the maps cannot load: one log line (a warning when sockmap was asked for,
-    info for auto), and splice relays instead."""
+    """Without CAP_BPF and friends the maps cannot load: one warning line, and splice relays instead.
+    (`relay = auto` does not even try on a kernel outside TESTED_KERNELS: test_sockmap_e2e.py.)"""
     backend = server()
     port = free_port()
     d = daemon().start(simple_config(port, f"127.0.0.1:{backend.port}", relay=relay, workers=1), wait=port,
