@@ -14,7 +14,7 @@ instead of its receive queue. The program redirects each skb to the egress of th
 `usage`, and writes the cookie into the ring buffer `ring` whenever the counter crosses a multiple
 of `notify` bytes: the process's only wake-up while payload flows.
 
-Kernel behaviour the caller must know (tests/test_sockmap.py shows each; Linux 6.18):
+Kernel behaviour the caller must know (tests/unit/test_sockmap.py shows each; Linux 6.18):
 - Redirected bytes raise no epoll event on either socket, not even EPOLLIN.
 - No backpressure: bytes for a destination that cannot take more wait in a kernel queue charged
   to no socket (invisible in `ss -m`), without bound; the sender is never slowed (a stalled reader

@@ -45,6 +45,12 @@ class Translation:
         found = [re.match(r"^\x00sslh: \[([^\]]+)\](?: (\S+))?: ", line) for line in problems]
         return [(m.group(1), m.group(2) or "") if m else ("", "") for m in found]
 
+    def remap_warnings(self, warnings: list[str]) -> list[str]:
+        """checks' `SOURCE: warning: [routes.x] ...` lines, remapped like problems."""
+        marker = f"{SOURCE}: warning: "
+        lines = [f"{SOURCE}: {w[len(marker):]}" if w.startswith(marker) else w for w in warnings]
+        return [re.sub(r"^([^:]*): ", r"\1: warning: ", line, count=1) for line in self.remap(lines)]
+
     def remap(self, problems: list[str]) -> list[str]:
         """epollmux's `SOURCE: [routes.x] key: msg` lines as `FILE: [protocols.N] sslh_key: msg`."""
         out = []
@@ -56,6 +62,7 @@ class Translation:
             section, key, message = m.groups()
             entry = self.origin.get(section)
             source, where = (entry.source, entry.where) if entry else ("sslh", section)
+            message = re.sub(r"\[listen\.listen(\d+)\]", r"[listen.\1]", message)
             out.append(Problems.line(source, where, _BACK.get(key or "", key or ""), message))
         return out
 
@@ -118,6 +125,10 @@ def _globals(model: Model, out: Translation, problems: Problems) -> None:
     if g.get("user"):
         glob["user"] = g["user"]
     glob["log_level"] = _log_level(g)
+    logfile_bit = [k for k, v in g.items() if k.startswith("verbose") and isinstance(v, int) and v & 4]
+    if logfile_bit:
+        problems.notice(model.global_where[logfile_bit[0]], "global", logfile_bit[0].replace("_", "-"),
+                        "value bit 4 (logfile): no effect, logs go to stderr or syslog")
     daemon = not (out.foreground or out.inetd)
     glob["log_target"] = "syslog" if daemon and g.get("syslog_facility") != "none" and \
         os.path.exists("/dev/log") else "stderr"
@@ -131,8 +142,34 @@ def _log_level(g: dict) -> str:
     return "warning" if g.get("verbose_connections") == 0 else "info"
 
 
-def _notices(entry: Entry, section: str, problems: Problems) -> None:
+def _spec_type(section: str, key: str) -> str | None:
+    """The configspec's type text for `key` in [section] (or its [[__many__]]), None when there is none."""
+    current = None
+    for line in config.spec_lines():
+        text = line.strip()
+        if re.match(r"^\[[a-z_]+\]$", text):
+            current = text[1:-1]
+        elif current == section and text.startswith(f"{key} ="):
+            return text.split("=", 1)[1].strip()
+    return None
+
+
+def _keepalive(entry: Entry, section: dict, out: Translation, spec_section: str) -> bool:
+    """sslh's keepalive as epollmux's boolean `tcp_keepalive` where the config has it (here, else
+    [global]); False when it has none (the option then gets its notice)."""
+    if not entry.keys.get("keepalive"):
+        return False
+    for where, target in ((spec_section, section), ("global", out.data["global"])):
+        if (_spec_type(where, "tcp_keepalive") or "").startswith("boolean"):
+            target["tcp_keepalive"] = "true"
+            return True
+    return False
+
+
+def _notices(entry: Entry, section: str, problems: Problems, mapped: frozenset = frozenset()) -> None:
     for key, value in entry.keys.items():
+        if key in mapped:
+            continue
         option = options.find(section, key)
         shown = _NOTICE_WHEN.get(key, lambda v: v not in (None, False, "", 0))(value)
         if option.status == options.NOTICE and shown:
@@ -181,10 +218,12 @@ def _addresses(entry: Entry, problems: Problems, *, listen: bool) -> list[str]:
 
 
 def _listen(name: str, entry: Entry, model: Model, out: Translation, problems: Problems) -> None:
-    _notices(entry, options.LISTEN, problems)
+    section = {"address": []}
+    mapped = frozenset({"keepalive"}) if _keepalive(entry, section, out, "listen") else frozenset()
+    _notices(entry, options.LISTEN, problems, mapped)
     if entry.keys.get("is_udp") or entry.keys.get("is_unix"):
         return
-    section = {"address": _addresses(entry, problems, listen=True)}
+    section["address"] = _addresses(entry, problems, listen=True)
     if not section["address"]:
         return      # reported
     if entry.keys.get("max_connections"):
@@ -199,7 +238,9 @@ def _listen(name: str, entry: Entry, model: Model, out: Translation, problems: P
 
 def _route(entry: Entry, model: Model, out: Translation, problems: Problems) -> str | None:
     keys = entry.keys
-    _notices(entry, options.PROTOCOL, problems)
+    section: dict = {}
+    mapped = frozenset({"keepalive"}) if _keepalive(entry, section, out, "routes") else frozenset()
+    _notices(entry, options.PROTOCOL, problems, mapped)
     sslh_name = keys.get("name")
     if not sslh_name:
         if not problems.has(entry.source, entry.where, "name"):
@@ -215,7 +256,7 @@ def _route(entry: Entry, model: Model, out: Translation, problems: Problems) -> 
         return None
     if keys.get("is_udp"):
         return None
-    section = {"probe": probe}
+    section = {"probe": probe, **section}
     if keys.get("is_unix"):
         section["backend"] = f"unix:{keys.get('host', '')}"
     else:
@@ -258,7 +299,10 @@ def _route(entry: Entry, model: Model, out: Translation, problems: Problems) -> 
 
 
 def _byte_escaped(pattern: str) -> str:
-    """libconfig decoded `\\xNN` into characters; epollmux reads `\\xNN` text as the byte NN."""
+    """libconfig decoded `\\xNN` into characters; epollmux reads `\\xNN` text as the byte NN.
+    sslh's catch-all "" (which epollmux refuses as a mistake) becomes "(?:)", which also matches anything."""
+    if pattern == "":
+        return "(?:)"
     out = []
     for ch in pattern:
         if 0x20 <= ord(ch) < 0x7F:

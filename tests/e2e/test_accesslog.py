@@ -1,0 +1,88 @@
+"""The access log: one record per connection, in text and in JSON, with what was learnt while sniffing."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import time
+
+from support.net import connect, free_port, recv_all
+
+CONFIG = """
+[global]
+workers = 1
+log_format = {fmt}
+probe_timeout = 0.3
+on_timeout = web
+[listen]
+  [[main]]
+  address = 127.0.0.1:{port}
+[routes]
+  [[tls]]
+  probe = tls
+  backend = 127.0.0.1:{backend}
+  [[web]]
+  probe = http
+  backend = 127.0.0.1:{backend}
+"""
+
+
+def access_lines(d, count: int, timeout: float = 10) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = [line for line in d.log_text().splitlines() if "epollmux.access" in line or line.startswith("{")]
+        if len(lines) >= count:
+            return lines
+        time.sleep(0.05)
+    raise AssertionError(d.log_text())
+
+
+def test_json_records_carry_sni_alpn_host_and_bytes(daemon, server):
+    backend = server()
+    port = free_port()
+    d = daemon().start(CONFIG.format(fmt="json", port=port, backend=backend.port), wait=port)
+    c = connect(port)
+    request = b"GET / HTTP/1.1\r\nHost: Example.ORG:8080\r\n\r\n"
+    c.sendall(request)
+    assert c.recv(len(request)) == request
+    c.shutdown(socket.SHUT_WR)
+    recv_all(c)
+    ctx = ssl.create_default_context()
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname="A.example")
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    hello = outgoing.read()
+    raw = connect(port)                 # passthrough: the echo backend sends the hello back
+    raw.sendall(hello)
+    assert raw.recv(len(hello), socket.MSG_WAITALL) == hello
+    raw.shutdown(socket.SHUT_WR)
+    recv_all(raw)
+    records = [json.loads(line) for line in access_lines(d, 2) if line.startswith("{")]
+    web = next(r for r in records if r["route"] == "web")
+    assert web["host"] == "example.org"
+    assert web["up"] == len(request) and web["down"] == len(request)
+    assert web["spliced"] == 2 * len(request)
+    assert web["reason"] == "eof" and web["verdict"] == "match"
+    assert web["listener"] == "main" and web["client"].startswith("127.0.0.1:")
+    assert web["time"].endswith("Z") and isinstance(web["duration"], float)
+    tls = next(r for r in records if r["route"] == "tls")
+    assert tls["sni"] == "a.example" and tls["alpn"] == "h2,http/1.1"
+    assert tls["up"] == len(hello) and "host" not in tls
+
+
+def test_text_records_and_timeout_verdict(daemon, server):
+    backend = server()
+    port = free_port()
+    d = daemon().start(CONFIG.format(fmt="text", port=port, backend=backend.port), wait=port)
+    c = connect(port)                   # silent: on_timeout takes it to web
+    time.sleep(0.5)
+    c.sendall(b"late")
+    assert c.recv(4) == b"late"
+    c.close()
+    (line,) = access_lines(d, 1)
+    assert " route=web " in line and " verdict=timeout" in line and " up=4 down=4 " in line
