@@ -25,6 +25,7 @@ Must not import the connection, the configuration or anything that knows a proto
 
 from __future__ import annotations
 
+import errno
 import logging
 import platform
 import socket
