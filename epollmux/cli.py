@@ -11,20 +11,24 @@ import argparse
 import os
 import sys
 
-from epollmux import __version__, config
+from epollmux import __version__, checks, config
+from epollmux.observe.words import plural
 
 EXIT_OK, EXIT_CONFIG, EXIT_RUNTIME = 0, 1, 2
 
 
-def _prefix() -> str:
-    """PREFIX of `make install`, whose private venv is PREFIX/lib/epollmux; else /usr/local."""
+def _default_config() -> str:
+    """/etc/epollmux/epollmux.conf for the Debian package (the package in /usr/lib/python3/dist-packages);
+    PREFIX/etc/epollmux/epollmux.conf for `make install`, whose private venv is PREFIX/lib/epollmux;
+    else /usr/local/etc/epollmux/epollmux.conf."""
+    if os.path.abspath(__file__).startswith("/usr/lib/python3/dist-packages/"):
+        return "/etc/epollmux/epollmux.conf"
     head, tail = os.path.split(os.path.normpath(sys.prefix))
-    if tail == "epollmux" and os.path.basename(head) == "lib":
-        return os.path.dirname(head)
-    return "/usr/local"
+    prefix = os.path.dirname(head) if tail == "epollmux" and os.path.basename(head) == "lib" else "/usr/local"
+    return os.path.join(prefix, "etc", "epollmux", "epollmux.conf")
 
 
-DEFAULT_CONFIG = os.path.join(_prefix(), "etc", "epollmux", "epollmux.conf")
+DEFAULT_CONFIG = _default_config()
 SSLH_PROBES = ("ssh", "tls", "http", "openvpn", "tinc", "xmpp", "socks5", "adb", "syslog")
 
 
@@ -47,6 +51,9 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="epollmux", description="Share one TCP port between many services.")
     p.add_argument("-c", "--config", metavar="FILE", help=f"configuration file (default: {DEFAULT_CONFIG})")
     p.add_argument("--check", action="store_true", help="validate the configuration, print every problem, exit")
+    p.add_argument("--reload", action="store_true",
+                   help="ask the running daemon (over [metrics] stats_socket) to reload the file; print the "
+                        "outcome; exit 1 with the errors if the file is refused")
     p.add_argument("--explain", nargs="+", metavar="CAPTURE",
                    help="show, per listener and route, what the daemon would do with a client's first bytes "
                         "(a file of bytes, or a pcap/pcapng: its first connection's client payload); no network")
@@ -129,13 +136,20 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return EXIT_CONFIG
-    if args.check:
-        for warning in warnings(cfg):
-            print(f"{cfg.source}: warning: {warning}", file=sys.stderr)
-        print(f"{cfg.source}: OK ({len(cfg.listeners)} listeners, {len(cfg.routes)} routes)")
-        return EXIT_OK
+    if args.reload:                 # the daemon checks the file itself and reports what it refuses
+        from epollmux.tools import control
+        return control.reload(cfg)
     if args.explain:
         from epollmux.tools import explain
         return explain.main(cfg, args.explain)
+    found = checks.run(cfg, starting=not args.check)
+    if found.errors:
+        print("\n".join(found.errors), file=sys.stderr)
+        return EXIT_CONFIG
+    for warning in found.warnings + [f"{cfg.source}: warning: {w}" for w in warnings(cfg)]:
+        print(warning, file=sys.stderr)
+    if args.check:
+        print(f"{cfg.source}: OK ({plural(len(cfg.listeners), 'listener')}, {plural(len(cfg.routes), 'route')})")
+        return EXIT_OK
     from epollmux.process import supervisor  # imported late: --check and --version need none of it
     return supervisor.run(cfg, args)

@@ -8,7 +8,9 @@ Must not open sockets or start anything.
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import ssl
 from dataclasses import dataclass, field, fields
 from functools import cached_property
@@ -38,9 +40,16 @@ class Settings:
     tls_handshake_timeout: float
     on_timeout: str
     max_probe_bytes: int
+    max_probe_edges: int
     connect_timeout: float
     idle_timeout: float
+    tcp_keepalive: bool
+    tcp_keepalive_idle: int
+    tcp_keepalive_interval: int
+    tcp_keepalive_count: int
+    tcp_user_timeout: float
     drain_timeout: float
+    stop_delay: float
     max_connections: int
     max_connections_per_source: int
     max_sniffing_per_source: int
@@ -136,23 +145,28 @@ def _build(source: str, data) -> Config:
         cfg = ConfigObj(data, configspec=spec_lines(), interpolation=False, list_values=True,
                         raise_errors=False)
     except ConfigObjError as exc:
-        raise ConfigError([f"{source}: {_syntax_message(exc)}"]) from None
+        raise ConfigError(_syntax_problems(source, exc, data if isinstance(data, list) else [])) from None
     problems = _Problems(source)
     result = cfg.validate(Validator(), preserve_errors=True)
     for sections, key, error in flatten_errors(cfg, result):
         if key is None:
             problems.add(sections, "", "missing section")
+        elif error is False:
+            problems.add(sections, key, "is required")
         else:
-            problems.add(sections, key, "is required" if error is False else str(error))
+            problems.add(sections, key, _value_message(cfg, sections, key, error))
     for sections, name in get_extra_values(cfg):
         where = cfg
         for s in sections:
             where = where[s]
+        if not sections:
+            problems.add_top(name, isinstance(where[name], dict))
+            continue
         kind = "section" if isinstance(where[name], dict) else "key"
         problems.add(sections, name, f"unknown {kind}")
     try:
         config = _typed(source, cfg, problems)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         if not problems.items:      # only a value already reported as wrong may break typing
             raise
     if problems.items:
@@ -160,10 +174,68 @@ def _build(source: str, data) -> Config:
     return config
 
 
-def _syntax_message(exc: ConfigObjError) -> str:
-    errors = getattr(exc, "errors", None) or [exc]
-    return "; ".join(f"line {e.line_number}: {e.msg}" if hasattr(e, "line_number") else str(e)
-                     for e in errors)
+TOP_SECTIONS = ("global", "metrics", "listen", "routes")
+SYNTAX_WORDS = {"Duplicate keyword name": "key given twice in this section",
+                "Duplicate section name": "section given twice",
+                "Section too nested": "section nested too deep (at most [[name]] inside a section)",
+                "Parse error in value": "cannot parse the value (an unclosed quote?)"}
+
+
+def _syntax_problems(source: str, exc: ConfigObjError, lines: list[str]) -> list[str]:
+    """configobj's parse errors in the usual form: the section the line is in, its key, the line number."""
+    out = []
+    for error in getattr(exc, "errors", None) or [exc]:
+        number = getattr(error, "line_number", None)
+        if number is None:
+            out.append(f"{source}: {error}")
+            continue
+        text = (getattr(error, "line", "") or "").strip()
+        section = _section_at(lines, number - 1)
+        key = text.partition("=")[0].strip() if "=" in text and not text.startswith("[") else ""
+        message = str(getattr(error, "msg", error)).split(" at line ")[0].rstrip(".")
+        if message.startswith("Invalid line"):
+            message = f"'{text}' is neither a [section] header nor key = value"
+        message = SYNTAX_WORDS.get(message, message)
+        where = f"[{section}] {key}" if key else f"[{section}]"
+        out.append(f"{source}: {where}: line {number}: {message}")
+    return out
+
+
+def _section_at(lines: list[str], index: int) -> str:
+    """The dotted section in force at lines[index] (the headers above it); "global" before any."""
+    path: list[str] = []
+    for line in lines[:index]:
+        text = line.split("#", 1)[0].strip()
+        if not (text.startswith("[") and text.endswith("]")):
+            continue
+        depth = len(text) - len(text.lstrip("["))
+        if depth == len(text) - len(text.rstrip("]")):
+            path = path[:depth - 1] + [text.strip("[] ")]
+    return ".".join(path) or "global"
+
+
+def _value_message(cfg, sections, key: str, error) -> str:
+    """validate's message, plus the allowed range when the value is out of it."""
+    message = str(error)
+    if type(error).__name__ not in ("VdtValueTooSmallError", "VdtValueTooBigError"):
+        return message
+    spec = cfg.configspec
+    for s in sections:
+        spec = spec[s] if s in spec else spec["__many__"]
+    check = spec.get(key, "") if hasattr(spec, "get") else ""
+    low = re.search(r"\bmin=([-\d.e]+)", check)
+    high = re.search(r"\bmax=([-\d.e]+)", check)
+    if low and high:
+        allowed = f"from {low.group(1)} to {high.group(1)}"
+    elif low:
+        allowed = f"at least {low.group(1)}"
+    elif high:
+        allowed = f"at most {high.group(1)}"
+    else:
+        return message
+    value = message.split('"')[1] if message.count('"') >= 2 else "?"
+    side = "small" if type(error).__name__ == "VdtValueTooSmallError" else "big"
+    return f"{value} is too {side}: allowed {allowed}"
 
 
 class _Problems:
@@ -175,6 +247,17 @@ class _Problems:
         section = ".".join(sections) if sections else "global"
         where = f"[{section}] {key}" if key else f"[{section}]"
         self.items.append(f"{self.source}: {where}: {message}")
+
+    def add_top(self, name: str, is_section: bool) -> None:
+        """Something at the top of the file that is not one of the known sections."""
+        if is_section:
+            close = difflib.get_close_matches(name, TOP_SECTIONS, n=1)
+            hint = f"; did you mean [{close[0]}]?" if close else ""
+            self.items.append(f"{self.source}: [{name}]: unknown section (the sections are "
+                              f"{', '.join(f'[{s}]' for s in TOP_SECTIONS)}){hint}")
+        else:
+            self.items.append(f"{self.source}: {name}: a key before any section header (put it under "
+                              "[global] or the section it belongs to)")
 
 
 def _typed(source: str, cfg, problems: _Problems) -> Config:
@@ -218,7 +301,7 @@ def _metrics(section, problems: _Problems) -> MetricsSettings:
             problems.add(where, "stats_socket", f"'{path}': must be an absolute path")
         elif len(path.encode()) > SUN_PATH_MAX:
             problems.add(where, "stats_socket", f"'{path}': longer than {SUN_PATH_MAX} bytes")
-        elif not os.path.isdir(os.path.dirname(path) or "/"):
+        elif not os.path.isdir(os.path.dirname(os.path.dirname(path)) or "/"):   # the daemon makes the last one
             problems.add(where, "stats_socket", f"'{path}': directory {os.path.dirname(path)} does not exist")
     return MetricsSettings(address, path)
 

@@ -1,9 +1,12 @@
 """The event loop: one `select.epoll`, fd handlers, a timer heap, deferred calls, signals.
 
-Owns: epoll registration bookkeeping, timers (heap with lazy cancellation), callbacks deferred to
-the next turn, the signal wake-up fd, and `now` (the clock read once per turn, when the poll
-returns). Signal handlers only record the signal; the loop dispatches to the callback registered
-with `on_signal`.
+Owns: epoll registration bookkeeping, timers (heap with lazy cancellation, compacted when most
+entries are cancelled), callbacks deferred to the next turn, the signal wake-up fd, and `now` (the
+clock read once per turn, when the poll returns). Signal handlers only record the signal; the loop
+dispatches to the callback registered with `on_signal`.
+Each registration is an object of its own (`_Registration`): a batch's events are matched to the
+registrations that were current when the poll returned, and one ended since is dead, so an event
+queued for a closed socket never reaches a new socket that reuses its fd number in the same batch.
 Must not import anything that knows about connections, protocols or configuration.
 """
 
@@ -28,6 +31,7 @@ ET = select.EPOLLET
 EXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 1 << 28)
 
 MAX_EVENTS = 256
+COMPACT_MIN = 256       # cancelled timers tolerated in the heap before a compaction is considered
 
 
 class Handler(Protocol):
@@ -35,31 +39,46 @@ class Handler(Protocol):
 
 
 class Timer:
-    """A cancellable one-shot timer; cancelled entries stay in the heap until they surface."""
+    """A cancellable one-shot timer; a cancelled entry stays in the heap until it surfaces or the
+    heap is compacted (more than half of it cancelled), and counts itself to its reactor."""
 
-    __slots__ = ("deadline", "callback", "args", "cancelled")
+    __slots__ = ("deadline", "callback", "args", "cancelled", "reactor")
 
-    def __init__(self, deadline: float, callback: Callable[..., None], args: tuple = ()):
+    def __init__(self, deadline: float, callback: Callable[..., None], args: tuple = (), reactor=None):
         self.deadline = deadline
         self.callback = callback
         self.args = args
         self.cancelled = False
+        self.reactor = reactor     # set while the timer waits in that reactor's heap
 
     def cancel(self) -> None:
+        if not self.cancelled and self.reactor is not None:
+            self.reactor._cancelled += 1
         self.cancelled = True
+        self.reactor = None
         self.callback = _noop      # a cancelled entry waits in the heap until it surfaces: keep nothing alive
         self.args = ()
+
+
+class _Registration:
+    """One registration of an fd: dead once unregistered or forgotten, even if the number comes back."""
+
+    __slots__ = ("handler", "live")
+
+    def __init__(self, handler: Handler):
+        self.handler = handler
+        self.live = True
 
 
 class Reactor:
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self._epoll = select.epoll()
-        self._handlers: dict[int, Handler] = {}
+        self._handlers: dict[int, _Registration] = {}
         self._timers: list[tuple[float, int, Timer]] = []
+        self._cancelled = 0         # cancelled timers still in the heap
         self._seq = itertools.count()
         self._soon: deque[tuple[Callable[..., None], tuple]] = deque()
-        self._closed_in_batch: set[int] = set()
         self._signal_callbacks: dict[int, Callable[[], None]] = {}
         self._signal_r = self._signal_w = -1
         self._after_turn: list[Callable[[], None]] = []
@@ -69,27 +88,28 @@ class Reactor:
     # --- fds -----------------------------------------------------------------------------
     def register(self, fd: int, events: int, handler: Handler) -> None:
         self._epoll.register(fd, events)
-        self._handlers[fd] = handler
-        self._closed_in_batch.discard(fd)
+        self._handlers[fd] = _Registration(handler)
 
     def modify(self, fd: int, events: int) -> None:
         self._epoll.modify(fd, events)
 
     def unregister(self, fd: int) -> None:
         """Forget fd; call before closing it. Events for it still queued in this batch are skipped."""
-        if self._handlers.pop(fd, None) is not None:
+        registration = self._handlers.pop(fd, None)
+        if registration is not None:
+            registration.live = False
             try:
                 self._epoll.unregister(fd)
             except OSError as exc:  # already closed elsewhere: the kernel dropped it with the fd
                 if exc.errno not in (errno.EBADF, errno.ENOENT):
                     raise
-        self._closed_in_batch.add(fd)
 
     def forget(self, fd: int) -> None:
         """Forget fd that is about to be closed: closing removes it from the epoll set, so no
         EPOLL_CTL_DEL is needed (the fd is never duplicated). Queued events for it are skipped."""
-        self._handlers.pop(fd, None)
-        self._closed_in_batch.add(fd)
+        registration = self._handlers.pop(fd, None)
+        if registration is not None:
+            registration.live = False
 
     def handler_count(self) -> int:
         return len(self._handlers)
@@ -97,7 +117,7 @@ class Reactor:
     # --- time ----------------------------------------------------------------------------
     def call_later(self, delay: float, callback: Callable[..., None], *args) -> Timer:
         """Run callback(*args) once, `delay` seconds from now (bound methods and args: no closure per call)."""
-        timer = Timer(self.clock() + delay, callback, args)
+        timer = Timer(self.clock() + delay, callback, args, self)
         heapq.heappush(self._timers, (timer.deadline, next(self._seq), timer))
         return timer
 
@@ -109,21 +129,35 @@ class Reactor:
         """Run callback(*args) on the next turn of the loop, before waiting for events (no closure per call)."""
         self._soon.append((callback, args))
 
+    def timer_count(self) -> int:
+        """Entries in the timer heap, cancelled ones included (what the heap costs in memory)."""
+        return len(self._timers)
+
     def _run_due_timers(self) -> None:
         now = self.now
         due = []
         while self._timers and self._timers[0][0] <= now:
             due.append(heapq.heappop(self._timers)[2])
         for timer in due:  # collected first: a callback's new timers wait for the next turn
-            if not timer.cancelled:
+            if timer.cancelled:
+                self._cancelled -= 1
+            else:
                 timer.cancelled = True
+                timer.reactor = None
                 timer.callback(*timer.args)
+
+    def _compact_timers(self) -> None:
+        """Drop the cancelled entries (asyncio's rule: once they are more than half of the heap)."""
+        self._timers = [entry for entry in self._timers if not entry[2].cancelled]
+        heapq.heapify(self._timers)
+        self._cancelled = 0
 
     def _wait_timeout(self) -> float:
         if self._soon:
             return 0
         while self._timers and self._timers[0][2].cancelled:
             heapq.heappop(self._timers)
+            self._cancelled -= 1
         if not self._timers:
             return -1
         return max(0.0, self._timers[0][0] - self.clock())
@@ -155,15 +189,13 @@ class Reactor:
         except InterruptedError:
             events = []
         self.now = self.clock()
-        closed = self._closed_in_batch
-        closed.clear()
         handlers = self._handlers
-        for fd, mask in events:
-            if fd in closed:
-                continue
-            handler = handlers.get(fd)
-            if handler is not None:
-                handler.on_event(fd, mask)
+        # matched before any handler runs: a registration ended by an earlier handler of this batch
+        # is dead, and a new one that reuses the number is not the one this event was queued for
+        batch = [(handlers.get(fd), fd, mask) for fd, mask in events]
+        for registration, fd, mask in batch:
+            if registration is not None and registration.live:
+                registration.handler.on_event(fd, mask)
         timers = self._timers
         if timers and timers[0][0] <= self.now:
             self._run_due_timers()
@@ -173,6 +205,8 @@ class Reactor:
             callback(*args)
         for callback in self._after_turn:
             callback()
+        if self._cancelled > COMPACT_MIN and self._cancelled * 2 > len(self._timers):
+            self._compact_timers()
 
     def run(self) -> None:
         self.running = True
@@ -202,6 +236,7 @@ class Reactor:
         self._handlers.clear()
         self._signal_callbacks.clear()
         self._timers.clear()
+        self._cancelled = 0
         self._soon.clear()
         self._epoll.close()
 

@@ -21,6 +21,7 @@ import os
 import re
 import time
 
+from epollmux.observe import logsetup
 from epollmux.wire import clienthello, probes
 
 log = logging.getLogger("epollmux.access")
@@ -85,6 +86,7 @@ class Writer:
         self._stamp = ""
         self.pid = os.getpid()
         self._prefix = f" epollmux[{self.pid}] INFO epollmux.access: worker={self.pid} "
+        self.journal = logsetup.under_systemd()    # "<6>" first, no time stamp: journald adds both
 
     def enabled(self) -> bool:
         return log.isEnabledFor(logging.INFO)
@@ -94,13 +96,16 @@ class Writer:
         second = int(now)
         if second != self._second:
             self._second = second
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now) if not self.json else time.gmtime(now))
-        millis = f".{int(now % 1 * 1000):03d}"
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))     # UTC, as logsetup's lines
+        millis = f".{int(now % 1 * 1000):03d}Z"
         if self.json:
-            line = as_json({"worker": self.pid, **record}, self._stamp + millis + "Z")
+            line = as_json({"worker": self.pid, **record}, self._stamp + millis)
             if self.direct:
-                self.lines.append(line + "\n")
+                self.lines.append(("<6>" if self.journal else "") + line + "\n")
                 return
+        elif self.direct and self.journal:
+            self.lines.append(f"<6>INFO epollmux.access: worker={self.pid} {text(record)}\n")
+            return
         elif self.direct:
             self.lines.append(f"{self._stamp}{millis}{self._prefix}{text(record)}\n")
             return

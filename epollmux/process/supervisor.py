@@ -22,8 +22,9 @@ import signal
 import time
 from collections import Counter, deque
 
-from epollmux import __version__, config
-from epollmux.observe import collector, exporter, logsetup, metrics, stats
+from epollmux import __version__, checks, config
+from epollmux.observe import collector, exporter, logsetup, metrics, procstats, stats
+from epollmux.observe.words import plural
 from epollmux.process import daemonize, privileges, systemd, workerproc
 from epollmux.reactor import IN, Reactor
 from epollmux.process.sockettable import SocketTable
@@ -85,6 +86,7 @@ def run(cfg, args) -> int:
         log.error("%s", exc.strerror or exc)
         table.close_all()
         return EXIT_RUNTIME
+    _log_missing(table)
     for inherited in table.unused_inherited(cfg):
         log.warning("inherited %s matches no listener: not served", inherited.describe())
     try:
@@ -131,6 +133,9 @@ class Supervisor:
         self.retired: list[Generation] = []          # draining after a reload
         self.generations = 0
         self.reload_queued = False
+        self.leaving = False                         # a stop is announced (stop_delay): /healthz says 503
+        self.reload_asked: list = []                 # stats-socket `reload` clients before their reload runs
+        self.reload_waiters: list = []               # ... while it runs: told its outcome
         self.log_target = ""
         self.accepted_gone = 0          # last counts of workers that exited
         self.rate = 0.0
@@ -176,10 +181,10 @@ class Supervisor:
         for proc in self._live():
             if proc.report_fd >= 0:
                 self._close_reports(proc)
+            _signal(proc.pid, signal.SIGKILL)
             try:
-                os.kill(proc.pid, signal.SIGKILL)
                 os.waitpid(proc.pid, 0)
-            except (ProcessLookupError, ChildProcessError):
+            except ChildProcessError:
                 pass
         self.exporter.close()
         self.reactor.close()
@@ -196,7 +201,7 @@ class Supervisor:
     def _new_generation(self, cfg, sockets: list, keys: set, creds) -> Generation:
         self.generations += 1
         gen = Generation(self.generations, cfg, sockets, keys, creds)
-        log.info("generation %d: starting %d workers%s", gen.number, gen.wanted,
+        log.info("generation %d: starting %s%s", gen.number, plural(gen.wanted, "worker"),
                  f" as {creds.describe()}" if creds else "")
         self.reactor.call_later(READY_TIMEOUT, lambda: self._ready_timeout(gen))
         return gen
@@ -271,7 +276,7 @@ class Supervisor:
         gen.announced = True
         if gen is self.current and self.state is State.STARTING:
             self.state = State.RUNNING
-            log.info("ready: %d workers accepting", len(gen.workers))
+            log.info("ready: %s accepting", plural(len(gen.workers), "worker"))
             self.notifier.ready(self._status_text())
             self._run_queued_reload()
         elif gen is self.pending:
@@ -280,10 +285,7 @@ class Supervisor:
     def _terminate(self, proc: workerproc.WorkerProc) -> None:
         if not proc.stopping:
             proc.stopping = True
-            try:
-                os.kill(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            _signal(proc.pid, signal.SIGTERM)
 
     def handle_child(self) -> None:
         """SIGCHLD: reap every exited worker."""
@@ -373,15 +375,25 @@ class Supervisor:
 
     # --- signals -----------------------------------------------------------------------------
     def handle_stop(self) -> None:
-        """SIGTERM/SIGINT: every worker stops accepting and drains; exit once all are gone."""
+        """SIGTERM/SIGINT: every worker stops accepting and drains; exit once all are gone. With stop_delay,
+        /healthz answers 503 first and the workers keep accepting that long (a second signal: at once)."""
         if self.state is State.STOPPING:
-            log.info("already stopping, %d workers draining", len(self._live()))
+            log.info("already stopping, %s draining", plural(len(self._live()), "worker"))
             return
-        log.info("stopping: %d workers draining", len(self._live()))
+        delay = self.current.cfg.settings.stop_delay if self.current is not None else 0.0
+        if delay > 0 and not self.leaving:
+            self.leaving = True
+            log.info("stopping in %gs (stop_delay): /healthz answers 503, workers still accept", delay)
+            self.reactor.call_later(delay, self.handle_stop)
+            return
+        log.info("stopping: %s draining", plural(len(self._live()), "worker"))
         self._stop()
 
     def _stop(self) -> None:
         self.state = State.STOPPING
+        self.reload_waiters += self.reload_asked
+        self.reload_asked = []
+        self._tell_reload("refused: the daemon is stopping\n")
         self.notifier.stopping()
         gens = self._generations()
         for proc in self._live():
@@ -394,14 +406,11 @@ class Supervisor:
     def _kill_stragglers(self) -> None:
         for proc in self._live():
             log.warning("worker %d still running past drain_timeout: killing it", proc.pid)
-            try:
-                os.kill(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _signal(proc.pid, signal.SIGKILL)
 
     def handle_reload(self) -> None:
         """SIGHUP: validate the file; if good, a new generation takes over; if bad, nothing changes."""
-        if self.state is State.STOPPING:
+        if self.state is State.STOPPING or self.leaving:
             return
         if self.state is not State.RUNNING:
             log.info("reload queued: %s", self.state.value)
@@ -415,16 +424,23 @@ class Supervisor:
             self.reactor.call_soon(self.handle_reload)
 
     def _reload(self) -> None:
+        self.reload_waiters, self.reload_asked = self.reload_waiters + self.reload_asked, []
         self.notifier.reloading()
         if self.path is None:
             log.warning("reload is not possible: started from command-line flags, there is no file")
             self.reloads["refused"] += 1
+            self._tell_reload("refused: started from command-line flags, there is no file\n")
             self.notifier.ready(self._status_text())
             return
         log.info("reloading %s", self.path)
         endpoints = None
         try:
             cfg = self.loader(self.path)
+            found = checks.run(cfg, starting=True)
+            if found.errors:
+                raise config.ConfigError(found.errors)
+            for warning in found.warnings:
+                log.warning("%s", warning)
             creds = privileges.resolve(cfg.settings.user, cfg.settings.group)
             privileges.check(creds)
             endpoints = exporter.bind(cfg.metrics.address, cfg.metrics.stats_socket, self.exporter.endpoints)
@@ -443,6 +459,9 @@ class Supervisor:
             self._refuse([exc.strerror or str(exc)])
             return
         self.exporter.replace(endpoints)
+        _log_missing(self.table)
+        if self.table.outcome.fresh:
+            log.info("now also listening on %s", ", ".join(self.table.outcome.fresh))
         for inherited in self.table.unused_inherited(cfg):
             log.warning("inherited %s matches no listener: not served", inherited.describe())
         self._apply_logging(cfg)
@@ -453,9 +472,16 @@ class Supervisor:
     def _refuse(self, problems: list[str]) -> None:
         for problem in problems:
             log.error("reload refused: %s", problem)
-        log.error("reload refused (%d problems): the running configuration stays", len(problems))
+        log.error("reload refused (%s): the running configuration stays", plural(len(problems), "problem"))
         self.reloads["refused"] += 1
+        self._tell_reload("".join(f"refused: {p}\n" for p in problems))
         self.notifier.ready(self._status_text() + "; last reload refused")
+
+    def _tell_reload(self, text: str) -> None:
+        """The reload that was running is over: answer every `reload` client that asked before it."""
+        waiters, self.reload_waiters = self.reload_waiters, []
+        for reply in waiters:
+            reply(text)
 
     def _apply_logging(self, cfg) -> None:
         level = "debug" if self.verbose else cfg.settings.log_level
@@ -476,6 +502,7 @@ class Supervisor:
         log.info("reloaded: generation %d accepting, generation %d draining",
                  gen.number, old.number if old else 0)
         self.reloads["ok"] += 1
+        self._tell_reload(f"ok: generation {gen.number} accepting\n")
         self.notifier.ready(self._status_text())
         self._forget_idle_generations()
         self._run_queued_reload()
@@ -483,6 +510,7 @@ class Supervisor:
     def _abandon(self, gen: Generation, why: str) -> None:
         log.error("reload abandoned: %s; the running configuration stays", why)
         self.reloads["abandoned"] += 1
+        self._tell_reload(f"abandoned: {why}\n")
         self.pending = None
         self.retired.append(gen)
         for proc in gen.workers.values():
@@ -500,10 +528,7 @@ class Supervisor:
                 lines.append(f"worker {proc.pid} generation={gen.number} "
                              f"{'draining' if proc.stopping else 'ready' if proc.ready else 'starting'} "
                              f"accepted={proc.accepted} open={proc.open}")
-                try:
-                    os.kill(proc.pid, signal.SIGUSR1)
-                except ProcessLookupError:
-                    pass
+                _signal(proc.pid, signal.SIGUSR1)
         log.info("%s", "\n".join(lines))
         self.collector.ask(self._live(), ("snap", "conns"), lambda query: log.info(
             "show stat:\n%sshow conns:\n%s", self._stat_text(), self._conns_text(query)))
@@ -511,7 +536,16 @@ class Supervisor:
     # --- metrics -----------------------------------------------------------------------------
     def _answer(self, what: str, reply) -> None:
         """An endpoint's question (metrics, stat, conns): ask the workers, then reply with fresh numbers."""
-        if what == "conns":
+        if what == "health":
+            accepting = self.state in (State.RUNNING, State.RELOADING) and not self.leaving
+            reply("accepting\n" if accepting else f"{'stopping' if self.leaving else self.state.value}\n")
+        elif what == "reload":
+            if self.state is State.STOPPING or self.leaving:
+                reply("refused: the daemon is stopping\n")
+                return
+            self.reload_asked.append(reply)
+            self.handle_reload()
+        elif what == "conns":
             self.collector.ask(self._live(), ("conns",), lambda query: reply(self._conns_text(query)))
         elif what == "stat":
             self.collector.ask(self._live(), ("snap",), lambda query: reply(self._stat_text()))
@@ -522,14 +556,27 @@ class Supervisor:
         """The workers' sums plus the supervisor's own families."""
         snapshot = self.collector.totals(self._live())
         states = Counter(_proc_state(p) for p in self._live())
-        return metrics.add(snapshot, {
+        snapshot = metrics.add(snapshot, {
             "epollmux_workers": {(s,): states[s] for s in ("ready", "starting", "draining")},
             "epollmux_worker_crashes_total": {(): self.crashes},
             "epollmux_reloads_total": {(r,): self.reloads[r] for r in ("ok", "refused", "abandoned")},
             "epollmux_start_time_seconds": {(): round(self.started_at, 3)},
             "epollmux_info": {(__version__,): 1},
             "epollmux_open_fds": {("supervisor",): stats.open_fds()},
+            **procstats.families(os.getpid(), [p.pid for p in self._live()]),
         })
+        return metrics.add(snapshot, self._zero_series())
+
+    def _zero_series(self) -> metrics.Snapshot:
+        """Every configured route and listener has its series, 0 before any traffic (rate() needs them)."""
+        cfgs = [g.cfg for g in self._generations()]
+        routes = {name for cfg in cfgs for name in cfg.routes}
+        listeners = {lst.name for cfg in cfgs for lst in cfg.listeners}
+        return {
+            "epollmux_connections_accepted_total": {(name,): 0 for name in listeners},
+            "epollmux_connections_routed_total": {(name,): 0 for name in routes},
+            "epollmux_bytes_total": {(name, way): 0 for name in routes for way in ("up", "down")},
+        }
 
     def _stat_text(self) -> str:
         up = time.time() - self.started_at
@@ -547,7 +594,7 @@ class Supervisor:
 
     def _conns_text(self, query: collector.Query) -> str:
         rows = [[pid, *row] for pid in query.asked for row in query.rows.get(pid, [])]
-        notes = [f"{len(rows)} connections listed"]
+        notes = [f"{plural(len(rows), 'connection')} listed"]
         for pid in query.asked:
             unlisted = query.open.get(pid, 0) - len(query.rows.get(pid, []))
             if unlisted > 0:
@@ -560,7 +607,7 @@ class Supervisor:
         workers = len(self.current.workers) if self.current else 0
         draining = sum(len(g.workers) for g in self.retired)
         connections = sum(p.open for p in self._live())
-        text = f"{workers} workers, {connections} open connections, {self.rate:.1f} connections/s"
+        text = f"{plural(workers, 'worker')}, {plural(connections, 'open connection')}, {self.rate:.1f} connections/s"
         return text + (f", {draining} draining" if draining else "")
 
     def _tick_status(self) -> None:
@@ -597,8 +644,27 @@ class _Reports:
         self.supervisor._read_reports(self.proc)
 
 
+def _signal(pid: int, signum: int) -> bool:
+    """Send a signal to a worker; a worker already gone or a refusal (EPERM: no CAP_KILL while workers
+    run as another user) is logged, never raised: the supervisor carries on."""
+    try:
+        os.kill(pid, signum)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        log.error("cannot send %s to worker %d: permission denied (the supervisor needs CAP_KILL "
+                  "when workers run as another user)", signal.Signals(signum).name, pid)
+        return False
+
+
 def _proc_state(proc: workerproc.WorkerProc) -> str:
     return "draining" if proc.stopping else "ready" if proc.ready else "starting"
+
+
+def _log_missing(table: SocketTable) -> None:
+    for missing in table.outcome.missing:
+        log.warning("%s: not an address of this host, left out; serving on the others", missing)
 
 
 def _describe_status(status: int) -> str:

@@ -22,7 +22,7 @@ import socket
 
 from epollmux.observe import accesslog
 from epollmux import addr, errors
-from epollmux.wire import clienthello, proxyout, proxyproto, sniff
+from epollmux.wire import clienthello, proxyout, proxyproto, sniff, why
 from epollmux.serve.admission import Grant
 from epollmux.relay.endpoints import PlainEndpoint, TLSEndpoint
 from epollmux.reactor import ERR, ET, HUP, IN, OUT, RDHUP
@@ -78,6 +78,9 @@ for _phase, _next in _ALLOWED.items():
 del _phase, _next
 
 
+SNIFFING_PHASES = (Phase.PROXY_HEADER, Phase.SNIFFING, Phase.INNER_SNIFFING)   # edges count against max_probe_edges
+
+
 def _expired(reason: str) -> str:
     """A deadline's handler: its close reason (armed with the reason as the timer's argument)."""
     return reason
@@ -90,6 +93,8 @@ class Connection:
     __slots__ += ("connect_started",)     # metrics: when the backend connect began
     __slots__ += ("kernel",)              # True: ctx.kernel relays this connection, not Directions
     __slots__ += ("writable",)            # fds registered with OUT: CLIENT_OUT | BACKEND_OUT
+    __slots__ += ("edges", "reader")      # readable edges spent deciding; the ClientHello read so far
+    __slots__ += ("local",)               # the backend socket's own address, while in ctx.own_backends
 
     def __init__(self, ctx, listener, client: socket.socket, sockaddr, events: int = EVENTS):
         self.ctx = ctx
@@ -121,6 +126,9 @@ class Connection:
         self.connect_started = 0.0
         self.kernel = False
         self.writable = events      # start() registers the client with these events
+        self.edges = 0              # readable edges before the route was decided (max_probe_edges)
+        self.reader = None          # a clienthello.HelloReader while a TLS first flight is being sniffed
+        self.local = None
 
     @property
     def peer(self) -> str:
@@ -134,7 +142,18 @@ class Connection:
         ctx.reactor.register(self.cfd, self.writable, self)
         self.writable &= CLIENT_OUT
         ctx.connections.add(self)
+        if self.src in ctx.own_backends:
+            self._event(self._looped)
+            return
         self._event(self._admit if self.listener.proxy_protocol == "none" else self._begin)
+
+    def _looped(self) -> str:
+        """The client is one of this worker's own backend sockets: a route's backend leads back here."""
+        if not self.ctx.loop_warned:
+            self.ctx.loop_warned = True
+            log.warning("%s: a connection from this worker's own backend socket: a route's backend leads back "
+                        "to a listener of this daemon; closed (reason loop)", self.listener.name)
+        return "loop"
 
     def _set_phase(self, phase: Phase, deadline: float = 0, on_expiry=None, *args) -> None:
         if phase not in self.phase.allowed:
@@ -154,6 +173,11 @@ class Connection:
         if phase is Phase.RELAYING:
             self._event(self._relay_event, fd, events)
         elif fd == self.cfd:
+            if phase in SNIFFING_PHASES and events & READABLE:
+                self.edges += 1
+                if self.edges > self.ctx.settings.max_probe_edges:
+                    self._event(_expired, "sniff-budget")
+                    return
             if phase is Phase.SNIFFING and events & READABLE:
                 self._event(self._sniff, bool(events & (RDHUP | HUP)))
             elif phase is Phase.PROXY_HEADER and events & READABLE:
@@ -190,7 +214,9 @@ class Connection:
             self.close(reason)
 
     def _socket_error(self, sock: socket.socket) -> str | None:
-        return "reset" if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) else None
+        """The close reason a socket's pending error gives: timeout (keepalive, TCP_USER_TIMEOUT), reset."""
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        return None if not err else "timeout" if err == errno.ETIMEDOUT else "reset"
 
     # --- admission, PROXY header in ---------------------------------------------------------
     def _begin(self) -> str | None:
@@ -238,8 +264,10 @@ class Connection:
 
         peer_done: the client shut its side, so these bytes are all there will be.
         """
-        if peer_done and self._socket_error(self.client):
-            return "reset"     # a reset client is gone, though the kernel still shows its last bytes
+        if peer_done:
+            reason = self._socket_error(self.client)
+            if reason:
+                return reason  # a reset client is gone, though the kernel still shows its last bytes
         limit = self.ctx.settings.max_probe_bytes
         try:
             data = self.client.recv(limit, socket.MSG_PEEK)
@@ -249,6 +277,11 @@ class Connection:
             return "client-eof"
         if len(data) == self._peek_len and not peer_done:
             return None        # nothing new (a spurious wake-up); the next edge brings more bytes
+        reader = self.reader
+        if reader is None and data[0] == 0x16:
+            reader = self.reader = clienthello.HelloReader()
+        if reader is not None:      # the new bytes only: sniffing a drip-fed hello stays O(bytes)
+            clienthello.remember(data, reader.feed(data[self._peek_len:]))
         self._peek_len = len(data)
         self.hello = data
         return self._decide(data, self.listener.routes, self.listener.probe_table,
@@ -258,7 +291,7 @@ class Connection:
         decision = sniff.decide(data, table, full=full)
         if probe_log.isEnabledFor(logging.DEBUG):
             probe_log.debug("%s: %d bytes, verdicts %s", self.peer, len(data),
-                            " ".join(f"{r.name}={v.value}" for r, v in zip(routes, decision.verdicts)))
+                            why.describe(routes, decision.verdicts, data, full=full))
         if not decision.done:
             return None
         if decision.route is None:
@@ -277,6 +310,7 @@ class Connection:
         if self.verdict == "none":
             self.verdict = "match"
         self.route = route
+        self.reader = None
         ctx = self.ctx
         ctx.stats.routed(self.listener.name, route.name, ctx.reactor.clock() - self.started, self.outer is not None)
         admission = ctx.admission
@@ -365,6 +399,8 @@ class Connection:
         tcp = family in TCP_FAMILIES
         if tcp:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for level, option, value in ctx.keepalive:
+                sock.setsockopt(level, option, value)
         if route.transparent:
             reason = self._bind_as_client(sock, family)
             if reason:
@@ -372,6 +408,9 @@ class Connection:
         err = sock.connect_ex(target.sockaddr)
         if err not in (0, errno.EINPROGRESS):
             return "backend-busy" if err == errno.EAGAIN else errors.connect_reason(err)
+        if tcp:         # remembered so that this socket, arriving at one of our listeners, is seen as a loop
+            self.local = sock.getsockname()
+            ctx.own_backends.add(self.local)
         if route.backend_context is None and (
                 err == 0 or tcp and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == TCP_ESTABLISHED):
             # done already (on loopback the handshake ran inside connect()): no turn spent waiting for EPOLLOUT.
@@ -479,8 +518,10 @@ class Connection:
             sock, end, src, dst = self.client, self.cend, self.up, self.down
         else:
             sock, end, src, dst = self.backend, self.bend, self.down, self.up
-        if events & ERR and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-            return "reset"
+        if events & ERR:
+            reason = self._socket_error(sock)
+            if reason:
+                return reason
         moved = False          # an edge that finds nothing to do (a writable socket with nothing waiting) ends here
         if events & WRITABLE and end.holds_output and end.pending_output():
             end.flush()
@@ -555,7 +596,9 @@ class Connection:
         ctx = self.ctx
         ctx.connections.discard(self)
         ctx.admission.leave(self.grant)
-        abort = reason == "reset"
+        if self.local is not None:
+            ctx.own_backends.discard(self.local)
+        abort = reason == "reset" or reason == "timeout"    # a dead peer: the other one sees RST, not a clean end
         up = down = spliced = 0
         if self.kernel:        # out of the maps before the sockets close; the counts need them open
             up, down = ctx.kernel.release(self)
@@ -582,6 +625,8 @@ class Connection:
             up, down, spliced = self.up.moved, self.down.moved, self.up.spliced + self.down.spliced
         route = self.route.name if self.route else "-"
         ctx.stats.closed(self.listener.name, route, phase._value_, reason, up, down)   # _value_: .value is a Python property
+        if self.outer is not None and self.route is not self.outer:    # routed counted it: so does closed
+            ctx.stats.closed_outer(self.listener.name, self.outer.name, reason)
         if reason == "exhausted":
             ctx.exhausted(f"{self.peer}: out of file descriptors or memory")
         if ctx.access.enabled():

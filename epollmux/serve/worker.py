@@ -16,6 +16,8 @@ import socket
 import time
 
 from epollmux.observe import accesslog
+from epollmux.observe.words import plural
+from epollmux.serve import keepalive
 from epollmux.serve.admission import Admission
 from epollmux.relay.channels import ChannelPool
 from epollmux.config import Config, Listener
@@ -37,6 +39,7 @@ class Context:
     def __init__(self, config: Config, reactor: Reactor):
         self.config = config
         self.settings = config.settings
+        self.keepalive = keepalive.options(config.settings)     # for every TCP socket, both legs
         self.reactor = reactor
         relay = config.settings.relay
         kind = relay if relay in ("splice", "copy") else "splice"   # sockmap, auto: splice where the kernel cannot
@@ -44,6 +47,8 @@ class Context:
         self.kernel = KernelRelay(reactor, relay) if relay in ("sockmap", "auto") else None   # loads on first use
         self.stats = Stats()
         self.connections: set = set()
+        self.own_backends: set = set()     # local (ip, port[, flow, scope]) of this worker's TCP backend sockets
+        self.loop_warned = False
         self.reserve = Reserve()
         self.draining = False
         self.acceptors: list[Acceptor] = []
@@ -99,7 +104,7 @@ class Worker:
         ctx.draining = True
         for acceptor in self.acceptors:
             acceptor.stop()
-        log.info("draining %d connections (at most %.0fs)", len(ctx.connections), ctx.settings.drain_timeout)
+        log.info("draining %s (at most %.0fs)", plural(len(ctx.connections), "connection"), ctx.settings.drain_timeout)
         self.drain_timer = self.reactor.call_later(ctx.settings.drain_timeout, self._drain_deadline)
         self._check_drained()
 

@@ -90,6 +90,8 @@ def _checked(path: str, where: str, key: str, option: options.Option, value, pro
             return value
         problems.error(path, where, key, "expected a list of strings: [ \"a\", \"b\" ]")
         return None
+    if want is int and isinstance(value, bool) and option.key.startswith("verbose"):
+        return int(value)       # sslh's own example.cfg says `verbose: true`
     if want in (int, (int, float)) and isinstance(value, bool):
         problems.error(path, where, key, f"expected a number, got {value!r}")
         return None

@@ -37,7 +37,8 @@ class Problems:
 
     def __init__(self):
         self.errors: list[str] = []
-        self.notices: list[str] = []
+        self.warnings: list[str] = []   # cross-key findings (checks.run), already in sslh's terms
+        self._notices: dict[tuple[str, str, str], list[str]] = {}     # (source, key, message) -> wheres
         self.unresolvable = False       # an address that does not resolve: sslh's exit code 4
         self.bad_option = False         # a command-line value sslh's parser refuses: exit code 6
 
@@ -55,6 +56,12 @@ class Problems:
         return any(e.startswith(head) for e in self.errors)
 
     def notice(self, source: str, where: str, key: str, message: str) -> None:
-        text = self.line(source, where, key, message)
-        if text not in self.notices:
-            self.notices.append(text)
+        """Said once per option: the entries that set it are listed together."""
+        wheres = self._notices.setdefault((source, key, message), [])
+        if where not in wheres:
+            wheres.append(where)
+
+    @property
+    def notices(self) -> list[str]:
+        return [self.line(source, ", ".join(wheres), key, message)
+                for (source, key, message), wheres in self._notices.items()]

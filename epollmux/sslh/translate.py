@@ -45,6 +45,12 @@ class Translation:
         found = [re.match(r"^\x00sslh: \[([^\]]+)\](?: (\S+))?: ", line) for line in problems]
         return [(m.group(1), m.group(2) or "") if m else ("", "") for m in found]
 
+    def remap_warnings(self, warnings: list[str]) -> list[str]:
+        """checks' `SOURCE: warning: [routes.x] ...` lines, remapped like problems."""
+        marker = f"{SOURCE}: warning: "
+        lines = [f"{SOURCE}: {w[len(marker):]}" if w.startswith(marker) else w for w in warnings]
+        return [re.sub(r"^([^:]*): ", r"\1: warning: ", line, count=1) for line in self.remap(lines)]
+
     def remap(self, problems: list[str]) -> list[str]:
         """epollmux's `SOURCE: [routes.x] key: msg` lines as `FILE: [protocols.N] sslh_key: msg`."""
         out = []
@@ -56,6 +62,7 @@ class Translation:
             section, key, message = m.groups()
             entry = self.origin.get(section)
             source, where = (entry.source, entry.where) if entry else ("sslh", section)
+            message = re.sub(r"\[listen\.listen(\d+)\]", r"[listen.\1]", message)
             out.append(Problems.line(source, where, _BACK.get(key or "", key or ""), message))
         return out
 
@@ -118,6 +125,10 @@ def _globals(model: Model, out: Translation, problems: Problems) -> None:
     if g.get("user"):
         glob["user"] = g["user"]
     glob["log_level"] = _log_level(g)
+    logfile_bit = [k for k, v in g.items() if k.startswith("verbose") and isinstance(v, int) and v & 4]
+    if logfile_bit:
+        problems.notice(model.global_where[logfile_bit[0]], "global", logfile_bit[0].replace("_", "-"),
+                        "value bit 4 (logfile): no effect, logs go to stderr or syslog")
     daemon = not (out.foreground or out.inetd)
     glob["log_target"] = "syslog" if daemon and g.get("syslog_facility") != "none" and \
         os.path.exists("/dev/log") else "stderr"
@@ -288,7 +299,10 @@ def _route(entry: Entry, model: Model, out: Translation, problems: Problems) -> 
 
 
 def _byte_escaped(pattern: str) -> str:
-    """libconfig decoded `\\xNN` into characters; epollmux reads `\\xNN` text as the byte NN."""
+    """libconfig decoded `\\xNN` into characters; epollmux reads `\\xNN` text as the byte NN.
+    sslh's catch-all "" (which epollmux refuses as a mistake) becomes "(?:)", which also matches anything."""
+    if pattern == "":
+        return "(?:)"
     out = []
     for ch in pattern:
         if 0x20 <= ord(ch) < 0x7F:

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 
 from epollmux.observe import accesslog
-from epollmux.wire import clienthello, proxyout, proxyproto, sniff
+from epollmux.wire import clienthello, proxyout, proxyproto, sniff, why
 from epollmux.tools import pcap
 from epollmux.wire.probes import PROBES, Verdict
 
@@ -109,7 +109,8 @@ def _listener(cfg, listener, capture: Capture) -> list[str]:
     seen = ", ".join(f"{k} {v}" for k, v in names.items() if v)
     lines.append(f"  seen: {seen or 'no SNI, ALPN or Host'}")
     decision, used, how = _replay(cfg, listener, data, steps, capture.closed)
-    lines += _verdicts(routes, data[:used], decision)
+    full = capture.closed or used >= cfg.settings.max_probe_bytes
+    lines += _verdicts(routes, data[:used], decision, full)
     if decision is not None and decision.route is not None:
         route = routes[decision.route]
         lines.append(f"  chosen: route {route.name} ({how})")
@@ -155,7 +156,7 @@ def _how(decision, used: int, full: bool, why: str = "") -> str:
     return f"{text}; {why}" if why else text
 
 
-def _verdicts(routes, data: bytes, decision) -> list[str]:
+def _verdicts(routes, data: bytes, decision, full: bool = False) -> list[str]:
     """Each route's verdict on these bytes, marking where the daemon's strict-order walk stopped."""
     walked = len(decision.verdicts) if decision is not None else 0
     width = max(len(r.name) for r in routes)
@@ -170,6 +171,8 @@ def _verdicts(routes, data: bytes, decision) -> list[str]:
             mark = "  not reached: an earlier route decided or is waiting"
         options = ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
                             for k, v in _shown_options(route).items())
+        if verdict in ("next", "(next)"):
+            mark = f"  ({why.why_next(route.probe, data, route.opts, full=full)}){mark}"
         lines.append((f"  {i + 1}. {route.name.ljust(width)}  probe {route.probe:<8} {verdict:<8}"
                       + (f" [{options}]" if options else "") + mark).rstrip())
     return lines
