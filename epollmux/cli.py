@@ -16,15 +16,18 @@ from epollmux import __version__, checks, config
 EXIT_OK, EXIT_CONFIG, EXIT_RUNTIME = 0, 1, 2
 
 
-def _prefix() -> str:
-    """PREFIX of `make install`, whose private venv is PREFIX/lib/epollmux; else /usr/local."""
+def _default_config() -> str:
+    """/etc/epollmux/epollmux.conf for the Debian package (the package in /usr/lib/python3/dist-packages);
+    PREFIX/etc/epollmux/epollmux.conf for `make install`, whose private venv is PREFIX/lib/epollmux;
+    else /usr/local/etc/epollmux/epollmux.conf."""
+    if os.path.abspath(__file__).startswith("/usr/lib/python3/dist-packages/"):
+        return "/etc/epollmux/epollmux.conf"
     head, tail = os.path.split(os.path.normpath(sys.prefix))
-    if tail == "epollmux" and os.path.basename(head) == "lib":
-        return os.path.dirname(head)
-    return "/usr/local"
+    prefix = os.path.dirname(head) if tail == "epollmux" and os.path.basename(head) == "lib" else "/usr/local"
+    return os.path.join(prefix, "etc", "epollmux", "epollmux.conf")
 
 
-DEFAULT_CONFIG = os.path.join(_prefix(), "etc", "epollmux", "epollmux.conf")
+DEFAULT_CONFIG = _default_config()
 SSLH_PROBES = ("ssh", "tls", "http", "openvpn", "tinc", "xmpp", "socks5", "adb", "syslog")
 
 
@@ -47,6 +50,9 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="epollmux", description="Share one TCP port between many services.")
     p.add_argument("-c", "--config", metavar="FILE", help=f"configuration file (default: {DEFAULT_CONFIG})")
     p.add_argument("--check", action="store_true", help="validate the configuration, print every problem, exit")
+    p.add_argument("--reload", action="store_true",
+                   help="ask the running daemon (over [metrics] stats_socket) to reload the file; print the "
+                        "outcome; exit 1 with the errors if the file is refused")
     p.add_argument("--explain", nargs="+", metavar="CAPTURE",
                    help="show, per listener and route, what the daemon would do with a client's first bytes "
                         "(a file of bytes, or a pcap/pcapng: its first connection's client payload); no network")
@@ -133,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return EXIT_CONFIG
+    if args.reload:                 # the daemon checks the file itself and reports what it refuses
+        from epollmux.tools import control
+        return control.reload(cfg)
     if args.explain:
         from epollmux.tools import explain
         return explain.main(cfg, args.explain)

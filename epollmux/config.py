@@ -40,10 +40,17 @@ class Settings:
     tls_handshake_timeout: float
     on_timeout: str
     max_probe_bytes: int
+    max_probe_edges: int
     connect_timeout: float
     idle_timeout: float
+    tcp_keepalive: bool
+    tcp_keepalive_idle: int
+    tcp_keepalive_interval: int
+    tcp_keepalive_count: int
+    tcp_user_timeout: float
     drain_timeout: float
     reload_drain_timeout: float
+    stop_delay: float
     max_connections: int
     max_connections_per_source: int
     max_sniffing_per_source: int
@@ -161,7 +168,7 @@ def _build(source: str, data) -> Config:
         problems.add(sections, name, f"unknown {kind}")
     try:
         config = _typed(source, cfg, problems)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         if not problems.items:      # only a value already reported as wrong may break typing
             raise
     if problems.items:
@@ -296,7 +303,7 @@ def _metrics(section, problems: _Problems) -> MetricsSettings:
             problems.add(where, "stats_socket", f"'{path}': must be an absolute path")
         elif len(path.encode()) > SUN_PATH_MAX:
             problems.add(where, "stats_socket", f"'{path}': longer than {SUN_PATH_MAX} bytes")
-        elif not os.path.isdir(os.path.dirname(path) or "/"):
+        elif not os.path.isdir(os.path.dirname(os.path.dirname(path)) or "/"):   # the daemon makes the last one
             problems.add(where, "stats_socket", f"'{path}': directory {os.path.dirname(path)} does not exist")
     return MetricsSettings(address, path)
 

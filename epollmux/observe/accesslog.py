@@ -21,6 +21,7 @@ import os
 import re
 import time
 
+from epollmux.observe import logsetup
 from epollmux.wire import clienthello, probes
 
 log = logging.getLogger("epollmux.access")
@@ -85,6 +86,7 @@ class Writer:
         self._stamp = ""
         self.pid = os.getpid()
         self._prefix = f" epollmux[{self.pid}] INFO epollmux.access: worker={self.pid} "
+        self.journal = logsetup.under_systemd()    # "<6>" first, no time stamp: journald adds both
 
     def enabled(self) -> bool:
         return log.isEnabledFor(logging.INFO)
@@ -99,8 +101,11 @@ class Writer:
         if self.json:
             line = as_json({"worker": self.pid, **record}, self._stamp + millis + "Z")
             if self.direct:
-                self.lines.append(line + "\n")
+                self.lines.append(("<6>" if self.journal else "") + line + "\n")
                 return
+        elif self.direct and self.journal:
+            self.lines.append(f"<6>INFO epollmux.access: worker={self.pid} {text(record)}\n")
+            return
         elif self.direct:
             self.lines.append(f"{self._stamp}{millis}{self._prefix}{text(record)}\n")
             return

@@ -1,5 +1,6 @@
 """The supervisor's observability endpoints: Prometheus over HTTP (`[metrics] address`) and the stats unix
-socket (`[metrics] stats_socket`: `show stat`, `show conns`, `show metrics`, `help`).
+socket (`[metrics] stats_socket`: `show stat`, `show conns`, `show metrics`, `reload`, `help`), and `/healthz`
+for load balancers (200 while the daemon accepts, 503 while it starts, drains or stops).
 
 Owns: binding both (before the supervisor detaches; a reload binds the new ones before it drops the old),
 and their clients on the supervisor's Reactor: non-blocking, one request per connection, then the answer
@@ -7,7 +8,8 @@ and close. Bounded: a request is at most MAX_REQUEST bytes; at most MAX_CLIENTS 
 displaces one already answered or the oldest one still sending its request, else is refused); each client
 has READ_TIMEOUT to send its request and CLIENT_TIMEOUT in all; after the answer (and SHUT_WR) what it still
 sends is read and dropped for LINGER_TIME, so the close sends no RST that would destroy the answer. A client
-that stalls costs one fd and its answer's bytes, never the loop. What to answer comes from `answer(what, reply)`, what in ("metrics", "stat", "conns"): the
+that stalls costs one fd and its answer's bytes, never the loop. What to answer comes from `answer(what, reply)`, what in ("metrics", "stat", "conns", "health",
+"reload"): the
 supervisor calls `reply(text)` later (it asks the workers first).
 Must not know what the numbers mean (metrics.py) or how workers are asked (collector.py).
 """
@@ -33,10 +35,12 @@ CLIENT_TIMEOUT = 15.0
 LINGER_TIME = 2.0           # after the answer: read and drop what the client still sends, so close() sends no RST
 LINGER_BYTES = 1 << 20
 ACCEPT_BATCH = 16
+RELOAD_TIMEOUT = 60.0       # a `reload` client waits this long for the new workers (READY_TIMEOUT is 20 s)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CLI_HELP = ("show stat     counts per listener and route, close reasons, workers, resources\n"
             "show conns    open connections of every worker: client, listener, route, phase, age, bytes\n"
             "show metrics  the Prometheus text format\n"
+            "reload        reload the configuration file; answers `ok ...` or `refused`/`abandoned` and why\n"
             "help          this list\n")
 
 
@@ -115,6 +119,12 @@ def _bind_unix(path: str) -> socket.socket:
             if probe.connect_ex(path) == 0:
                 raise OSError(errno.EADDRINUSE, f"stats_socket {path}: another process answers on it")
         _unlink_socket(path)
+    try:
+        os.mkdir(os.path.dirname(path), 0o750)    # /run/epollmux outside systemd's RuntimeDirectory=
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise OSError(exc.errno, f"stats_socket {path}: {exc.strerror}") from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
     old = os.umask(0o117)           # rw for owner and group only, from the first moment
     try:
@@ -311,6 +321,8 @@ class _Client:
         path = target.split("?", 1)[0]
         if path == "/metrics":
             self._wait("metrics", lambda text: self._respond_http(200, text, CONTENT_TYPE))
+        elif path == "/healthz":
+            self._wait("health", lambda text: self._respond_http(200 if text.startswith("accepting") else 503, text))
         elif path == "/":
             self._respond_http(200, "epollmux: metrics at /metrics\n")
         else:
@@ -324,6 +336,10 @@ class _Client:
             self._wait("conns", self._send)
         elif words == ["show", "metrics"]:
             self._wait("metrics", self._send)
+        elif words == ["reload"]:
+            self.deadline.cancel()
+            self.deadline = self.exporter.reactor.call_later(RELOAD_TIMEOUT, self.close)
+            self._wait("reload", self._send)
         elif words in (["help"], []):
             self._send(CLI_HELP)
         else:
@@ -338,7 +354,7 @@ class _Client:
     def _respond_http(self, status: int, body: str, content_type: str = "text/plain; charset=utf-8",
                       extra: str = "") -> None:
         reasons = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-                   431: "Request Header Fields Too Large"}
+                   431: "Request Header Fields Too Large", 503: "Service Unavailable"}
         payload = body.encode()
         head = (f"HTTP/1.1 {status} {reasons[status]}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(payload)}\r\nConnection: close\r\n{extra}\r\n").encode()

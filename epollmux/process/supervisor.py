@@ -132,6 +132,9 @@ class Supervisor:
         self.retired: list[Generation] = []          # draining after a reload
         self.generations = 0
         self.reload_queued = False
+        self.leaving = False                         # a stop is announced (stop_delay): /healthz says 503
+        self.reload_asked: list = []                 # stats-socket `reload` clients before their reload runs
+        self.reload_waiters: list = []               # ... while it runs: told its outcome
         self.log_target = ""
         self.accepted_gone = 0          # last counts of workers that exited
         self.rate = 0.0
@@ -177,10 +180,10 @@ class Supervisor:
         for proc in self._live():
             if proc.report_fd >= 0:
                 self._close_reports(proc)
+            _signal(proc.pid, signal.SIGKILL)
             try:
-                os.kill(proc.pid, signal.SIGKILL)
                 os.waitpid(proc.pid, 0)
-            except (ProcessLookupError, ChildProcessError):
+            except ChildProcessError:
                 pass
         self.exporter.close()
         self.reactor.close()
@@ -284,10 +287,7 @@ class Supervisor:
             return
         proc.stopping = True
         proc.told = how
-        try:
-            os.kill(proc.pid, how)
-        except ProcessLookupError:
-            pass
+        _signal(proc.pid, how)
 
     def handle_child(self) -> None:
         """SIGCHLD: reap every exited worker."""
@@ -377,16 +377,32 @@ class Supervisor:
 
     # --- signals -----------------------------------------------------------------------------
     def handle_stop(self) -> None:
-        """SIGTERM/SIGINT: every worker closes its listeners and drains; exit once all are gone.
-        A second one during the drain is a hard stop: every connection is reset and the workers exit."""
+        """SIGTERM/SIGINT: every worker closes its listeners and drains; exit once all are gone. With
+        stop_delay, /healthz answers 503 first and the workers keep accepting that long (a second signal:
+        stop at once). A signal during the drain is a hard stop: every connection is reset, the workers exit."""
         if self.state is State.STOPPING:
             self._hard_stop()
+            return
+        delay = self.current.cfg.settings.stop_delay if self.current is not None else 0.0
+        if delay > 0 and not self.leaving:
+            self.leaving = True
+            log.info("stopping in %gs (stop_delay): /healthz answers 503, workers still accept", delay)
+            self.reactor.call_later(delay, self._stop_after_delay)
             return
         log.info("stopping: %d workers draining", len(self._live()))
         self._stop()
 
+    def _stop_after_delay(self) -> None:
+        """stop_delay is over (unless a second signal already stopped: that must not count as a third)."""
+        if self.state is not State.STOPPING:
+            log.info("stopping: %d workers draining", len(self._live()))
+            self._stop()
+
     def _stop(self) -> None:
         self.state = State.STOPPING
+        self.reload_waiters += self.reload_asked
+        self.reload_asked = []
+        self._tell_reload("refused: the daemon is stopping\n")
         self.notifier.stopping()
         self.table.close_all()      # the workers close their copies: new clients are refused, not queued
         for proc in self._live():
@@ -409,14 +425,11 @@ class Supervisor:
     def _kill_stragglers(self) -> None:
         for proc in self._live():
             log.warning("worker %d still running past its drain: killing it", proc.pid)
-            try:
-                os.kill(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _signal(proc.pid, signal.SIGKILL)
 
     def handle_reload(self) -> None:
         """SIGHUP: validate the file; if good, a new generation takes over; if bad, nothing changes."""
-        if self.state is State.STOPPING:
+        if self.state is State.STOPPING or self.leaving:
             return
         if self.state is not State.RUNNING:
             log.info("reload queued: %s", self.state.value)
@@ -430,10 +443,12 @@ class Supervisor:
             self.reactor.call_soon(self.handle_reload)
 
     def _reload(self) -> None:
+        self.reload_waiters, self.reload_asked = self.reload_waiters + self.reload_asked, []
         self.notifier.reloading()
         if self.path is None:
             log.warning("reload is not possible: started from command-line flags, there is no file")
             self.reloads["refused"] += 1
+            self._tell_reload("refused: started from command-line flags, there is no file\n")
             self.notifier.ready(self._status_text())
             return
         log.info("reloading %s", self.path)
@@ -475,7 +490,14 @@ class Supervisor:
             log.error("reload refused: %s", problem)
         log.error("reload refused (%d problems): the running configuration stays", len(problems))
         self.reloads["refused"] += 1
+        self._tell_reload("".join(f"refused: {p}\n" for p in problems))
         self.notifier.ready(self._status_text() + "; last reload refused")
+
+    def _tell_reload(self, text: str) -> None:
+        """The reload that was running is over: answer every `reload` client that asked before it."""
+        waiters, self.reload_waiters = self.reload_waiters, []
+        for reply in waiters:
+            reply(text)
 
     def _apply_logging(self, cfg) -> None:
         level = "debug" if self.verbose else cfg.settings.log_level
@@ -496,6 +518,7 @@ class Supervisor:
         log.info("reloaded: generation %d accepting, generation %d draining",
                  gen.number, old.number if old else 0)
         self.reloads["ok"] += 1
+        self._tell_reload(f"ok: generation {gen.number} accepting\n")
         self.notifier.ready(self._status_text())
         self._forget_idle_generations()
         self._run_queued_reload()
@@ -503,6 +526,7 @@ class Supervisor:
     def _abandon(self, gen: Generation, why: str) -> None:
         log.error("reload abandoned: %s; the running configuration stays", why)
         self.reloads["abandoned"] += 1
+        self._tell_reload(f"abandoned: {why}\n")
         self.pending = None
         self.retired.append(gen)
         for proc in gen.workers.values():
@@ -520,10 +544,7 @@ class Supervisor:
                 lines.append(f"worker {proc.pid} generation={gen.number} "
                              f"{'draining' if proc.stopping else 'ready' if proc.ready else 'starting'} "
                              f"accepted={proc.accepted} open={proc.open}")
-                try:
-                    os.kill(proc.pid, signal.SIGUSR1)
-                except ProcessLookupError:
-                    pass
+                _signal(proc.pid, signal.SIGUSR1)
         log.info("%s", "\n".join(lines))
         self.collector.ask(self._live(), ("snap", "conns"), lambda query: log.info(
             "show stat:\n%sshow conns:\n%s", self._stat_text(), self._conns_text(query)))
@@ -531,7 +552,16 @@ class Supervisor:
     # --- metrics -----------------------------------------------------------------------------
     def _answer(self, what: str, reply) -> None:
         """An endpoint's question (metrics, stat, conns): ask the workers, then reply with fresh numbers."""
-        if what == "conns":
+        if what == "health":
+            accepting = self.state in (State.RUNNING, State.RELOADING) and not self.leaving
+            reply("accepting\n" if accepting else f"{'stopping' if self.leaving else self.state.value}\n")
+        elif what == "reload":
+            if self.state is State.STOPPING or self.leaving:
+                reply("refused: the daemon is stopping\n")
+                return
+            self.reload_asked.append(reply)
+            self.handle_reload()
+        elif what == "conns":
             self.collector.ask(self._live(), ("conns",), lambda query: reply(self._conns_text(query)))
         elif what == "stat":
             self.collector.ask(self._live(), ("snap",), lambda query: reply(self._stat_text()))
@@ -618,6 +648,20 @@ class _Reports:
 
     def on_event(self, fd: int, events: int) -> None:
         self.supervisor._read_reports(self.proc)
+
+
+def _signal(pid: int, signum: int) -> bool:
+    """Send a signal to a worker; a worker already gone or a refusal (EPERM: no CAP_KILL while workers
+    run as another user) is logged, never raised: the supervisor carries on."""
+    try:
+        os.kill(pid, signum)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        log.error("cannot send %s to worker %d: permission denied (the supervisor needs CAP_KILL "
+                  "when workers run as another user)", signal.Signals(signum).name, pid)
+        return False
 
 
 def _proc_state(proc: workerproc.WorkerProc) -> str:

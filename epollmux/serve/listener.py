@@ -15,6 +15,7 @@ import os
 import socket
 
 from epollmux import addr, errors
+from epollmux.serve import keepalive
 from epollmux.serve.connection import Connection, client_events
 from epollmux.reactor import EXCLUSIVE, IN
 
@@ -81,6 +82,8 @@ class Acceptor:
         self.sock = sock
         self.fd = sock.fileno()
         self.family = int(sock.family)
+        if self.family in keepalive.TCP_FAMILIES:    # accepted clients inherit them (a reload re-applies them)
+            keepalive.apply(sock, ctx.keepalive)
         self.events = client_events(listener)
         self.armed = False
         self.resume_timer = None

@@ -18,6 +18,7 @@ import socket
 import time
 
 from epollmux.observe import accesslog
+from epollmux.serve import keepalive
 from epollmux.serve.admission import Admission
 from epollmux.relay.channels import ChannelPool
 from epollmux.config import Config, Listener
@@ -40,6 +41,7 @@ class Context:
     def __init__(self, config: Config, reactor: Reactor):
         self.config = config
         self.settings = config.settings
+        self.keepalive = keepalive.options(config.settings)     # for every TCP socket, both legs
         self.reactor = reactor
         relay = config.settings.relay
         kind = relay if relay in ("splice", "copy") else "splice"   # sockmap, auto: splice where the kernel cannot

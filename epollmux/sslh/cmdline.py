@@ -16,7 +16,7 @@ import socket
 import sys
 import types
 
-from epollmux import __version__, config
+from epollmux import __version__, checks, config
 from epollmux.sslh import options, translate
 from epollmux.sslh.model import Entry, Model, Problems
 
@@ -141,15 +141,21 @@ def _cli_entry(where: str, text: str, keys: dict, problems: Problems) -> Entry:
     return Entry(CLI, where, {**keys, "host": m.group(1), "port": m.group(2)})
 
 
-def load(args) -> tuple[config.Config, "translate.Translation", Model, Problems]:
-    """Read, translate and validate what `args` describe; raises config.ConfigError with every problem
-    (its `exit_code` is sslh's for the worst of them)."""
+def load(args, *, starting: bool = True) -> tuple[config.Config, "translate.Translation", Model, Problems]:
+    """Read, translate and validate what `args` describe, cross-key checks included (checks.run, as
+    epollmux's own --check); raises config.ConfigError with every problem (its `exit_code` is sslh's for
+    the worst of them). Warnings go to the returned Problems."""
     problems = Problems()
     model = model_from(args, problems)
     result = translate.translate(model, problems)
     cfg = translate.validate(result, problems)
+    if cfg is not None and not problems.errors:
+        found = checks.run(cfg, starting=starting)
+        # the added fallback route repeats the last protocol's backend: its findings would repeat too
+        problems.errors += [e for e in dict.fromkeys(result.remap(found.errors)) if e not in problems.errors]
+        problems.warnings += list(dict.fromkeys(result.remap_warnings(found.warnings)))
     if problems.errors:
-        error = config.ConfigError(problems.errors)
+        error = config.ConfigError(list(dict.fromkeys(problems.errors + problems.warnings)))
         error.exit_code = EXIT_RESOLVE if problems.unresolvable else \
             EXIT_OPTION if problems.bad_option else EXIT_OTHER
         raise error
@@ -163,17 +169,18 @@ def main(argv: list[str], prog: str = "epollmux") -> int:
         print(f"epollmux {__version__} (sslh command line)")
         return EXIT_OK
     try:
-        cfg, result, model, problems = load(args)
+        cfg, result, model, problems = load(args, starting=not (args.check or args.print_config))
     except config.ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return exc.exit_code
     if args.print_config:
         sys.stdout.write(translate.render(result, problems.notices))
         return EXIT_OK
-    for notice in problems.notices:
-        print(f"notice: {notice}", file=sys.stderr)
+    for line in [f"notice: {n}" for n in problems.notices] + problems.warnings:
+        print(line, file=sys.stderr)
     if args.check:
-        print(f"{cfg.source}: OK ({len(cfg.listeners)} listeners, {len(cfg.routes)} routes)")
+        from epollmux.cli import plural     # cli imports this module only inside main(): no cycle at import
+        print(f"{cfg.source}: OK ({plural(len(cfg.listeners), 'listener')}, {plural(len(cfg.routes), 'route')})")
         return EXIT_OK
     return _run(cfg, result, model, args)
 

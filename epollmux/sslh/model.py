@@ -37,6 +37,7 @@ class Problems:
 
     def __init__(self):
         self.errors: list[str] = []
+        self.warnings: list[str] = []   # cross-key findings (checks.run), already in sslh's terms
         self._notices: dict[tuple[str, str, str], list[str]] = {}     # (source, key, message) -> wheres
         self.unresolvable = False       # an address that does not resolve: sslh's exit code 4
         self.bad_option = False         # a command-line value sslh's parser refuses: exit code 6

@@ -45,6 +45,12 @@ class Translation:
         found = [re.match(r"^\x00sslh: \[([^\]]+)\](?: (\S+))?: ", line) for line in problems]
         return [(m.group(1), m.group(2) or "") if m else ("", "") for m in found]
 
+    def remap_warnings(self, warnings: list[str]) -> list[str]:
+        """checks' `SOURCE: warning: [routes.x] ...` lines, remapped like problems."""
+        marker = f"{SOURCE}: warning: "
+        lines = [f"{SOURCE}: {w[len(marker):]}" if w.startswith(marker) else w for w in warnings]
+        return [re.sub(r"^([^:]*): ", r"\1: warning: ", line, count=1) for line in self.remap(lines)]
+
     def remap(self, problems: list[str]) -> list[str]:
         """epollmux's `SOURCE: [routes.x] key: msg` lines as `FILE: [protocols.N] sslh_key: msg`."""
         out = []
@@ -56,6 +62,7 @@ class Translation:
             section, key, message = m.groups()
             entry = self.origin.get(section)
             source, where = (entry.source, entry.where) if entry else ("sslh", section)
+            message = re.sub(r"\[listen\.listen(\d+)\]", r"[listen.\1]", message)
             out.append(Problems.line(source, where, _BACK.get(key or "", key or ""), message))
         return out
 

@@ -3,6 +3,7 @@ carry PREFIX and pass `systemd-analyze verify`; `make uninstall` leaves no file 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -36,10 +37,28 @@ def _run(cmd, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=kw.pop("timeout", 60), **kw)
 
 
-def test_make_install_then_uninstall(tmp_path):
+def _user_exists(name: str) -> bool:
+    return _run(["getent", "passwd", name]).returncode == 0
+
+
+@pytest.fixture
+def sysuser():
+    """The example's `user = epollmux`, which make install creates as root; removed again if it did."""
+    existed = _user_exists("epollmux")
+    yield "epollmux"
+    if not existed and _user_exists("epollmux"):
+        _run(["userdel", "epollmux"])
+
+
+def test_make_install_then_uninstall(tmp_path, sysuser):
     prefix = tmp_path / "prefix"
     installed = _run(["make", "install", f"PREFIX={prefix}"], cwd=REPO, timeout=500)
     assert installed.returncode == 0, installed.stdout + installed.stderr
+    if os.geteuid() == 0:
+        assert _user_exists(sysuser), installed.stdout
+    for page in ("share/man/man8/epollmux.8", "share/man/man5/epollmux.conf.5",
+                 "share/bash-completion/completions/epollmux"):
+        assert (prefix / page).is_file(), page
 
     command = prefix / "bin" / "epollmux"
     conf = prefix / "etc" / "epollmux" / "epollmux.conf"

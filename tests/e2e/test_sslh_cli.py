@@ -33,7 +33,7 @@ def run(*args: str, cwd=REPO, timeout: float = 30) -> subprocess.CompletedProces
 def fixture(tmp_path: Path, name: str, ports: dict[str, int] | None = None) -> Path:
     text = (FIXTURES / name).read_text()
     for tag in set(re.findall(r"@(\w+)@", text)):
-        text = text.replace(f"@{tag}@", str((ports or {}).get(tag, 9)))
+        text = text.replace(f"@{tag}@", str((ports or {}).get(tag, 4443 if tag == "LISTEN" else 9)))
     path = tmp_path / name
     path.write_text(text)
     return path
@@ -140,6 +140,19 @@ def test_check_reports_every_problem_by_path_and_key(tmp_path):
     assert r.returncode == 1 and f"{path}: [protocols.0] regex_patterns: bad pattern '('" in r.stderr, r.stderr
 
 
+def test_cross_key_checks_speak_sslh_terms(tmp_path):
+    """epollmux's checks (a backend that is the listener itself, a route never chosen) on an sslh file."""
+    path = write(tmp_path, """
+        listen: ( { host: "0.0.0.0"; port: "4443"; } );
+        protocols: ( { name: "tls"; host: "127.0.0.1"; port: "9443"; },
+                     { name: "tls"; host: "127.0.0.1"; port: "8443"; sni_hostnames: [ "a" ]; },
+                     { name: "ssh"; host: "127.0.0.1"; port: "4443"; } );""")
+    r = run("-F", str(path), "--check")
+    assert r.returncode == 1
+    assert f"{path}: [protocols.2] host: '127.0.0.1:4443' is the daemon's own listener [listen.0]" in r.stderr
+    assert f"{path}: warning: [protocols.1]: can never be chosen on [listen.0]" in r.stderr, r.stderr
+
+
 def test_syntax_error_names_the_line(tmp_path):
     path = write(tmp_path, 'listen: ( { host: "127.0.0.1"; port: "1"; } );\nprotocols: ( { name: ; } );\n')
     r = run("-F", str(path), "--check")
@@ -193,8 +206,8 @@ def test_pidfile_not_writable_exits_3(tmp_path):
 def test_debian_defaults_line_is_accepted_with_the_binary_name_changed(tmp_path):
     """/etc/default/sslh's DAEMON_OPTS, run as Debian's sslh.service runs it (--foreground $DAEMON_OPTS)."""
     me = pwd.getpwuid(os.getuid()).pw_name
-    opts = DEBIAN_OPTS.replace("<change-me>", "127.0.0.1").replace("sslh ", f"{me} ", 1) \
-        .replace("/var/run/sslh/sslh.pid", str(tmp_path / "sslh.pid"))
+    opts = DEBIAN_OPTS.replace("<change-me>", "127.0.0.2").replace("sslh ", f"{me} ", 1) \
+        .replace("/var/run/sslh/sslh.pid", str(tmp_path / "sslh.pid"))     # 127.0.0.2: the public address
     (tmp_path / "sslh").write_text(f'DAEMON_OPTS="{opts}"\n')
     shell = f". {tmp_path / 'sslh'}; exec {sys.executable} -m epollmux --foreground $DAEMON_OPTS --print-config"
     r = subprocess.run(["sh", "-c", shell], cwd=REPO, capture_output=True, text=True, timeout=30)
@@ -290,3 +303,13 @@ def test_keepalive_mapping_once_the_key_exists(tmp_path, monkeypatch):
     out = translate.translate(model, problems)
     assert out.data["listen"]["listen0"]["tcp_keepalive"] == "true"
     assert out.data["global"]["tcp_keepalive"] == "true" and not problems.notices and not problems.errors
+
+
+def test_a_command_named_sslh_reads_sslhs_options(tmp_path):
+    """Linked or installed as `sslh`: even options both command lines know are sslh's (timeout 5 s)."""
+    script = tmp_path / "sslh"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
+                      "from epollmux.cli import main\nsys.exit(main())\n")
+    r = subprocess.run([sys.executable, str(script), "--listen", "127.0.0.1:4443", "--ssh", "127.0.0.1:22",
+                        "--print-config"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "probe_timeout = 5\n" in r.stdout, r.stderr

@@ -1,0 +1,93 @@
+"""`make deb` as an administrator uses it: the package builds with plain dpkg-deb, lintian reports no
+errors, `apt-get install ./epollmux_*.deb` gives a working `epollmux --check` on the shipped
+/etc/epollmux/epollmux.conf, the epollmux system user, man pages, completion and units that
+`systemd-analyze verify` accepts; `apt-get purge` removes all of it, the user included.
+Skipped (with the reason) where the dpkg tools or root are missing, or epollmux is already installed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from support.daemon import REPO
+
+TOOLS = ("dpkg-deb", "fakeroot", "apt-get", "dpkg")
+pytestmark = [
+    pytest.mark.timeout(900),
+    pytest.mark.skipif(any(shutil.which(t) is None for t in TOOLS),
+                       reason=f"needs {', '.join(TOOLS)} (Debian packages dpkg-dev fakeroot apt)"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="installing a package needs root"),
+]
+
+FILES = ["/usr/bin/epollmux", "/etc/epollmux/epollmux.conf", "/lib/systemd/system/epollmux.service",
+         "/lib/systemd/system/epollmux.socket", "/usr/share/man/man8/epollmux.8.gz",
+         "/usr/share/man/man5/epollmux.conf.5.gz", "/usr/share/bash-completion/completions/epollmux",
+         "/usr/share/doc/epollmux/copyright", "/usr/lib/python3/dist-packages/epollmux/cli.py"]
+
+
+def run(*cmd: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def installed() -> bool:
+    out = run("dpkg-query", "-W", "-f=${Status}", "epollmux")
+    return out.returncode == 0 and "installed" in out.stdout and "not-installed" not in out.stdout
+
+
+def apt(*args: str) -> subprocess.CompletedProcess:
+    return run("apt-get", "-o", "DPkg::Lock::Timeout=900", "-y", "-q", *args, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def deb() -> Path:
+    if installed():
+        pytest.skip("an epollmux package is already installed on this host: not replacing it")
+    built = run(str(REPO / "packaging" / "deb" / "build.sh"))
+    assert built.returncode == 0, built.stdout + built.stderr
+    path = Path(built.stdout.strip().splitlines()[-1])
+    assert path.name.startswith("epollmux_") and path.name.endswith("_all.deb") and path.is_file()
+    return path
+
+
+def test_lintian_reports_no_errors(deb):
+    if shutil.which("lintian") is None:
+        pytest.skip("lintian is not installed (Debian package lintian)")
+    out = run("lintian", "--allow-root", str(deb))
+    errors = [line for line in out.stdout.splitlines() if line.startswith("E:")]
+    assert errors == [], out.stdout
+
+
+def test_install_check_verify_purge(deb):
+    user_before = run("getent", "passwd", "epollmux").returncode == 0
+    try:
+        done = apt("install", str(deb))
+        assert done.returncode == 0, done.stdout + done.stderr
+        missing = [f for f in FILES if not os.path.exists(f)]
+        assert missing == [], missing
+        assert run("getent", "passwd", "epollmux").returncode == 0, "no epollmux system user"
+        conffiles = run("dpkg-query", "-W", "-f=${Conffiles}", "epollmux").stdout
+        assert "/etc/epollmux/epollmux.conf" in conffiles
+
+        check = run("/usr/bin/epollmux", "--check")          # the default file is /etc/epollmux/epollmux.conf
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "/etc/epollmux/epollmux.conf: OK" in check.stdout
+        assert run("/usr/bin/epollmux", "--version").stdout.startswith("epollmux ")
+
+        if shutil.which("systemd-analyze"):
+            verify = run("systemd-analyze", "verify", "/lib/systemd/system/epollmux.service",
+                         "/lib/systemd/system/epollmux.socket")
+            complaints = [line for line in (verify.stdout + verify.stderr).splitlines() if "epollmux" in line]
+            assert verify.returncode == 0 and not complaints, verify.stdout + verify.stderr
+    finally:
+        purged = apt("purge", "epollmux")
+    assert purged.returncode == 0, purged.stdout + purged.stderr
+    assert not installed()
+    left = [f for f in FILES + ["/etc/epollmux", "/usr/lib/python3/dist-packages/epollmux"] if os.path.exists(f)]
+    assert left == [], f"apt-get purge left {left}"
+    if not user_before:
+        assert run("getent", "passwd", "epollmux").returncode != 0, "purge left the epollmux user"
