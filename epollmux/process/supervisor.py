@@ -23,7 +23,8 @@ import time
 from collections import Counter, deque
 
 from epollmux import __version__, checks, config
-from epollmux.observe import collector, exporter, logsetup, metrics, stats
+from epollmux.observe import collector, exporter, logsetup, metrics, procstats, stats
+from epollmux.observe.words import plural
 from epollmux.process import daemonize, privileges, systemd, workerproc
 from epollmux.reactor import IN, Reactor
 from epollmux.serve import drain
@@ -86,6 +87,7 @@ def run(cfg, args) -> int:
         log.error("%s", exc.strerror or exc)
         table.close_all()
         return EXIT_RUNTIME
+    _log_missing(table)
     for inherited in table.unused_inherited(cfg):
         log.warning("inherited %s matches no listener: not served", inherited.describe())
     try:
@@ -200,7 +202,7 @@ class Supervisor:
     def _new_generation(self, cfg, sockets: list, keys: set, creds) -> Generation:
         self.generations += 1
         gen = Generation(self.generations, cfg, sockets, keys, creds)
-        log.info("generation %d: starting %d workers%s", gen.number, gen.wanted,
+        log.info("generation %d: starting %s%s", gen.number, plural(gen.wanted, "worker"),
                  f" as {creds.describe()}" if creds else "")
         self.reactor.call_later(READY_TIMEOUT, lambda: self._ready_timeout(gen))
         return gen
@@ -275,7 +277,7 @@ class Supervisor:
         gen.announced = True
         if gen is self.current and self.state is State.STARTING:
             self.state = State.RUNNING
-            log.info("ready: %d workers accepting", len(gen.workers))
+            log.info("ready: %s accepting", plural(len(gen.workers), "worker"))
             self.notifier.ready(self._status_text())
             self._run_queued_reload()
         elif gen is self.pending:
@@ -389,13 +391,13 @@ class Supervisor:
             log.info("stopping in %gs (stop_delay): /healthz answers 503, workers still accept", delay)
             self.reactor.call_later(delay, self._stop_after_delay)
             return
-        log.info("stopping: %d workers draining", len(self._live()))
+        log.info("stopping: %s draining", plural(len(self._live()), "worker"))
         self._stop()
 
     def _stop_after_delay(self) -> None:
         """stop_delay is over (unless a second signal already stopped: that must not count as a third)."""
         if self.state is not State.STOPPING:
-            log.info("stopping: %d workers draining", len(self._live()))
+            log.info("stopping: %s draining", plural(len(self._live()), "worker"))
             self._stop()
 
     def _stop(self) -> None:
@@ -415,7 +417,7 @@ class Supervisor:
 
     def _hard_stop(self) -> None:
         live = self._live()
-        log.warning("hard stop: %d workers reset their connections and exit", len(live))
+        log.warning("hard stop: %s reset their connections and exit", plural(len(live), "worker"))
         for proc in live:
             self._terminate(proc, workerproc.HARD_STOP)
         self.reactor.call_later(KILL_GRACE, self._kill_stragglers)
@@ -478,6 +480,9 @@ class Supervisor:
             self._refuse([exc.strerror or str(exc)])
             return
         self.exporter.replace(endpoints)
+        _log_missing(self.table)
+        if self.table.outcome.fresh:
+            log.info("now also listening on %s", ", ".join(self.table.outcome.fresh))
         for inherited in self.table.unused_inherited(cfg):
             log.warning("inherited %s matches no listener: not served", inherited.describe())
         self._apply_logging(cfg)
@@ -488,7 +493,7 @@ class Supervisor:
     def _refuse(self, problems: list[str]) -> None:
         for problem in problems:
             log.error("reload refused: %s", problem)
-        log.error("reload refused (%d problems): the running configuration stays", len(problems))
+        log.error("reload refused (%s): the running configuration stays", plural(len(problems), "problem"))
         self.reloads["refused"] += 1
         self._tell_reload("".join(f"refused: {p}\n" for p in problems))
         self.notifier.ready(self._status_text() + "; last reload refused")
@@ -572,7 +577,7 @@ class Supervisor:
         """The workers' sums plus the supervisor's own families."""
         snapshot = self.collector.totals(self._live())
         states = Counter(_proc_state(p) for p in self._live())
-        return metrics.add(snapshot, {
+        snapshot = metrics.add(snapshot, {
             "epollmux_workers": {(s,): states[s] for s in ("ready", "starting", "draining")},
             "epollmux_draining_connections": {(): sum(p.open for p in self._live() if p.stopping)},
             "epollmux_worker_crashes_total": {(): self.crashes},
@@ -580,7 +585,20 @@ class Supervisor:
             "epollmux_start_time_seconds": {(): round(self.started_at, 3)},
             "epollmux_info": {(__version__,): 1},
             "epollmux_open_fds": {("supervisor",): stats.open_fds()},
+            **procstats.families(os.getpid(), [p.pid for p in self._live()]),
         })
+        return metrics.add(snapshot, self._zero_series())
+
+    def _zero_series(self) -> metrics.Snapshot:
+        """Every configured route and listener has its series, 0 before any traffic (rate() needs them)."""
+        cfgs = [g.cfg for g in self._generations()]
+        routes = {name for cfg in cfgs for name in cfg.routes}
+        listeners = {lst.name for cfg in cfgs for lst in cfg.listeners}
+        return {
+            "epollmux_connections_accepted_total": {(name,): 0 for name in listeners},
+            "epollmux_connections_routed_total": {(name,): 0 for name in routes},
+            "epollmux_bytes_total": {(name, way): 0 for name in routes for way in ("up", "down")},
+        }
 
     def _stat_text(self) -> str:
         up = time.time() - self.started_at
@@ -598,7 +616,7 @@ class Supervisor:
 
     def _conns_text(self, query: collector.Query) -> str:
         rows = [[pid, *row] for pid in query.asked for row in query.rows.get(pid, [])]
-        notes = [f"{len(rows)} connections listed"]
+        notes = [f"{plural(len(rows), 'connection')} listed"]
         for pid in query.asked:
             unlisted = query.open.get(pid, 0) - len(query.rows.get(pid, []))
             if unlisted > 0:
@@ -611,9 +629,9 @@ class Supervisor:
         workers = len(self.current.workers) if self.current else 0
         draining = [p for p in self._live() if p.stopping]
         connections = sum(p.open for p in self._live())
-        text = f"{workers} workers, {connections} open connections, {self.rate:.1f} connections/s"
+        text = f"{plural(workers, 'worker')}, {plural(connections, 'open connection')}, {self.rate:.1f} connections/s"
         if draining:
-            text += f", {len(draining)} draining ({sum(p.open for p in draining)} connections)"
+            text += f", {len(draining)} draining ({plural(sum(p.open for p in draining), 'connection')})"
         return text
 
     def _tick_status(self) -> None:
@@ -666,6 +684,11 @@ def _signal(pid: int, signum: int) -> bool:
 
 def _proc_state(proc: workerproc.WorkerProc) -> str:
     return "draining" if proc.stopping else "ready" if proc.ready else "starting"
+
+
+def _log_missing(table: SocketTable) -> None:
+    for missing in table.outcome.missing:
+        log.warning("%s: not an address of this host, left out; serving on the others", missing)
 
 
 def _describe_status(status: int) -> str:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
+from epollmux.observe.words import plural
+
 log = logging.getLogger("epollmux.worker")
 
 RETIRE, STOP = "retire", "stop"
@@ -62,7 +64,7 @@ class Drain:
         deadlines = sorted({timeout_for(ctx.settings, route, kind) for route in routes} - {0})
         self.timers = [reactor.call_later(seconds, self._cut, seconds) for seconds in deadlines]
         never = 0 in {timeout_for(ctx.settings, route, kind) for route in routes}
-        log.info("draining %d connections, %s (%s)", len(ctx.connections),
+        log.info("draining %s, %s (%s)", plural(len(ctx.connections), "connection"),
                  "stopping" if kind == STOP else "retired by a reload", _describe(deadlines, never))
         if not self.checking:
             self.checking = True
@@ -75,7 +77,7 @@ class Drain:
         for conn in cut:
             conn.close(CUT)
         if cut:
-            log.info("drain: %d connections cut after %gs", len(cut), seconds)
+            log.info("drain: %s cut after %gs", plural(len(cut), "connection"), seconds)
 
     def hard_stop(self) -> None:
         """End every connection now, with a reset; the worker exits."""
@@ -84,7 +86,7 @@ class Drain:
         for acceptor in ctx.acceptors:
             acceptor.close()
         conns = list(ctx.connections)
-        log.warning("hard stop: %d connections reset", len(conns))
+        log.warning("hard stop: %s reset", plural(len(conns), "connection"))
         for conn in conns:
             conn.close(HARD_STOP)
         self.done()

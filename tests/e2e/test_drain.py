@@ -64,7 +64,7 @@ def test_after_sigterm_new_clients_are_refused_at_once_while_old_ones_go_on(daem
     d = start(daemon, port, backend.port, workers=2)
     client = held(port)
     d.signal(signal.SIGTERM)
-    d.wait_log("draining 1 connections")
+    d.wait_log("draining 1 connection")
     wait_until(lambda: not listening(port), what="the listening socket closed")
     assert refused(port)                 # not a handshake that then waits for the daemon to exit
     assert_echoes(client, b"still here")  # the established one is relayed on
@@ -95,15 +95,15 @@ def test_second_sigterm_stops_at_once_and_resets_the_connections(daemon, server)
     d = start(daemon, port, backend.port, drain_timeout=0)     # 0: a stop never cuts a connection
     client = held(port)
     d.signal(signal.SIGTERM)
-    d.wait_log("draining 1 connections")
+    d.wait_log("draining 1 connection")
     assert_echoes(client, b"kept")
-    assert "draining 1 connections, stopping (none cut)" in d.log_text()
+    assert "draining 1 connection, stopping (none cut)" in d.log_text()
     d.signal(signal.SIGTERM)
     assert d.wait(10) == 0
     client.settimeout(10)
     assert reset_seen(client)
-    d.wait_log("hard stop: 1 workers reset their connections")
-    assert "hard stop: 1 connections reset" in d.log_text()      # the worker's count
+    d.wait_log("hard stop: 1 worker reset their connections")
+    assert "hard stop: 1 connection reset" in d.log_text()      # the worker's count
     assert "reason=hard-stop" in d.log_text()
 
 
@@ -116,14 +116,14 @@ def test_reload_keeps_established_connections_and_counts_them_in_status(daemon, 
     old = d.wait_workers(1)
     mark = len(notify.messages)
     d.signal(signal.SIGHUP)
-    d.wait_log("draining 1 connections")
-    wait_until(lambda: any("1 draining (1 connections)" in m.get("STATUS", "")
+    d.wait_log("draining 1 connection")
+    wait_until(lambda: any("1 draining (1 connection)" in m.get("STATUS", "")
                            for m in notify.messages[mark:]) or notify.collect(0.2),
                timeout=15, what="STATUS with the draining connection")
     assert not refused(port)                       # the new generation accepts on the same socket
     assert_echoes(client, b"after the reload")    # the old worker keeps it (reload_drain_timeout = 0)
     assert set(old) <= set(d.workers())
-    assert "draining 1 connections, retired by a reload (none cut)" in d.log_text()
+    assert "draining 1 connection, retired by a reload (none cut)" in d.log_text()
     client.close()
     d.wait_log("generation 1 finished", timeout=15)
     d.stop()
