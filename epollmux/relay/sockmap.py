@@ -345,9 +345,10 @@ class Flow:
         """Bytes the program has handed on to dst (its own counter, one map read: exact)."""
         return self.maps._used(self.key)
 
-    def delivered(self) -> int:
-        """Bytes written into dst's send queue since pairing. Errs low, never high."""
-        return _written(self.dst, exact=False) - self.out_base
+    def delivered(self, exact: bool = False) -> int:
+        """Bytes written into dst's send queue since pairing (kernel or process); inexact reads may
+        come out low by what an ACK arriving between the two readings moved."""
+        return _written(self.dst, exact) - self.out_base
 
     def backlog(self) -> int:
         """Bytes redirected but not yet in dst's send queue: kernel memory charged to no socket."""

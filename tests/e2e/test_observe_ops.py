@@ -139,3 +139,20 @@ def test_counted_nouns_agree(daemon, server, tmp_path):
     out = subprocess.run([sys.executable, "-m", "epollmux", "-c", str(conf), "--check"],
                          capture_output=True, text=True, timeout=60, cwd=REPO)
     assert out.stdout.strip().endswith("OK (1 listener, 1 route)")
+
+
+def test_debug_log_says_why_each_route_said_next(daemon, server):
+    backend = server()
+    port = free_port()
+    routes = {"h2only": {"probe": "tls", "alpn": "h2", "backend": "127.0.0.1:9"},
+              "named": {"probe": "tls", "sni": "a.test", "backend": "127.0.0.1:9"},
+              "rest": {"probe": "any", "backend": f"127.0.0.1:{backend.port}"}}
+    d = daemon().start(make_config(port, routes, workers=1), args=["-v"], ready=True)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()   # Python's default: SNI, no ALPN
+    tls = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="b.test")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    with connect(port) as raw:
+        raw.sendall(outgoing.read())
+    text = d.wait_log("h2only=next (no ALPN offered) named=next (sni 'b.test' not in [a.test]) rest=match")
+    assert "epollmux.probe" in text

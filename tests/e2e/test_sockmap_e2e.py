@@ -1,5 +1,5 @@
-"""The kernel relay through the real daemon where test_relay.py's contract does not reach: IPv6
-on both sides, and `relay = auto` where the maps load (its fallback is in test_relay.py)."""
+"""The kernel relay through the real daemon where the relay contract (test_relay_contract.py) does not
+reach: IPv6 on both sides, and `relay = auto` where the maps load (its fallback is in test_relay.py)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ import time
 import pytest
 
 from support.net import connect, free_port, recv_all
-from support.daemon import make_config
+from support.daemon import kernel_stats, make_config
 from epollmux.relay import kernel as kernelrelay
 from epollmux.relay import sockmap
-from test_relay import kernel_stats
 
 MiB = 1 << 20
 
@@ -58,8 +57,8 @@ def test_ipv6_both_sides_relayed_in_the_kernel(daemon, server):
     except OSError:
         pytest.skip("no IPv6 loopback")
     port = free_port("::1")
-    cfg = make_config(port, f"[::1]:{backend.port}", relay="sockmap", workers=1)
-    d = daemon().start(cfg.replace(f"127.0.0.1:{port}", f"[::1]:{port}"), wait=port)
+    d = daemon().start(make_config(f"[::1]:{port}", f"[::1]:{backend.port}", relay="sockmap", workers=1),
+                       ready=True)
     echo_through(port, 8 * MiB, host="::1")
     line = d.wait_log("reason=eof")
     assert "client=[::1]:" in line and f"up={8 * MiB} down={8 * MiB}" in line, line   # counts from the kernel
@@ -152,3 +151,27 @@ def test_proxy_header_and_payload_in_one_write_reach_the_backend_once(daemon, se
         c.close()
         assert got and got[0] == payload, (size, len(got[0]) if got else None)
     assert "proxy-invalid" not in d.log_text()
+
+
+def test_a_reader_that_takes_nothing_ends_with_kernel_backlog(daemon, server):
+    """No backpressure on this path: past 64 MiB queued in the kernel for one direction the worker ends
+    the connection, with its own reason, instead of holding more."""
+    gate = threading.Event()
+
+    def handle(sock):
+        gate.wait(60)
+
+    backend = server(handle)
+    port = free_port()
+    d = daemon().start(make_config(port, f"127.0.0.1:{backend.port}", relay="sockmap", workers=1), wait=port)
+    c = connect(port, timeout=30)
+    chunk = b"\x5a" * MiB
+    try:
+        for _ in range(1024):
+            c.sendall(chunk)
+    except OSError:
+        pass
+    line = d.wait_log("reason=kernel-backlog")
+    gate.set()
+    c.close()
+    assert kernel_stats(d)["overruns"] == 1, line
