@@ -40,9 +40,17 @@ class Settings:
     tls_handshake_timeout: float
     on_timeout: str
     max_probe_bytes: int
+    max_probe_edges: int
     connect_timeout: float
     idle_timeout: float
+    tcp_keepalive: bool
+    tcp_keepalive_idle: int
+    tcp_keepalive_interval: int
+    tcp_keepalive_count: int
+    tcp_user_timeout: float
     drain_timeout: float
+    reload_drain_timeout: float
+    stop_delay: float
     max_connections: int
     max_connections_per_source: int
     max_sniffing_per_source: int
@@ -72,6 +80,7 @@ class Route:
     transparent: bool = False
     access: acl.Access | None = None                       # None: everyone
     max_connections: int = 0
+    drain_timeout: float | None = None                    # None: the global drain_timeout / reload_drain_timeout
     inner_names: tuple[str, ...] = ()
     inner_routes: tuple["Route", ...] = ()                # sniffed inside the decrypted stream
     inner_on_timeout: "Route | None" = None
@@ -159,7 +168,7 @@ def _build(source: str, data) -> Config:
         problems.add(sections, name, f"unknown {kind}")
     try:
         config = _typed(source, cfg, problems)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         if not problems.items:      # only a value already reported as wrong may break typing
             raise
     if problems.items:
@@ -343,6 +352,7 @@ def _route(name: str, section, problems: _Problems) -> Route | None:
     route = Route(name, probe, backend, opts, inner_names=inner,
                   send_proxy=written.get("send_proxy"), send_proxy_crc=bool(written.get("send_proxy_crc")),
                   transparent=bool(written.get("transparent")), max_connections=written.get("max_connections") or 0,
+                  drain_timeout=written.get("drain_timeout"),
                   access=_access(where, written.get("allow"), written.get("deny"), problems))
     if route.send_proxy_crc and route.send_proxy != "v2":
         problems.add(where, "send_proxy_crc", "needs send_proxy = v2")
@@ -352,7 +362,8 @@ def _route(name: str, section, problems: _Problems) -> Route | None:
     return route
 
 
-ROUTE_KEYS = frozenset({"send_proxy", "send_proxy_crc", "transparent", "allow", "deny", "max_connections"})
+ROUTE_KEYS = frozenset({"send_proxy", "send_proxy_crc", "transparent", "allow", "deny", "max_connections",
+                        "drain_timeout"})
 TERMINATING_PROBES = frozenset({"tls", "any"})
 TERMINATING_KEYS = frozenset({"tls_cert", "tls_key", "tls_min_version", "tls_ciphers", "tls_alpn",
                               "tls_client_ca", "tls_resumption", "inner_routes"})

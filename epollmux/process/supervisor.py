@@ -23,9 +23,11 @@ import time
 from collections import Counter, deque
 
 from epollmux import __version__, checks, config
-from epollmux.observe import collector, exporter, logsetup, metrics, stats
+from epollmux.observe import collector, exporter, logsetup, metrics, procstats, stats
+from epollmux.observe.words import plural
 from epollmux.process import daemonize, privileges, systemd, workerproc
 from epollmux.reactor import IN, Reactor
+from epollmux.serve import drain
 from epollmux.process.sockettable import SocketTable
 
 log = logging.getLogger("epollmux.supervisor")
@@ -36,7 +38,7 @@ READY_TIMEOUT = 20.0        # new workers must accept within this, at start and 
 MAX_START_FAILURES = 3      # workers dying before they accept, in a row: the generation cannot start
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
 BACKOFF_RESET = 10.0        # a worker that lived this long resets the back-off
-KILL_GRACE = 5.0            # past drain_timeout, a stopping worker is killed
+KILL_GRACE = 5.0            # past its last drain deadline (or a hard stop), a stopping worker is killed
 RATE_SECONDS = 5.0          # the connections-per-second figure averages over this
 
 
@@ -85,6 +87,7 @@ def run(cfg, args) -> int:
         log.error("%s", exc.strerror or exc)
         table.close_all()
         return EXIT_RUNTIME
+    _log_missing(table)
     for inherited in table.unused_inherited(cfg):
         log.warning("inherited %s matches no listener: not served", inherited.describe())
     try:
@@ -131,6 +134,7 @@ class Supervisor:
         self.retired: list[Generation] = []          # draining after a reload
         self.generations = 0
         self.reload_queued = False
+        self.leaving = False                         # a stop is announced (stop_delay): /healthz says 503
         self.reload_asked: list = []                 # stats-socket `reload` clients before their reload runs
         self.reload_waiters: list = []               # ... while it runs: told its outcome
         self.log_target = ""
@@ -198,7 +202,7 @@ class Supervisor:
     def _new_generation(self, cfg, sockets: list, keys: set, creds) -> Generation:
         self.generations += 1
         gen = Generation(self.generations, cfg, sockets, keys, creds)
-        log.info("generation %d: starting %d workers%s", gen.number, gen.wanted,
+        log.info("generation %d: starting %s%s", gen.number, plural(gen.wanted, "worker"),
                  f" as {creds.describe()}" if creds else "")
         self.reactor.call_later(READY_TIMEOUT, lambda: self._ready_timeout(gen))
         return gen
@@ -273,16 +277,19 @@ class Supervisor:
         gen.announced = True
         if gen is self.current and self.state is State.STARTING:
             self.state = State.RUNNING
-            log.info("ready: %d workers accepting", len(gen.workers))
+            log.info("ready: %s accepting", plural(len(gen.workers), "worker"))
             self.notifier.ready(self._status_text())
             self._run_queued_reload()
         elif gen is self.pending:
             self._switch(gen)
 
-    def _terminate(self, proc: workerproc.WorkerProc) -> None:
-        if not proc.stopping:
-            proc.stopping = True
-            _signal(proc.pid, signal.SIGTERM)
+    def _terminate(self, proc: workerproc.WorkerProc, how: int = workerproc.STOP) -> None:
+        """Tell a worker to retire, stop or hard-stop, unless it was told as much already."""
+        if workerproc.STRENGTH[how] <= workerproc.STRENGTH[proc.told]:
+            return
+        proc.stopping = True
+        proc.told = how
+        _signal(proc.pid, how)
 
     def handle_child(self) -> None:
         """SIGCHLD: reap every exited worker."""
@@ -372,12 +379,26 @@ class Supervisor:
 
     # --- signals -----------------------------------------------------------------------------
     def handle_stop(self) -> None:
-        """SIGTERM/SIGINT: every worker stops accepting and drains; exit once all are gone."""
+        """SIGTERM/SIGINT: every worker closes its listeners and drains; exit once all are gone. With
+        stop_delay, /healthz answers 503 first and the workers keep accepting that long (a second signal:
+        stop at once). A signal during the drain is a hard stop: every connection is reset, the workers exit."""
         if self.state is State.STOPPING:
-            log.info("already stopping, %d workers draining", len(self._live()))
+            self._hard_stop()
             return
-        log.info("stopping: %d workers draining", len(self._live()))
+        delay = self.current.cfg.settings.stop_delay if self.current is not None else 0.0
+        if delay > 0 and not self.leaving:
+            self.leaving = True
+            log.info("stopping in %gs (stop_delay): /healthz answers 503, workers still accept", delay)
+            self.reactor.call_later(delay, self._stop_after_delay)
+            return
+        log.info("stopping: %s draining", plural(len(self._live()), "worker"))
         self._stop()
+
+    def _stop_after_delay(self) -> None:
+        """stop_delay is over (unless a second signal already stopped: that must not count as a third)."""
+        if self.state is not State.STOPPING:
+            log.info("stopping: %s draining", plural(len(self._live()), "worker"))
+            self._stop()
 
     def _stop(self) -> None:
         self.state = State.STOPPING
@@ -385,22 +406,32 @@ class Supervisor:
         self.reload_asked = []
         self._tell_reload("refused: the daemon is stopping\n")
         self.notifier.stopping()
-        gens = self._generations()
+        self.table.close_all()      # the workers close their copies: new clients are refused, not queued
         for proc in self._live():
             self._terminate(proc)
-        drain = max((g.cfg.settings.drain_timeout for g in gens), default=0.0)
-        self.reactor.call_later(drain + KILL_GRACE, self._kill_stragglers)
+        deadlines = [drain.stop_deadline(g.cfg) for g in self._generations()]
+        if deadlines and 0 not in deadlines:       # 0: some connection may go on until it ends
+            self.reactor.call_later(max(deadlines) + KILL_GRACE, self._kill_stragglers)
         if not self._live():
+            self.reactor.stop()
+
+    def _hard_stop(self) -> None:
+        live = self._live()
+        log.warning("hard stop: %s reset their connections and exit", plural(len(live), "worker"))
+        for proc in live:
+            self._terminate(proc, workerproc.HARD_STOP)
+        self.reactor.call_later(KILL_GRACE, self._kill_stragglers)
+        if not live:
             self.reactor.stop()
 
     def _kill_stragglers(self) -> None:
         for proc in self._live():
-            log.warning("worker %d still running past drain_timeout: killing it", proc.pid)
+            log.warning("worker %d still running past its drain: killing it", proc.pid)
             _signal(proc.pid, signal.SIGKILL)
 
     def handle_reload(self) -> None:
         """SIGHUP: validate the file; if good, a new generation takes over; if bad, nothing changes."""
-        if self.state is State.STOPPING:
+        if self.state is State.STOPPING or self.leaving:
             return
         if self.state is not State.RUNNING:
             log.info("reload queued: %s", self.state.value)
@@ -449,6 +480,9 @@ class Supervisor:
             self._refuse([exc.strerror or str(exc)])
             return
         self.exporter.replace(endpoints)
+        _log_missing(self.table)
+        if self.table.outcome.fresh:
+            log.info("now also listening on %s", ", ".join(self.table.outcome.fresh))
         for inherited in self.table.unused_inherited(cfg):
             log.warning("inherited %s matches no listener: not served", inherited.describe())
         self._apply_logging(cfg)
@@ -459,7 +493,7 @@ class Supervisor:
     def _refuse(self, problems: list[str]) -> None:
         for problem in problems:
             log.error("reload refused: %s", problem)
-        log.error("reload refused (%d problems): the running configuration stays", len(problems))
+        log.error("reload refused (%s): the running configuration stays", plural(len(problems), "problem"))
         self.reloads["refused"] += 1
         self._tell_reload("".join(f"refused: {p}\n" for p in problems))
         self.notifier.ready(self._status_text() + "; last reload refused")
@@ -485,7 +519,7 @@ class Supervisor:
         if old is not None:
             self.retired.append(old)
             for proc in old.workers.values():
-                self._terminate(proc)
+                self._terminate(proc, workerproc.RETIRE)
         log.info("reloaded: generation %d accepting, generation %d draining",
                  gen.number, old.number if old else 0)
         self.reloads["ok"] += 1
@@ -501,7 +535,7 @@ class Supervisor:
         self.pending = None
         self.retired.append(gen)
         for proc in gen.workers.values():
-            self._terminate(proc)
+            self._terminate(proc, workerproc.RETIRE)
         self.state = State.RUNNING
         self.notifier.ready(self._status_text() + "; last reload abandoned")
         self._forget_idle_generations()
@@ -524,9 +558,10 @@ class Supervisor:
     def _answer(self, what: str, reply) -> None:
         """An endpoint's question (metrics, stat, conns): ask the workers, then reply with fresh numbers."""
         if what == "health":
-            reply("accepting\n" if self.state in (State.RUNNING, State.RELOADING) else f"{self.state.value}\n")
+            accepting = self.state in (State.RUNNING, State.RELOADING) and not self.leaving
+            reply("accepting\n" if accepting else f"{'stopping' if self.leaving else self.state.value}\n")
         elif what == "reload":
-            if self.state is State.STOPPING:
+            if self.state is State.STOPPING or self.leaving:
                 reply("refused: the daemon is stopping\n")
                 return
             self.reload_asked.append(reply)
@@ -542,14 +577,28 @@ class Supervisor:
         """The workers' sums plus the supervisor's own families."""
         snapshot = self.collector.totals(self._live())
         states = Counter(_proc_state(p) for p in self._live())
-        return metrics.add(snapshot, {
+        snapshot = metrics.add(snapshot, {
             "epollmux_workers": {(s,): states[s] for s in ("ready", "starting", "draining")},
+            "epollmux_draining_connections": {(): sum(p.open for p in self._live() if p.stopping)},
             "epollmux_worker_crashes_total": {(): self.crashes},
             "epollmux_reloads_total": {(r,): self.reloads[r] for r in ("ok", "refused", "abandoned")},
             "epollmux_start_time_seconds": {(): round(self.started_at, 3)},
             "epollmux_info": {(__version__,): 1},
             "epollmux_open_fds": {("supervisor",): stats.open_fds()},
+            **procstats.families(os.getpid(), [p.pid for p in self._live()]),
         })
+        return metrics.add(snapshot, self._zero_series())
+
+    def _zero_series(self) -> metrics.Snapshot:
+        """Every configured route and listener has its series, 0 before any traffic (rate() needs them)."""
+        cfgs = [g.cfg for g in self._generations()]
+        routes = {name for cfg in cfgs for name in cfg.routes}
+        listeners = {lst.name for cfg in cfgs for lst in cfg.listeners}
+        return {
+            "epollmux_connections_accepted_total": {(name,): 0 for name in listeners},
+            "epollmux_connections_routed_total": {(name,): 0 for name in routes},
+            "epollmux_bytes_total": {(name, way): 0 for name in routes for way in ("up", "down")},
+        }
 
     def _stat_text(self) -> str:
         up = time.time() - self.started_at
@@ -567,7 +616,7 @@ class Supervisor:
 
     def _conns_text(self, query: collector.Query) -> str:
         rows = [[pid, *row] for pid in query.asked for row in query.rows.get(pid, [])]
-        notes = [f"{len(rows)} connections listed"]
+        notes = [f"{plural(len(rows), 'connection')} listed"]
         for pid in query.asked:
             unlisted = query.open.get(pid, 0) - len(query.rows.get(pid, []))
             if unlisted > 0:
@@ -578,10 +627,12 @@ class Supervisor:
     # --- systemd -----------------------------------------------------------------------------
     def _status_text(self) -> str:
         workers = len(self.current.workers) if self.current else 0
-        draining = sum(len(g.workers) for g in self.retired)
+        draining = [p for p in self._live() if p.stopping]
         connections = sum(p.open for p in self._live())
-        text = f"{workers} workers, {connections} open connections, {self.rate:.1f} connections/s"
-        return text + (f", {draining} draining" if draining else "")
+        text = f"{plural(workers, 'worker')}, {plural(connections, 'open connection')}, {self.rate:.1f} connections/s"
+        if draining:
+            text += f", {len(draining)} draining ({plural(sum(p.open for p in draining), 'connection')})"
+        return text
 
     def _tick_status(self) -> None:
         now = time.monotonic()
@@ -633,6 +684,11 @@ def _signal(pid: int, signum: int) -> bool:
 
 def _proc_state(proc: workerproc.WorkerProc) -> str:
     return "draining" if proc.stopping else "ready" if proc.ready else "starting"
+
+
+def _log_missing(table: SocketTable) -> None:
+    for missing in table.outcome.missing:
+        log.warning("%s: not an address of this host, left out; serving on the others", missing)
 
 
 def _describe_status(status: int) -> str:

@@ -181,8 +181,10 @@ class KernelRelay:
         d = link.by_fd.get(fd) if link else None
         if d is None:
             return None
-        if events & ERR and d.flow.src.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-            return "reset"
+        if events & ERR:
+            err = d.flow.src.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                return "timeout" if err == errno.ETIMEDOUT else "reset"    # timeout: keepalive found it gone
         if events & RDHUP and not d.eof:
             d.eof = True
             return self._step(link)

@@ -37,6 +37,7 @@ QUIET = IN | RDHUP | ET     # a plain socket's events until a direction waits fo
 #                             per writable socket that nobody waits on); ERR and HUP come regardless
 READABLE = IN | ERR | HUP | RDHUP
 WRITABLE = OUT | ERR | HUP
+ABORTS = ("reset", "timeout", "drain-cut", "hard-stop")   # end both sockets with RST, not FIN (a dead peer, a cut)
 LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"   # struct linger {on, 0 s}: close() sends RST
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 IPV6_TRANSPARENT = 75
@@ -78,6 +79,9 @@ for _phase, _next in _ALLOWED.items():
 del _phase, _next
 
 
+SNIFFING_PHASES = (Phase.PROXY_HEADER, Phase.SNIFFING, Phase.INNER_SNIFFING)   # edges count against max_probe_edges
+
+
 def _expired(reason: str) -> str:
     """A deadline's handler: its close reason (armed with the reason as the timer's argument)."""
     return reason
@@ -90,6 +94,7 @@ class Connection:
     __slots__ += ("connect_started",)     # metrics: when the backend connect began
     __slots__ += ("kernel",)              # True: ctx.kernel relays this connection, not Directions
     __slots__ += ("writable",)            # fds registered with OUT: CLIENT_OUT | BACKEND_OUT
+    __slots__ += ("edges", "reader")      # readable edges spent deciding; the ClientHello read so far
     __slots__ += ("local",)               # the backend socket's own address, while in ctx.own_backends
 
     def __init__(self, ctx, listener, client: socket.socket, sockaddr, events: int = EVENTS):
@@ -122,6 +127,8 @@ class Connection:
         self.connect_started = 0.0
         self.kernel = False
         self.writable = events      # start() registers the client with these events
+        self.edges = 0              # readable edges before the route was decided (max_probe_edges)
+        self.reader = None          # a clienthello.HelloReader while a TLS first flight is being sniffed
         self.local = None
 
     @property
@@ -167,6 +174,11 @@ class Connection:
         if phase is Phase.RELAYING:
             self._event(self._relay_event, fd, events)
         elif fd == self.cfd:
+            if phase in SNIFFING_PHASES and events & READABLE:
+                self.edges += 1
+                if self.edges > self.ctx.settings.max_probe_edges:
+                    self._event(_expired, "sniff-budget")
+                    return
             if phase is Phase.SNIFFING and events & READABLE:
                 self._event(self._sniff, bool(events & (RDHUP | HUP)))
             elif phase is Phase.PROXY_HEADER and events & READABLE:
@@ -203,7 +215,9 @@ class Connection:
             self.close(reason)
 
     def _socket_error(self, sock: socket.socket) -> str | None:
-        return "reset" if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) else None
+        """The close reason a socket's pending error gives: timeout (keepalive, TCP_USER_TIMEOUT), reset."""
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        return None if not err else "timeout" if err == errno.ETIMEDOUT else "reset"
 
     # --- admission, PROXY header in ---------------------------------------------------------
     def _begin(self) -> str | None:
@@ -251,8 +265,10 @@ class Connection:
 
         peer_done: the client shut its side, so these bytes are all there will be.
         """
-        if peer_done and self._socket_error(self.client):
-            return "reset"     # a reset client is gone, though the kernel still shows its last bytes
+        if peer_done:
+            reason = self._socket_error(self.client)
+            if reason:
+                return reason  # a reset client is gone, though the kernel still shows its last bytes
         limit = self.ctx.settings.max_probe_bytes
         try:
             data = self.client.recv(limit, socket.MSG_PEEK)
@@ -262,6 +278,11 @@ class Connection:
             return "client-eof"
         if len(data) == self._peek_len and not peer_done:
             return None        # nothing new (a spurious wake-up); the next edge brings more bytes
+        reader = self.reader
+        if reader is None and data[0] == 0x16:
+            reader = self.reader = clienthello.HelloReader()
+        if reader is not None:      # the new bytes only: sniffing a drip-fed hello stays O(bytes)
+            clienthello.remember(data, reader.feed(data[self._peek_len:]))
         self._peek_len = len(data)
         self.hello = data
         return self._decide(data, self.listener.routes, self.listener.probe_table,
@@ -290,6 +311,7 @@ class Connection:
         if self.verdict == "none":
             self.verdict = "match"
         self.route = route
+        self.reader = None
         ctx = self.ctx
         ctx.stats.routed(self.listener.name, route.name, ctx.reactor.clock() - self.started, self.outer is not None)
         admission = ctx.admission
@@ -378,6 +400,8 @@ class Connection:
         tcp = family in TCP_FAMILIES
         if tcp:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for level, option, value in ctx.keepalive:
+                sock.setsockopt(level, option, value)
         if route.transparent:
             reason = self._bind_as_client(sock, family)
             if reason:
@@ -495,8 +519,10 @@ class Connection:
             sock, end, src, dst = self.client, self.cend, self.up, self.down
         else:
             sock, end, src, dst = self.backend, self.bend, self.down, self.up
-        if events & ERR and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-            return "reset"
+        if events & ERR:
+            reason = self._socket_error(sock)
+            if reason:
+                return reason
         moved = False          # an edge that finds nothing to do (a writable socket with nothing waiting) ends here
         if events & WRITABLE and end.holds_output and end.pending_output():
             end.flush()
@@ -573,7 +599,7 @@ class Connection:
         ctx.admission.leave(self.grant)
         if self.local is not None:
             ctx.own_backends.discard(self.local)
-        abort = reason == "reset"
+        abort = reason in ABORTS
         up = down = spliced = 0
         if self.kernel:        # out of the maps before the sockets close; the counts need them open
             up, down = ctx.kernel.release(self)
@@ -600,6 +626,8 @@ class Connection:
             up, down, spliced = self.up.moved, self.down.moved, self.up.spliced + self.down.spliced
         route = self.route.name if self.route else "-"
         ctx.stats.closed(self.listener.name, route, phase._value_, reason, up, down)   # _value_: .value is a Python property
+        if self.outer is not None and self.route is not self.outer:    # routed counted it: so does closed
+            ctx.stats.closed_outer(self.listener.name, self.outer.name, reason)
         if reason == "exhausted":
             ctx.exhausted(f"{self.peer}: out of file descriptors or memory")
         if ctx.access.enabled():
