@@ -49,6 +49,7 @@ class Settings:
     tcp_keepalive_count: int
     tcp_user_timeout: float
     drain_timeout: float
+    stop_delay: float
     max_connections: int
     max_connections_per_source: int
     max_sniffing_per_source: int

@@ -131,6 +131,7 @@ class Supervisor:
         self.retired: list[Generation] = []          # draining after a reload
         self.generations = 0
         self.reload_queued = False
+        self.leaving = False                         # a stop is announced (stop_delay): /healthz says 503
         self.reload_asked: list = []                 # stats-socket `reload` clients before their reload runs
         self.reload_waiters: list = []               # ... while it runs: told its outcome
         self.log_target = ""
@@ -372,9 +373,16 @@ class Supervisor:
 
     # --- signals -----------------------------------------------------------------------------
     def handle_stop(self) -> None:
-        """SIGTERM/SIGINT: every worker stops accepting and drains; exit once all are gone."""
+        """SIGTERM/SIGINT: every worker stops accepting and drains; exit once all are gone. With stop_delay,
+        /healthz answers 503 first and the workers keep accepting that long (a second signal: at once)."""
         if self.state is State.STOPPING:
             log.info("already stopping, %d workers draining", len(self._live()))
+            return
+        delay = self.current.cfg.settings.stop_delay if self.current is not None else 0.0
+        if delay > 0 and not self.leaving:
+            self.leaving = True
+            log.info("stopping in %gs (stop_delay): /healthz answers 503, workers still accept", delay)
+            self.reactor.call_later(delay, self.handle_stop)
             return
         log.info("stopping: %d workers draining", len(self._live()))
         self._stop()
@@ -400,7 +408,7 @@ class Supervisor:
 
     def handle_reload(self) -> None:
         """SIGHUP: validate the file; if good, a new generation takes over; if bad, nothing changes."""
-        if self.state is State.STOPPING:
+        if self.state is State.STOPPING or self.leaving:
             return
         if self.state is not State.RUNNING:
             log.info("reload queued: %s", self.state.value)
@@ -524,9 +532,10 @@ class Supervisor:
     def _answer(self, what: str, reply) -> None:
         """An endpoint's question (metrics, stat, conns): ask the workers, then reply with fresh numbers."""
         if what == "health":
-            reply("accepting\n" if self.state in (State.RUNNING, State.RELOADING) else f"{self.state.value}\n")
+            accepting = self.state in (State.RUNNING, State.RELOADING) and not self.leaving
+            reply("accepting\n" if accepting else f"{'stopping' if self.leaving else self.state.value}\n")
         elif what == "reload":
-            if self.state is State.STOPPING:
+            if self.state is State.STOPPING or self.leaving:
                 reply("refused: the daemon is stopping\n")
                 return
             self.reload_asked.append(reply)
