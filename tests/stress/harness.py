@@ -61,6 +61,18 @@ def read_until_eof(sock: socket.socket, limit: int = 1 << 22) -> tuple[bytes, st
     raise AssertionError("more bytes than expected")
 
 
+def recv_exact(sock: socket.socket, size: int) -> bytes:
+    """size bytes, or fewer if the peer ended first (MSG_WAITALL returns early on a socket with a timeout)."""
+    chunks, got = [], 0
+    while got < size:
+        data = sock.recv(size - got)
+        if not data:
+            break
+        chunks.append(data)
+        got += len(data)
+    return b"".join(chunks)
+
+
 def healthy(d, workers_before: list[int], fds_before: dict[int, int] | None = None, kills: int = 0) -> str:
     """Assert no traceback, no unexpected worker death, fds back to their count; returns a figures string."""
     log = d.log_text()

@@ -21,8 +21,8 @@ import pytest
 
 from epollmux.wire import proxyproto as pp
 from epollmux.wire import sniff
-from stress.harness import (CLIENT_TIMEOUT, Clock, fd_count, healthy, one_line, read_until_eof, run_clients,
-                            tagged, tagged_backends)
+from stress.harness import (CLIENT_TIMEOUT, Clock, fd_count, healthy, one_line, read_until_eof, recv_exact,
+                            run_clients, tagged, tagged_backends)
 from support.daemon import proc_rss_kib
 from support.hello_builder import build_client_hello
 from support.net import connect, free_port, wait_until
@@ -141,9 +141,9 @@ def test_sniff_fuzzer_routes_every_client_where_the_probes_say(daemon, server):
                 counts["misrouted"] += 1
         assert ok, (data[:80], decision, got[:80])
 
-    run_clients(client, range(n(6000)))
+    run_clients(client, range(n(20000)))
     figures = healthy(d, worker, fds)
-    one_line("sniff-fuzz", clients=n(6000), seconds=clock(), **counts, health=figures)
+    one_line("sniff-fuzz", clients=n(20000), seconds=clock(), **counts, health=figures)
     assert counts["misrouted"] == 0
 
 
@@ -197,8 +197,8 @@ def test_proxy_header_fuzzer(daemon, server):
         with lock:
             counts["accepted" if result.status is pp.Status.OK else "refused"] += 1
 
-    run_clients(client, range(n(4000)))
-    one_line("proxy-fuzz", clients=n(4000), seconds=clock(), **counts, health=healthy(d, worker, fds))
+    run_clients(client, range(n(10000)))
+    one_line("proxy-fuzz", clients=n(10000), seconds=clock(), **counts, health=healthy(d, worker, fds))
 
 
 # --------------------------------------------------------------------------------- TLS abuse
@@ -222,12 +222,13 @@ tls_handshake_timeout = 5
 """, wait=port)
     worker = d.wait_workers(1)
     fds = {worker[0]: fd_count(worker[0])}
-    hello = build_client_hello(sni="abuse.example", alpn=("h2",))
+    hellos = [build_client_hello(sni="abuse.example", alpn=("h2",)), real_hello("abuse.example")]
     clock = Clock()
 
     def client(seed: int) -> None:
         rng = random.Random(seed)
         kind = rng.randrange(5)
+        hello = hellos[rng.randrange(2)]     # a built one (no key share) or a real one (the worker does ECDHE)
         c = connect(port, timeout=CLIENT_TIMEOUT)
         try:
             if kind == 0:          # garbage after the hello
@@ -250,7 +251,7 @@ tls_handshake_timeout = 5
             pass
         c.close()
 
-    run_clients(client, range(n(1500)))
+    run_clients(client, range(n(3000)))
     ctx = ssl.create_default_context(cafile=str(tls_ca.cert))
     good = 0
     for _ in range(20):             # and a real client still gets through
@@ -263,7 +264,19 @@ tls_handshake_timeout = 5
                 got += chunk
             assert got == b"Dping"
             good += 1
-    one_line("tls-abuse", clients=n(1500), good=good, seconds=clock(), health=healthy(d, worker, fds))
+    one_line("tls-abuse", clients=n(3000), good=good, seconds=clock(), health=healthy(d, worker, fds))
+
+
+def real_hello(name: str) -> bytes:
+    """The first flight of Python's own TLS client (X25519 key share, TLS 1.3 and 1.2)."""
+    ctx = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
 
 
 # --------------------------------------------------------------------------------- churn
@@ -280,7 +293,7 @@ def test_connection_churn_leaks_no_fd_and_no_memory(daemon, server):
             for _ in range(count):
                 c = connect(port, timeout=CLIENT_TIMEOUT)
                 c.sendall(payload)
-                got = c.recv(1 + len(payload), socket.MSG_WAITALL)
+                got = recv_exact(c, 1 + len(payload))
                 assert got == b"C" + payload, got
                 c.close()
         run_clients(job, range(16), workers=16)
@@ -327,7 +340,7 @@ def test_reload_storm_under_a_connect_storm_keeps_streams_byte_exact(daemon, ser
         while not stop.is_set():
             c = connect(port, timeout=CLIENT_TIMEOUT)
             c.sendall(b"ping")
-            assert c.recv(5, socket.MSG_WAITALL) == b"Rping"
+            assert recv_exact(c, 5) == b"Rping"
             c.close()
             with lock:
                 results["short"] += 1
@@ -380,7 +393,7 @@ def test_worker_kills_are_replaced_and_clients_served(daemon, server):
         for _ in range(50):
             c = connect(port, timeout=CLIENT_TIMEOUT)
             c.sendall(b"k")
-            assert c.recv(2, socket.MSG_WAITALL) == b"Kk"
+            assert recv_exact(c, 2) == b"Kk"
             c.close()
             served += 1
     log = d.log_text()
@@ -410,7 +423,7 @@ def test_fd_exhaustion_is_survived(daemon, server):
     figures = healthy(d, worker, fds)
     c = connect(port)
     c.sendall(b"f")
-    assert c.recv(2, socket.MSG_WAITALL) == b"Ff"
+    assert recv_exact(c, 2) == b"Ff"
     c.close()
     one_line("fd-exhaustion", held=len(held), ticks_in_1s_while_exhausted=spun, seconds=clock(), health=figures)
     assert spun < 50, "the worker spins while out of fds"
