@@ -23,7 +23,8 @@ import time
 from collections import Counter, deque
 
 from epollmux import __version__, checks, config
-from epollmux.observe import collector, exporter, logsetup, metrics, stats
+from epollmux.observe import collector, exporter, logsetup, metrics, procstats, stats
+from epollmux.observe.words import plural
 from epollmux.process import daemonize, privileges, systemd, workerproc
 from epollmux.reactor import IN, Reactor
 from epollmux.process.sockettable import SocketTable
@@ -85,6 +86,7 @@ def run(cfg, args) -> int:
         log.error("%s", exc.strerror or exc)
         table.close_all()
         return EXIT_RUNTIME
+    _log_missing(table)
     for inherited in table.unused_inherited(cfg):
         log.warning("inherited %s matches no listener: not served", inherited.describe())
     try:
@@ -199,7 +201,7 @@ class Supervisor:
     def _new_generation(self, cfg, sockets: list, keys: set, creds) -> Generation:
         self.generations += 1
         gen = Generation(self.generations, cfg, sockets, keys, creds)
-        log.info("generation %d: starting %d workers%s", gen.number, gen.wanted,
+        log.info("generation %d: starting %s%s", gen.number, plural(gen.wanted, "worker"),
                  f" as {creds.describe()}" if creds else "")
         self.reactor.call_later(READY_TIMEOUT, lambda: self._ready_timeout(gen))
         return gen
@@ -274,7 +276,7 @@ class Supervisor:
         gen.announced = True
         if gen is self.current and self.state is State.STARTING:
             self.state = State.RUNNING
-            log.info("ready: %d workers accepting", len(gen.workers))
+            log.info("ready: %s accepting", plural(len(gen.workers), "worker"))
             self.notifier.ready(self._status_text())
             self._run_queued_reload()
         elif gen is self.pending:
@@ -376,7 +378,7 @@ class Supervisor:
         """SIGTERM/SIGINT: every worker stops accepting and drains; exit once all are gone. With stop_delay,
         /healthz answers 503 first and the workers keep accepting that long (a second signal: at once)."""
         if self.state is State.STOPPING:
-            log.info("already stopping, %d workers draining", len(self._live()))
+            log.info("already stopping, %s draining", plural(len(self._live()), "worker"))
             return
         delay = self.current.cfg.settings.stop_delay if self.current is not None else 0.0
         if delay > 0 and not self.leaving:
@@ -384,7 +386,7 @@ class Supervisor:
             log.info("stopping in %gs (stop_delay): /healthz answers 503, workers still accept", delay)
             self.reactor.call_later(delay, self.handle_stop)
             return
-        log.info("stopping: %d workers draining", len(self._live()))
+        log.info("stopping: %s draining", plural(len(self._live()), "worker"))
         self._stop()
 
     def _stop(self) -> None:
@@ -457,6 +459,9 @@ class Supervisor:
             self._refuse([exc.strerror or str(exc)])
             return
         self.exporter.replace(endpoints)
+        _log_missing(self.table)
+        if self.table.outcome.fresh:
+            log.info("now also listening on %s", ", ".join(self.table.outcome.fresh))
         for inherited in self.table.unused_inherited(cfg):
             log.warning("inherited %s matches no listener: not served", inherited.describe())
         self._apply_logging(cfg)
@@ -467,7 +472,7 @@ class Supervisor:
     def _refuse(self, problems: list[str]) -> None:
         for problem in problems:
             log.error("reload refused: %s", problem)
-        log.error("reload refused (%d problems): the running configuration stays", len(problems))
+        log.error("reload refused (%s): the running configuration stays", plural(len(problems), "problem"))
         self.reloads["refused"] += 1
         self._tell_reload("".join(f"refused: {p}\n" for p in problems))
         self.notifier.ready(self._status_text() + "; last reload refused")
@@ -551,14 +556,27 @@ class Supervisor:
         """The workers' sums plus the supervisor's own families."""
         snapshot = self.collector.totals(self._live())
         states = Counter(_proc_state(p) for p in self._live())
-        return metrics.add(snapshot, {
+        snapshot = metrics.add(snapshot, {
             "epollmux_workers": {(s,): states[s] for s in ("ready", "starting", "draining")},
             "epollmux_worker_crashes_total": {(): self.crashes},
             "epollmux_reloads_total": {(r,): self.reloads[r] for r in ("ok", "refused", "abandoned")},
             "epollmux_start_time_seconds": {(): round(self.started_at, 3)},
             "epollmux_info": {(__version__,): 1},
             "epollmux_open_fds": {("supervisor",): stats.open_fds()},
+            **procstats.families(os.getpid(), [p.pid for p in self._live()]),
         })
+        return metrics.add(snapshot, self._zero_series())
+
+    def _zero_series(self) -> metrics.Snapshot:
+        """Every configured route and listener has its series, 0 before any traffic (rate() needs them)."""
+        cfgs = [g.cfg for g in self._generations()]
+        routes = {name for cfg in cfgs for name in cfg.routes}
+        listeners = {lst.name for cfg in cfgs for lst in cfg.listeners}
+        return {
+            "epollmux_connections_accepted_total": {(name,): 0 for name in listeners},
+            "epollmux_connections_routed_total": {(name,): 0 for name in routes},
+            "epollmux_bytes_total": {(name, way): 0 for name in routes for way in ("up", "down")},
+        }
 
     def _stat_text(self) -> str:
         up = time.time() - self.started_at
@@ -576,7 +594,7 @@ class Supervisor:
 
     def _conns_text(self, query: collector.Query) -> str:
         rows = [[pid, *row] for pid in query.asked for row in query.rows.get(pid, [])]
-        notes = [f"{len(rows)} connections listed"]
+        notes = [f"{plural(len(rows), 'connection')} listed"]
         for pid in query.asked:
             unlisted = query.open.get(pid, 0) - len(query.rows.get(pid, []))
             if unlisted > 0:
@@ -589,7 +607,7 @@ class Supervisor:
         workers = len(self.current.workers) if self.current else 0
         draining = sum(len(g.workers) for g in self.retired)
         connections = sum(p.open for p in self._live())
-        text = f"{workers} workers, {connections} open connections, {self.rate:.1f} connections/s"
+        text = f"{plural(workers, 'worker')}, {plural(connections, 'open connection')}, {self.rate:.1f} connections/s"
         return text + (f", {draining} draining" if draining else "")
 
     def _tick_status(self) -> None:
@@ -642,6 +660,11 @@ def _signal(pid: int, signum: int) -> bool:
 
 def _proc_state(proc: workerproc.WorkerProc) -> str:
     return "draining" if proc.stopping else "ready" if proc.ready else "starting"
+
+
+def _log_missing(table: SocketTable) -> None:
+    for missing in table.outcome.missing:
+        log.warning("%s: not an address of this host, left out; serving on the others", missing)
 
 
 def _describe_status(status: int) -> str:

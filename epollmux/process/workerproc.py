@@ -185,6 +185,10 @@ class WorkerProc:
                 self.snapshot = metrics.decode(payload)
             except ValueError:
                 return None
+            accepted = self.snapshot.get("epollmux_connections_accepted_total")
+            if accepted is not None:     # fresher than the last count report: show stat asks for this one
+                self.accepted = max(self.accepted, int(sum(accepted.values())))
+                self.open = int(sum(self.snapshot.get("epollmux_connections_active", {}).values()))
         return kind, int(qid), payload
 
     def ask(self, request: str) -> bool:

@@ -635,6 +635,8 @@ class Connection:
             up, down, spliced = self.up.moved, self.down.moved, self.up.spliced + self.down.spliced
         route = self.route.name if self.route else "-"
         ctx.stats.closed(self.listener.name, route, phase._value_, reason, up, down)   # _value_: .value is a Python property
+        if self.outer is not None and self.route is not self.outer:    # routed counted it: so does closed
+            ctx.stats.closed_outer(self.listener.name, self.outer.name, reason)
         if reason == "exhausted":
             ctx.exhausted(f"{self.peer}: out of file descriptors or memory")
         if ctx.access.enabled():

@@ -16,6 +16,7 @@ import socket
 import time
 
 from epollmux.observe import accesslog
+from epollmux.observe.words import plural
 from epollmux.serve import keepalive
 from epollmux.serve.admission import Admission
 from epollmux.relay.channels import ChannelPool
@@ -103,7 +104,7 @@ class Worker:
         ctx.draining = True
         for acceptor in self.acceptors:
             acceptor.stop()
-        log.info("draining %d connections (at most %.0fs)", len(ctx.connections), ctx.settings.drain_timeout)
+        log.info("draining %s (at most %.0fs)", plural(len(ctx.connections), "connection"), ctx.settings.drain_timeout)
         self.drain_timer = self.reactor.call_later(ctx.settings.drain_timeout, self._drain_deadline)
         self._check_drained()
 

@@ -17,6 +17,7 @@ import sys
 import types
 
 from epollmux import __version__, checks, config
+from epollmux.observe.words import plural
 from epollmux.sslh import options, translate
 from epollmux.sslh.model import Entry, Model, Problems
 
@@ -179,7 +180,6 @@ def main(argv: list[str], prog: str = "epollmux") -> int:
     for line in [f"notice: {n}" for n in problems.notices] + problems.warnings:
         print(line, file=sys.stderr)
     if args.check:
-        from epollmux.cli import plural     # cli imports this module only inside main(): no cycle at import
         print(f"{cfg.source}: OK ({plural(len(cfg.listeners), 'listener')}, {plural(len(cfg.routes), 'route')})")
         return EXIT_OK
     return _run(cfg, result, model, args)

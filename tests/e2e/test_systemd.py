@@ -42,7 +42,7 @@ def test_notify_ready_status_watchdog_reload_stopping(tmp_path, daemon, backend,
     with socket.create_connection(("127.0.0.1", port), timeout=5) as held:
         assert held.recv(1) == b"A"
         deadline = time.monotonic() + 10
-        while not any(m.get("STATUS", "").startswith("2 workers, 1 open connections") for m in notify.messages):
+        while not any(m.get("STATUS", "").startswith("2 workers, 1 open connection,") for m in notify.messages):
             assert time.monotonic() < deadline, notify.messages
             notify.collect(0.2)
     assert any("connections/s" in m.get("STATUS", "") for m in notify.messages)
