@@ -346,9 +346,10 @@ class Flow:
         """Bytes the program has redirected to dst (the program's own count)."""
         return self.maps._used(self.key)
 
-    def delivered(self) -> int:
-        """Bytes written into dst's send queue since pairing (kernel or process)."""
-        return _written(self.dst, exact=False) - self.out_base
+    def delivered(self, exact: bool = False) -> int:
+        """Bytes written into dst's send queue since pairing (kernel or process); inexact reads may
+        come out low by what an ACK arriving between the two readings moved."""
+        return _written(self.dst, exact) - self.out_base
 
     def backlog(self) -> int:
         """Bytes redirected but not yet in dst's send queue: kernel memory charged to no socket.
@@ -371,8 +372,9 @@ class Flow:
         return max(0, self.relayed(eof) - self.delivered())
 
     def moved(self, eof: bool | None = None) -> int:
-        """Bytes this direction has put into dst, for the access log."""
-        return min(self.relayed(eof), self.delivered())
+        """Bytes this direction has put into dst, for the access log: an exact reading (an ACK landing
+        between TCP_INFO and SIOCOUTQ would make an inexact one short)."""
+        return min(self.relayed(eof), self.delivered(exact=True))
 
     def pause(self) -> None:
         """Stop redirecting src: later bytes stay in its receive queue, so TCP stops the sender

@@ -37,6 +37,7 @@ QUIET = IN | RDHUP | ET     # a plain socket's events until a direction waits fo
 #                             per writable socket that nobody waits on); ERR and HUP come regardless
 READABLE = IN | ERR | HUP | RDHUP
 WRITABLE = OUT | ERR | HUP
+ABORTS = ("reset", "timeout", "drain-cut", "hard-stop")   # end both sockets with RST, not FIN (a dead peer, a cut)
 LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"   # struct linger {on, 0 s}: close() sends RST
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 IPV6_TRANSPARENT = 75
@@ -608,7 +609,7 @@ class Connection:
         ctx.admission.leave(self.grant)
         if self.local is not None:
             ctx.own_backends.pop(self.local, None)
-        abort = reason == "reset" or reason == "timeout"    # a dead peer: the other one sees RST, not a clean end
+        abort = reason in ABORTS
         up = down = spliced = 0
         if self.kernel:        # out of the maps before the sockets close; the counts need them open
             up, down = ctx.kernel.release(self)

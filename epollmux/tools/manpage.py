@@ -63,7 +63,9 @@ def epollmux_8() -> str:
             out.append(f".TP\n{_invocation(action)}\n{esc(_help(action))}\n")
     out.append(".SH SIGNALS\n.TP\nSIGHUP\nReload the file: it is validated first; a bad file changes nothing.\n"
                ".TP\nSIGUSR1\nLog the statistics of the supervisor and every worker.\n"
-               ".TP\nSIGTERM, SIGINT\nStop accepting, let connections drain (\\fBdrain_timeout\\fR), exit.\n")
+               ".TP\nSIGTERM, SIGINT\nClose the listening sockets at once (new clients are refused), let open "
+               "connections finish, cutting them with a reset after \\fBdrain_timeout\\fR (0: never), exit. "
+               "A second one during the drain stops at once: every connection is reset.\n")
     out.append(".SH EXIT STATUS\n.TP\n0\nClean stop; a check or reload that succeeded.\n.TP\n1\n"
                "Invalid configuration or arguments; a reload refused.\n.TP\n2\nRuntime failure at start "
                "(cannot bind, cannot drop privileges, workers that cannot start); no answer to \\-\\-reload.\n")

@@ -1,5 +1,5 @@
-"""The kernel relay through the real daemon where test_relay.py's contract does not reach: IPv6
-on both sides, and `relay = auto` where the maps load (its fallback is in test_relay.py)."""
+"""The kernel relay through the real daemon where the relay contract (test_relay_contract.py) does not
+reach: IPv6 on both sides, and `relay = auto` where the maps load (its fallback is in test_relay.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import threading
 import pytest
 
 from support.net import connect, free_port, recv_all
-from support.daemon import make_config
+from support.daemon import kernel_stats, make_config
 from epollmux.relay import sockmap
-from test_relay import kernel_stats
 
 MiB = 1 << 20
 
@@ -45,8 +44,8 @@ def test_ipv6_both_sides_relayed_in_the_kernel(daemon, server):
     except OSError:
         pytest.skip("no IPv6 loopback")
     port = free_port("::1")
-    cfg = make_config(port, f"[::1]:{backend.port}", relay="sockmap", workers=1)
-    d = daemon().start(cfg.replace(f"127.0.0.1:{port}", f"[::1]:{port}"), wait=port)
+    d = daemon().start(make_config(f"[::1]:{port}", f"[::1]:{backend.port}", relay="sockmap", workers=1),
+                       ready=True)
     echo_through(port, 8 * MiB, host="::1")
     line = d.wait_log("reason=eof")
     assert "client=[::1]:" in line and f"up={8 * MiB} down={8 * MiB}" in line, line   # counts from the kernel

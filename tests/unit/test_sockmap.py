@@ -367,21 +367,73 @@ def test_slow_reader_unbounded_without_pause(maps, conns):
     assert pair.up.backlog() == 0
 
 
+def held(sock: socket.socket) -> bool:
+    """Bytes wait in sock's receive queue (a peek: SIOCINQ shows 0 on a socket in the map)."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except BlockingIOError:
+        return False
+
+
 def test_slow_reader_bounded_by_pause(maps, conns):
+    """A reader that takes nothing: past the high-water mark the relay pauses, and from then on the
+    sender's bytes wait in the source's receive queue (where TCP flow control stops the sender) instead
+    of piling up unaccounted in the kernel. Ordered by conditions, not speeds: the reader starts once
+    both were seen. How far past the mark the backlog gets first is the sender's speed against the
+    worker's latency, so no bound on it is asserted here."""
     cp, c, b, bp = conns()
     relay = Relayed(maps, c, b, high=8 * MiB, low=2 * MiB)
     total = 128 * MiB
     data = os.urandom(total)
-    got = bytearray()
-    threads = [read_into(bp, got, delay=0.0005, size=1 << 16), write_from(cp, data), write_from(bp, b"")]
-    assert relay.run(90) == "eof"
+    got, seen = bytearray(), {}
+    gate = threading.Event()
+
+    def watch():
+        wait_for(lambda: relay.relay.pauses > 0, 60)
+        wait_for(lambda: held(c), 60)                 # later bytes are held at the source
+        seen["max_backlog"] = relay.relay.max_backlog
+        gate.set()
+
+    def reader():
+        if gate.wait(90):
+            read_into(bp, got).join(90)
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (watch, reader)]
+    for th in threads:
+        th.start()
+    threads += [write_from(cp, data), write_from(bp, b"")]
+    assert relay.run(120) == "eof"
     relay.release()
-    for t in threads:
-        t.join(10)
-    assert bytes(got) == data
+    for th in threads:
+        th.join(10)
+    assert seen and seen["max_backlog"] > 8 * MiB, seen
     assert relay.relay.pauses > 0
-    # high-water mark + one notify step + what arrives before the pause takes effect
-    assert relay.relay.max_backlog < 8 * MiB + NOTIFY + 8 * MiB, relay.relay.max_backlog
+    assert bytes(got) == data
+
+
+def test_moved_is_exact_when_an_ack_lands_between_the_two_readings(monkeypatch):
+    """The access log's byte counts: written = acked (TCP_INFO) + unacked (SIOCOUTQ), two syscalls. An
+    ACK between them moved bytes from one count to the other; the reading is retried until stable
+    (test_ipv6_both_sides_relayed_in_the_kernel logged down=8257681 for 8388608 bytes)."""
+    dst = {"acked": 400, "outq": 600, "readings": 0}
+
+    def tcp_bytes(sock):
+        dst["readings"] += 1
+        acked = dst["acked"]
+        if dst["readings"] == 1:                      # the ACK arrives right after the first reading
+            dst["acked"], dst["outq"] = 700, 300
+        return 0, acked
+
+    monkeypatch.setattr(sm, "tcp_bytes", tcp_bytes)
+    monkeypatch.setattr(sm, "unsent", lambda sock: dst["outq"])
+
+    class Flow(sm.Flow):
+        def relayed(self, eof=None):
+            return 1000
+
+    flow = object.__new__(Flow)
+    flow.dst, flow.out_base = None, 0
+    assert flow.moved(eof=True) == 1000
 
 
 def test_pause_and_resume_under_load_lose_nothing(maps, conns):
