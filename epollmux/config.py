@@ -49,6 +49,7 @@ class Settings:
     tcp_keepalive_count: int
     tcp_user_timeout: float
     drain_timeout: float
+    reload_drain_timeout: float
     stop_delay: float
     max_connections: int
     max_connections_per_source: int
@@ -79,6 +80,7 @@ class Route:
     transparent: bool = False
     access: acl.Access | None = None                       # None: everyone
     max_connections: int = 0
+    drain_timeout: float | None = None                    # None: the global drain_timeout / reload_drain_timeout
     inner_names: tuple[str, ...] = ()
     inner_routes: tuple["Route", ...] = ()                # sniffed inside the decrypted stream
     inner_on_timeout: "Route | None" = None
@@ -350,6 +352,7 @@ def _route(name: str, section, problems: _Problems) -> Route | None:
     route = Route(name, probe, backend, opts, inner_names=inner,
                   send_proxy=written.get("send_proxy"), send_proxy_crc=bool(written.get("send_proxy_crc")),
                   transparent=bool(written.get("transparent")), max_connections=written.get("max_connections") or 0,
+                  drain_timeout=written.get("drain_timeout"),
                   access=_access(where, written.get("allow"), written.get("deny"), problems))
     if route.send_proxy_crc and route.send_proxy != "v2":
         problems.add(where, "send_proxy_crc", "needs send_proxy = v2")
@@ -359,7 +362,8 @@ def _route(name: str, section, problems: _Problems) -> Route | None:
     return route
 
 
-ROUTE_KEYS = frozenset({"send_proxy", "send_proxy_crc", "transparent", "allow", "deny", "max_connections"})
+ROUTE_KEYS = frozenset({"send_proxy", "send_proxy_crc", "transparent", "allow", "deny", "max_connections",
+                        "drain_timeout"})
 TERMINATING_PROBES = frozenset({"tls", "any"})
 TERMINATING_KEYS = frozenset({"tls_cert", "tls_key", "tls_min_version", "tls_ciphers", "tls_alpn",
                               "tls_client_ca", "tls_resumption", "inner_routes"})

@@ -69,6 +69,8 @@ FAMILIES = {f.name: f for f in (
     Family("epollmux_fd_limit", "gauge", "Open files limit (RLIMIT_NOFILE, soft) of a worker.", merge="max"),
     # --- from the supervisor
     Family("epollmux_workers", "gauge", "Worker processes, per state.", ("state",)),
+    Family("epollmux_draining_connections", "gauge",
+           "Open connections of draining workers (retired by a reload, or stopping)."),
     Family("epollmux_worker_crashes_total", "counter", "Workers that exited unexpectedly."),
     Family("epollmux_reloads_total", "counter", "Reloads (SIGHUP), per result: ok, refused, abandoned.", ("result",)),
     Family("epollmux_start_time_seconds", "gauge", "Start time of the supervisor, seconds since the epoch."),

@@ -27,6 +27,7 @@ from epollmux.observe import collector, exporter, logsetup, metrics, procstats, 
 from epollmux.observe.words import plural
 from epollmux.process import daemonize, privileges, systemd, workerproc
 from epollmux.reactor import IN, Reactor
+from epollmux.serve import drain
 from epollmux.process.sockettable import SocketTable
 
 log = logging.getLogger("epollmux.supervisor")
@@ -37,7 +38,7 @@ READY_TIMEOUT = 20.0        # new workers must accept within this, at start and 
 MAX_START_FAILURES = 3      # workers dying before they accept, in a row: the generation cannot start
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
 BACKOFF_RESET = 10.0        # a worker that lived this long resets the back-off
-KILL_GRACE = 5.0            # past drain_timeout, a stopping worker is killed
+KILL_GRACE = 5.0            # past its last drain deadline (or a hard stop), a stopping worker is killed
 RATE_SECONDS = 5.0          # the connections-per-second figure averages over this
 
 
@@ -282,10 +283,13 @@ class Supervisor:
         elif gen is self.pending:
             self._switch(gen)
 
-    def _terminate(self, proc: workerproc.WorkerProc) -> None:
-        if not proc.stopping:
-            proc.stopping = True
-            _signal(proc.pid, signal.SIGTERM)
+    def _terminate(self, proc: workerproc.WorkerProc, how: int = workerproc.STOP) -> None:
+        """Tell a worker to retire, stop or hard-stop, unless it was told as much already."""
+        if workerproc.STRENGTH[how] <= workerproc.STRENGTH[proc.told]:
+            return
+        proc.stopping = True
+        proc.told = how
+        _signal(proc.pid, how)
 
     def handle_child(self) -> None:
         """SIGCHLD: reap every exited worker."""
@@ -375,19 +379,26 @@ class Supervisor:
 
     # --- signals -----------------------------------------------------------------------------
     def handle_stop(self) -> None:
-        """SIGTERM/SIGINT: every worker stops accepting and drains; exit once all are gone. With stop_delay,
-        /healthz answers 503 first and the workers keep accepting that long (a second signal: at once)."""
+        """SIGTERM/SIGINT: every worker closes its listeners and drains; exit once all are gone. With
+        stop_delay, /healthz answers 503 first and the workers keep accepting that long (a second signal:
+        stop at once). A signal during the drain is a hard stop: every connection is reset, the workers exit."""
         if self.state is State.STOPPING:
-            log.info("already stopping, %s draining", plural(len(self._live()), "worker"))
+            self._hard_stop()
             return
         delay = self.current.cfg.settings.stop_delay if self.current is not None else 0.0
         if delay > 0 and not self.leaving:
             self.leaving = True
             log.info("stopping in %gs (stop_delay): /healthz answers 503, workers still accept", delay)
-            self.reactor.call_later(delay, self.handle_stop)
+            self.reactor.call_later(delay, self._stop_after_delay)
             return
         log.info("stopping: %s draining", plural(len(self._live()), "worker"))
         self._stop()
+
+    def _stop_after_delay(self) -> None:
+        """stop_delay is over (unless a second signal already stopped: that must not count as a third)."""
+        if self.state is not State.STOPPING:
+            log.info("stopping: %s draining", plural(len(self._live()), "worker"))
+            self._stop()
 
     def _stop(self) -> None:
         self.state = State.STOPPING
@@ -395,17 +406,27 @@ class Supervisor:
         self.reload_asked = []
         self._tell_reload("refused: the daemon is stopping\n")
         self.notifier.stopping()
-        gens = self._generations()
+        self.table.close_all()      # the workers close their copies: new clients are refused, not queued
         for proc in self._live():
             self._terminate(proc)
-        drain = max((g.cfg.settings.drain_timeout for g in gens), default=0.0)
-        self.reactor.call_later(drain + KILL_GRACE, self._kill_stragglers)
+        deadlines = [drain.stop_deadline(g.cfg) for g in self._generations()]
+        if deadlines and 0 not in deadlines:       # 0: some connection may go on until it ends
+            self.reactor.call_later(max(deadlines) + KILL_GRACE, self._kill_stragglers)
         if not self._live():
+            self.reactor.stop()
+
+    def _hard_stop(self) -> None:
+        live = self._live()
+        log.warning("hard stop: %s reset their connections and exit", plural(len(live), "worker"))
+        for proc in live:
+            self._terminate(proc, workerproc.HARD_STOP)
+        self.reactor.call_later(KILL_GRACE, self._kill_stragglers)
+        if not live:
             self.reactor.stop()
 
     def _kill_stragglers(self) -> None:
         for proc in self._live():
-            log.warning("worker %d still running past drain_timeout: killing it", proc.pid)
+            log.warning("worker %d still running past its drain: killing it", proc.pid)
             _signal(proc.pid, signal.SIGKILL)
 
     def handle_reload(self) -> None:
@@ -498,7 +519,7 @@ class Supervisor:
         if old is not None:
             self.retired.append(old)
             for proc in old.workers.values():
-                self._terminate(proc)
+                self._terminate(proc, workerproc.RETIRE)
         log.info("reloaded: generation %d accepting, generation %d draining",
                  gen.number, old.number if old else 0)
         self.reloads["ok"] += 1
@@ -514,7 +535,7 @@ class Supervisor:
         self.pending = None
         self.retired.append(gen)
         for proc in gen.workers.values():
-            self._terminate(proc)
+            self._terminate(proc, workerproc.RETIRE)
         self.state = State.RUNNING
         self.notifier.ready(self._status_text() + "; last reload abandoned")
         self._forget_idle_generations()
@@ -558,6 +579,7 @@ class Supervisor:
         states = Counter(_proc_state(p) for p in self._live())
         snapshot = metrics.add(snapshot, {
             "epollmux_workers": {(s,): states[s] for s in ("ready", "starting", "draining")},
+            "epollmux_draining_connections": {(): sum(p.open for p in self._live() if p.stopping)},
             "epollmux_worker_crashes_total": {(): self.crashes},
             "epollmux_reloads_total": {(r,): self.reloads[r] for r in ("ok", "refused", "abandoned")},
             "epollmux_start_time_seconds": {(): round(self.started_at, 3)},
@@ -605,10 +627,12 @@ class Supervisor:
     # --- systemd -----------------------------------------------------------------------------
     def _status_text(self) -> str:
         workers = len(self.current.workers) if self.current else 0
-        draining = sum(len(g.workers) for g in self.retired)
+        draining = [p for p in self._live() if p.stopping]
         connections = sum(p.open for p in self._live())
         text = f"{plural(workers, 'worker')}, {plural(connections, 'open connection')}, {self.rate:.1f} connections/s"
-        return text + (f", {draining} draining" if draining else "")
+        if draining:
+            text += f", {len(draining)} draining ({plural(sum(p.open for p in draining), 'connection')})"
+        return text
 
     def _tick_status(self) -> None:
         now = time.monotonic()

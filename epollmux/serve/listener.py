@@ -89,7 +89,7 @@ class Acceptor:
         self.resume_timer = None
 
     def start(self) -> None:
-        if not self.armed:
+        if not self.armed and self.sock.fileno() >= 0:
             self.ctx.reactor.register(self.fd, IN | EXCLUSIVE, self)
             self.armed = True
 
@@ -100,6 +100,12 @@ class Acceptor:
         if self.armed:
             self.ctx.reactor.unregister(self.fd)
             self.armed = False
+
+    def close(self) -> None:
+        """Stop accepting and close this process's copy of the listening socket: once no process holds
+        it, new clients are refused at once instead of waiting in a queue nobody accepts from."""
+        self.stop()
+        self.sock.close()
 
     def pause(self) -> None:
         if self.resume_timer is not None:
