@@ -12,6 +12,7 @@ import os
 import sys
 
 from epollmux import __version__, checks, config
+from epollmux.observe.words import plural
 
 EXIT_OK, EXIT_CONFIG, EXIT_RUNTIME = 0, 1, 2
 
@@ -121,10 +122,6 @@ def warnings(cfg: config.Config) -> list[str]:
         out.append(f"[routes] transparent: {', '.join(transparent)} need CAP_NET_ADMIN or CAP_NET_RAW, "
                    "which this process lacks (systemd: AmbientCapabilities=CAP_NET_ADMIN)")
     return out
-
-
-def plural(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,9 +8,7 @@ Must not open sockets or start anything.
 
 from __future__ import annotations
 
-import difflib
 import os
-import re
 import ssl
 from dataclasses import dataclass, field, fields
 from functools import cached_property
@@ -21,6 +19,7 @@ from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_value
 from validate import Validator
 
 from epollmux import acl, addr
+from epollmux.configproblems import Problems, syntax_problems, value_message
 from epollmux.wire import probes
 from epollmux.tls import checks as tlschecks
 from epollmux.tls import contexts as tlsctx
@@ -41,9 +40,17 @@ class Settings:
     tls_handshake_timeout: float
     on_timeout: str
     max_probe_bytes: int
+    max_probe_edges: int
     connect_timeout: float
     idle_timeout: float
+    tcp_keepalive: bool
+    tcp_keepalive_idle: int
+    tcp_keepalive_interval: int
+    tcp_keepalive_count: int
+    tcp_user_timeout: float
     drain_timeout: float
+    reload_drain_timeout: float
+    stop_delay: float
     max_connections: int
     max_connections_per_source: int
     max_sniffing_per_source: int
@@ -73,6 +80,7 @@ class Route:
     transparent: bool = False
     access: acl.Access | None = None                       # None: everyone
     max_connections: int = 0
+    drain_timeout: float | None = None                    # None: the global drain_timeout / reload_drain_timeout
     inner_names: tuple[str, ...] = ()
     inner_routes: tuple["Route", ...] = ()                # sniffed inside the decrypted stream
     inner_on_timeout: "Route | None" = None
@@ -139,8 +147,8 @@ def _build(source: str, data) -> Config:
         cfg = ConfigObj(data, configspec=spec_lines(), interpolation=False, list_values=True,
                         raise_errors=False)
     except ConfigObjError as exc:
-        raise ConfigError(_syntax_problems(source, exc, data if isinstance(data, list) else [])) from None
-    problems = _Problems(source)
+        raise ConfigError(syntax_problems(source, exc, data if isinstance(data, list) else [])) from None
+    problems = Problems(source)
     result = cfg.validate(Validator(), preserve_errors=True)
     for sections, key, error in flatten_errors(cfg, result):
         if key is None:
@@ -148,7 +156,7 @@ def _build(source: str, data) -> Config:
         elif error is False:
             problems.add(sections, key, "is required")
         else:
-            problems.add(sections, key, _value_message(cfg, sections, key, error))
+            problems.add(sections, key, value_message(cfg, sections, key, error))
     for sections, name in get_extra_values(cfg):
         where = cfg
         for s in sections:
@@ -160,7 +168,7 @@ def _build(source: str, data) -> Config:
         problems.add(sections, name, f"unknown {kind}")
     try:
         config = _typed(source, cfg, problems)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         if not problems.items:      # only a value already reported as wrong may break typing
             raise
     if problems.items:
@@ -168,93 +176,7 @@ def _build(source: str, data) -> Config:
     return config
 
 
-TOP_SECTIONS = ("global", "metrics", "listen", "routes")
-SYNTAX_WORDS = {"Duplicate keyword name": "key given twice in this section",
-                "Duplicate section name": "section given twice",
-                "Section too nested": "section nested too deep (at most [[name]] inside a section)",
-                "Parse error in value": "cannot parse the value (an unclosed quote?)"}
-
-
-def _syntax_problems(source: str, exc: ConfigObjError, lines: list[str]) -> list[str]:
-    """configobj's parse errors in the usual form: the section the line is in, its key, the line number."""
-    out = []
-    for error in getattr(exc, "errors", None) or [exc]:
-        number = getattr(error, "line_number", None)
-        if number is None:
-            out.append(f"{source}: {error}")
-            continue
-        text = (getattr(error, "line", "") or "").strip()
-        section = _section_at(lines, number - 1)
-        key = text.partition("=")[0].strip() if "=" in text and not text.startswith("[") else ""
-        message = str(getattr(error, "msg", error)).split(" at line ")[0].rstrip(".")
-        if message.startswith("Invalid line"):
-            message = f"'{text}' is neither a [section] header nor key = value"
-        message = SYNTAX_WORDS.get(message, message)
-        where = f"[{section}] {key}" if key else f"[{section}]"
-        out.append(f"{source}: {where}: line {number}: {message}")
-    return out
-
-
-def _section_at(lines: list[str], index: int) -> str:
-    """The dotted section in force at lines[index] (the headers above it); "global" before any."""
-    path: list[str] = []
-    for line in lines[:index]:
-        text = line.split("#", 1)[0].strip()
-        if not (text.startswith("[") and text.endswith("]")):
-            continue
-        depth = len(text) - len(text.lstrip("["))
-        if depth == len(text) - len(text.rstrip("]")):
-            path = path[:depth - 1] + [text.strip("[] ")]
-    return ".".join(path) or "global"
-
-
-def _value_message(cfg, sections, key: str, error) -> str:
-    """validate's message, plus the allowed range when the value is out of it."""
-    message = str(error)
-    if type(error).__name__ not in ("VdtValueTooSmallError", "VdtValueTooBigError"):
-        return message
-    spec = cfg.configspec
-    for s in sections:
-        spec = spec[s] if s in spec else spec["__many__"]
-    check = spec.get(key, "") if hasattr(spec, "get") else ""
-    low = re.search(r"\bmin=([-\d.e]+)", check)
-    high = re.search(r"\bmax=([-\d.e]+)", check)
-    if low and high:
-        allowed = f"from {low.group(1)} to {high.group(1)}"
-    elif low:
-        allowed = f"at least {low.group(1)}"
-    elif high:
-        allowed = f"at most {high.group(1)}"
-    else:
-        return message
-    value = message.split('"')[1] if message.count('"') >= 2 else "?"
-    side = "small" if type(error).__name__ == "VdtValueTooSmallError" else "big"
-    return f"{value} is too {side}: allowed {allowed}"
-
-
-class _Problems:
-    def __init__(self, source: str):
-        self.source = source
-        self.items: list[str] = []
-
-    def add(self, sections, key: str, message: str) -> None:
-        section = ".".join(sections) if sections else "global"
-        where = f"[{section}] {key}" if key else f"[{section}]"
-        self.items.append(f"{self.source}: {where}: {message}")
-
-    def add_top(self, name: str, is_section: bool) -> None:
-        """Something at the top of the file that is not one of the known sections."""
-        if is_section:
-            close = difflib.get_close_matches(name, TOP_SECTIONS, n=1)
-            hint = f"; did you mean [{close[0]}]?" if close else ""
-            self.items.append(f"{self.source}: [{name}]: unknown section (the sections are "
-                              f"{', '.join(f'[{s}]' for s in TOP_SECTIONS)}){hint}")
-        else:
-            self.items.append(f"{self.source}: {name}: a key before any section header (put it under "
-                              "[global] or the section it belongs to)")
-
-
-def _typed(source: str, cfg, problems: _Problems) -> Config:
+def _typed(source: str, cfg, problems: Problems) -> Config:
     settings = _settings(cfg["global"], problems)
     routes = {}
     for name, section in cfg["routes"].items():
@@ -278,7 +200,7 @@ def _typed(source: str, cfg, problems: _Problems) -> Config:
 SUN_PATH_MAX = 107      # bytes of a unix socket path, without the terminating NUL
 
 
-def _metrics(section, problems: _Problems) -> MetricsSettings:
+def _metrics(section, problems: Problems) -> MetricsSettings:
     where = ["metrics"]
     address = None
     if section["address"].strip():
@@ -300,7 +222,7 @@ def _metrics(section, problems: _Problems) -> MetricsSettings:
     return MetricsSettings(address, path)
 
 
-def _settings(section, problems: _Problems) -> Settings:
+def _settings(section, problems: Problems) -> Settings:
     values = {f.name: section[f.name] for f in fields(Settings)}
     workers = values["workers"].strip().lower()
     if workers == "auto":
@@ -313,7 +235,7 @@ def _settings(section, problems: _Problems) -> Settings:
     return Settings(**values)
 
 
-def _route(name: str, section, problems: _Problems) -> Route | None:
+def _route(name: str, section, problems: Problems) -> Route | None:
     where = ["routes", name]
     probe = section["probe"]
     spec = probes.PROBES.get(probe)
@@ -344,6 +266,7 @@ def _route(name: str, section, problems: _Problems) -> Route | None:
     route = Route(name, probe, backend, opts, inner_names=inner,
                   send_proxy=written.get("send_proxy"), send_proxy_crc=bool(written.get("send_proxy_crc")),
                   transparent=bool(written.get("transparent")), max_connections=written.get("max_connections") or 0,
+                  drain_timeout=written.get("drain_timeout"),
                   access=_access(where, written.get("allow"), written.get("deny"), problems))
     if route.send_proxy_crc and route.send_proxy != "v2":
         problems.add(where, "send_proxy_crc", "needs send_proxy = v2")
@@ -353,14 +276,15 @@ def _route(name: str, section, problems: _Problems) -> Route | None:
     return route
 
 
-ROUTE_KEYS = frozenset({"send_proxy", "send_proxy_crc", "transparent", "allow", "deny", "max_connections"})
+ROUTE_KEYS = frozenset({"send_proxy", "send_proxy_crc", "transparent", "allow", "deny", "max_connections",
+                        "drain_timeout"})
 TERMINATING_PROBES = frozenset({"tls", "any"})
 TERMINATING_KEYS = frozenset({"tls_cert", "tls_key", "tls_min_version", "tls_ciphers", "tls_alpn",
                               "tls_client_ca", "tls_resumption", "inner_routes"})
 BACKEND_TLS_KEYS = frozenset({"backend_tls", "backend_tls_ca", "backend_sni"})
 
 
-def _route_tls(route: Route, opts: dict, problems: _Problems) -> None:
+def _route_tls(route: Route, opts: dict, problems: Problems) -> None:
     """Check the route's TLS keys (files, dates, key match) and build its contexts, once per load."""
     where = ["routes", route.name]
     if opts.get("inner_routes") and not opts.get("tls_cert"):
@@ -379,7 +303,7 @@ def _route_tls(route: Route, opts: dict, problems: _Problems) -> None:
         route.backend_sni = tls.backend_sni or host
 
 
-def _resolve_inner(route: Route, routes: dict, raw_routes, settings: Settings, problems: _Problems) -> None:
+def _resolve_inner(route: Route, routes: dict, raw_routes, settings: Settings, problems: Problems) -> None:
     where = ["routes", route.name]
     inner = []
     for name in route.inner_names:
@@ -395,7 +319,7 @@ def _resolve_inner(route: Route, routes: dict, raw_routes, settings: Settings, p
     route.inner_on_timeout = routes.get(settings.on_timeout) if settings.on_timeout in route.inner_names else None
 
 
-def _access(where, allow, deny, problems: _Problems) -> acl.Access | None:
+def _access(where, allow, deny, problems: Problems) -> acl.Access | None:
     """allow/deny CIDR lists; None when neither is set (everyone gets in)."""
     if not allow and not deny:
         return None
@@ -409,7 +333,7 @@ def _access(where, allow, deny, problems: _Problems) -> acl.Access | None:
     return acl.Access(lists["allow"], lists["deny"])
 
 
-def _check_any_last(where, key: str, chosen: list[Route], problems: _Problems) -> None:
+def _check_any_last(where, key: str, chosen: list[Route], problems: Problems) -> None:
     for i, route in enumerate(chosen[:-1]):
         if route.probe == "any":
             unreachable = ", ".join(r.name for r in chosen[i + 1:])
@@ -418,7 +342,7 @@ def _check_any_last(where, key: str, chosen: list[Route], problems: _Problems) -
             return
 
 
-def _listener(name, section, routes, raw_routes, settings, problems: _Problems) -> Listener:
+def _listener(name, section, routes, raw_routes, settings, problems: Problems) -> Listener:
     where = ["listen", name]
     addresses = []
     for text in section["address"]:

@@ -20,10 +20,13 @@ class Reason(enum.StrEnum):
     EXHAUSTED = "exhausted"
     IDLE_TIMEOUT = "idle-timeout"
     SHUTDOWN = "shutdown"
+    DRAIN_CUT = "drain-cut"
+    HARD_STOP = "hard-stop"
     INTERNAL_ERROR = "internal-error"
     LOOP = "loop"
     CLIENT_EOF = "client-eof"
     PROBE_TIMEOUT = "probe-timeout"
+    SNIFF_BUDGET = "sniff-budget"
     NO_ROUTE = "no-route"
     PROXY_UNTRUSTED = "proxy-untrusted"
     PROXY_TIMEOUT = "proxy-timeout"
@@ -40,6 +43,7 @@ class Reason(enum.StrEnum):
     BACKEND_TIMEOUT = "backend-timeout"
     BACKEND_BUSY = "backend-busy"
     BACKEND_ERROR = "backend-error"
+    KERNEL_BACKLOG = "kernel-backlog"
     TRANSPARENT_FAMILY = "transparent-family"
     TRANSPARENT_DENIED = "transparent-denied"
     TLS_HANDSHAKE_TIMEOUT = "tls-handshake-timeout"
@@ -61,15 +65,18 @@ class Reason(enum.StrEnum):
 MEANING: dict[Reason, str] = {
     Reason.EOF: "both sides finished (each FIN passed on)",
     Reason.RESET: "a peer reset its connection (the reset is passed on to the other peer)",
-    Reason.TIMEOUT: "a socket error ETIMEDOUT while relaying (the kernel gave up on a peer)",
+    Reason.TIMEOUT: "a peer is gone: ETIMEDOUT (TCP keepalive or tcp_user_timeout found it); ended with a reset",
     Reason.ERROR: "another socket error while relaying",
     Reason.EXHAUSTED: "out of file descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM)",
     Reason.IDLE_TIMEOUT: "no byte moved either way for idle_timeout",
-    Reason.SHUTDOWN: "still open at the end of the drain deadline of a stopping worker",
+    Reason.SHUTDOWN: "still open when the worker ended for another reason (e.g. an internal error)",
+    Reason.DRAIN_CUT: "its drain timeout passed after a stop or a reload; ended with a reset",
+    Reason.HARD_STOP: "a second SIGTERM/SIGINT stopped the daemon at once; ended with a reset",
     Reason.INTERNAL_ERROR: "a bug: an unexpected exception (logged with its traceback)",
     Reason.LOOP: "the client is one of this worker's own backend sockets: a route leads back to the daemon",
     Reason.CLIENT_EOF: "the client closed before a route was chosen",
     Reason.PROBE_TIMEOUT: "the client sent too little for a decision within probe_timeout, and no on_timeout route",
+    Reason.SNIFF_BUDGET: "more than max_probe_edges readable edges before a decision (a drip-fed first flight)",
     Reason.NO_ROUTE: "no route matched the first bytes and there is no `any` route",
     Reason.PROXY_UNTRUSTED: "a listener that takes PROXY headers, a client not in its trusted list",
     Reason.PROXY_TIMEOUT: "no whole PROXY header within probe_timeout",
@@ -86,6 +93,7 @@ MEANING: dict[Reason, str] = {
     Reason.BACKEND_TIMEOUT: "the backend connect did not finish within connect_timeout",
     Reason.BACKEND_BUSY: "the kernel had no local port or resource for the backend connect (EAGAIN)",
     Reason.BACKEND_ERROR: "the backend connect failed otherwise, or the PROXY header could not be sent",
+    Reason.KERNEL_BACKLOG: "the kernel relay held more than 64 MiB for one direction: a reader too slow for it",
     Reason.TRANSPARENT_FAMILY: "transparent mode: the client's address family differs from the backend's",
     Reason.TRANSPARENT_DENIED: "transparent mode without CAP_NET_ADMIN or CAP_NET_RAW",
     Reason.TLS_HANDSHAKE_TIMEOUT: "the client did not finish its TLS handshake within tls_handshake_timeout",

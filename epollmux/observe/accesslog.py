@@ -90,10 +90,10 @@ class Writer:
         second = int(now)
         if second != self._second:
             self._second = second
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now) if not self.json else time.gmtime(now))
-        millis = f".{int(now % 1 * 1000):03d}"
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))     # UTC, as logsetup's lines
+        millis = f".{int(now % 1 * 1000):03d}Z"
         if self.json:
-            line = as_json({"worker": self.pid, **record}, self._stamp + millis + "Z")
+            line = as_json({"worker": self.pid, **record}, self._stamp + millis)
             if self.direct:
                 self.lines.append(("<6>" if self.journal else "") + line + "\n")
                 return

@@ -15,6 +15,7 @@ import logging.handlers
 import os
 import socket
 import sys
+import time
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 SYSLOG_SOCKET = "/dev/log"
@@ -42,6 +43,8 @@ def under_systemd(environ=os.environ) -> bool:
 class _Formatter(logging.Formatter):
     """The usual prefix, except on JSON access-log lines, which stay bare JSON objects. With `journal`,
     a `<N>` priority prefix and one line per record."""
+
+    converter = time.gmtime      # every timestamp in UTC with a Z, as the access lines (text and JSON)
 
     def __init__(self, fmt: str, datefmt: str | None, bare_access: bool, journal: bool = False):
         super().__init__(fmt, datefmt)
@@ -87,7 +90,7 @@ def setup(level: str = "info", target: str = "stderr", access_format: str = "tex
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_Formatter(
-            "%(asctime)s.%(msecs)03d epollmux[%(process)d] %(levelname)s %(name)s: %(message)s",
+            "%(asctime)s.%(msecs)03dZ epollmux[%(process)d] %(levelname)s %(name)s: %(message)s",
             "%Y-%m-%dT%H:%M:%S", access_format == "json"))
     root.addHandler(handler)
     root.setLevel(LEVELS[level])

@@ -38,7 +38,8 @@ FAMILIES = {f.name: f for f in (
     Family("epollmux_connections_active", "gauge",
            "Open connections, per listener, route ('-' until one is chosen) and phase.", ("listener", "route", "phase")),
     Family("epollmux_connections_closed_total", "counter",
-           "Connections closed, per listener, route ('-' if none was chosen) and close reason.",
+           "Connections closed, per listener, route ('-' if none was chosen) and close reason "
+           "(a route chosen inside TLS counts its outer route too).",
            ("listener", "route", "reason")),
     Family("epollmux_connections_routed_total", "counter",
            "Routes chosen (a route chosen inside TLS counts its outer route too).", ("route",)),
@@ -68,10 +69,21 @@ FAMILIES = {f.name: f for f in (
     Family("epollmux_fd_limit", "gauge", "Open files limit (RLIMIT_NOFILE, soft) of a worker.", merge="max"),
     # --- from the supervisor
     Family("epollmux_workers", "gauge", "Worker processes, per state.", ("state",)),
+    Family("epollmux_draining_connections", "gauge",
+           "Open connections of draining workers (retired by a reload, or stopping)."),
     Family("epollmux_worker_crashes_total", "counter", "Workers that exited unexpectedly."),
     Family("epollmux_reloads_total", "counter", "Reloads (SIGHUP), per result: ok, refused, abandoned.", ("result",)),
     Family("epollmux_start_time_seconds", "gauge", "Start time of the supervisor, seconds since the epoch."),
     Family("epollmux_info", "gauge", "Version of epollmux (always 1).", ("version",)),
+    # --- the standard process metrics, for the supervisor and its workers together (procstats.py)
+    Family("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds "
+           "(supervisor and workers)."),
+    Family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes (supervisor and workers)."),
+    Family("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes (supervisor and workers)."),
+    Family("process_open_fds", "gauge", "Number of open file descriptors (supervisor and workers)."),
+    Family("process_max_fds", "gauge", "Maximum number of open file descriptors (of the supervisor)."),
+    Family("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds "
+           "(the supervisor)."),
 )}
 
 Snapshot = dict          # {family name: {tuple of label values: number | [bucket counts..., sum]}}

@@ -14,7 +14,8 @@ from collections import Counter, deque
 from dataclasses import dataclass
 
 from epollmux import __version__
-from epollmux.observe import collector, metrics, stats
+from epollmux.observe import collector, metrics, procstats, stats
+from epollmux.observe.words import plural
 
 RELOAD_OUTCOMES = ("ok", "refused", "abandoned")
 WORKER_STATES = ("ready", "starting", "draining")
@@ -50,10 +51,12 @@ class Rate:
         return self.value
 
 
-def status_text(workers: int, connections: int, rate: float, draining: int) -> str:
+def status_text(workers: int, connections: int, rate: float, draining: int, draining_open: int) -> str:
     """The line systemd shows (STATUS=) and the supervisor logs."""
-    text = f"{workers} workers, {connections} open connections, {rate:.1f} connections/s"
-    return text + (f", {draining} draining" if draining else "")
+    text = f"{plural(workers, 'worker')}, {plural(connections, 'open connection')}, {rate:.1f} connections/s"
+    if draining:
+        text += f", {draining} draining ({plural(draining_open, 'connection')})"
+    return text
 
 
 def stats_lines(state: str, status: str, workers: list[WorkerView]) -> str:
@@ -65,16 +68,26 @@ def stats_lines(state: str, status: str, workers: list[WorkerView]) -> str:
 
 
 def supervisor_families(snapshot: metrics.Snapshot, workers: list[WorkerView], crashes: int,
-                        reloads: Counter, started_at: float) -> metrics.Snapshot:
-    """The workers' sums plus the supervisor's own families."""
+                        reloads: Counter, started_at: float, cfgs: list, pids: list[int]) -> metrics.Snapshot:
+    """The workers' sums plus the supervisor's own families, and a 0 series for every configured
+    route and listener (rate() needs them before any traffic)."""
     states = Counter(w.state for w in workers)
-    return metrics.add(snapshot, {
+    snapshot = metrics.add(snapshot, {
         "epollmux_workers": {(s,): states[s] for s in WORKER_STATES},
+        "epollmux_draining_connections": {(): sum(w.open for w in workers if w.state == "draining")},
         "epollmux_worker_crashes_total": {(): crashes},
         "epollmux_reloads_total": {(r,): reloads[r] for r in RELOAD_OUTCOMES},
         "epollmux_start_time_seconds": {(): round(started_at, 3)},
         "epollmux_info": {(__version__,): 1},
         "epollmux_open_fds": {("supervisor",): stats.open_fds()},
+        **procstats.families(os.getpid(), pids),
+    })
+    routes = {name for cfg in cfgs for name in cfg.routes}
+    listeners = {lst.name for cfg in cfgs for lst in cfg.listeners}
+    return metrics.add(snapshot, {
+        "epollmux_connections_accepted_total": {(name,): 0 for name in listeners},
+        "epollmux_connections_routed_total": {(name,): 0 for name in routes},
+        "epollmux_bytes_total": {(name, way): 0 for name in routes for way in ("up", "down")},
     })
 
 
@@ -95,7 +108,7 @@ def stat_text(snapshot: metrics.Snapshot, state: str, generation: int, reloads: 
 def conns_text(query: collector.Query, timeout: float) -> str:
     """`show conns`: every worker's rows, with a note for each worker that listed less than it holds."""
     rows = [[pid, *row] for pid in query.asked for row in query.rows.get(pid, [])]
-    notes = [f"{len(rows)} connections listed"]
+    notes = [f"{plural(len(rows), 'connection')} listed"]
     for pid in query.asked:
         unlisted = query.open.get(pid, 0) - len(query.rows.get(pid, []))
         if unlisted > 0:

@@ -74,6 +74,10 @@ class Stats:
         moved[0] += up
         moved[1] += down
 
+    def closed_outer(self, listener: str, route: str, reason: str) -> None:
+        """The terminating route around a route chosen inside TLS: its routed count has a close too."""
+        self.closes[listener, route, reason] += 1
+
     # --- snapshot ---------------------------------------------------------------------------------
     def snapshot(self, connections, pool) -> Snapshot:
         """The metrics.py families this worker reports; open connections' bytes count as they are now."""

@@ -2,8 +2,9 @@
 a worker process.
 
 Owns: a generation's bookkeeping (its workers, how many it wants, whether all accepted once) and its
-restart policy (start failures in a row, back-off after quick deaths), sending a worker SIGTERM or
-SIGKILL, and the words for an exit status and a listening socket in the log.
+restart policy (start failures in a row, back-off after quick deaths), telling a worker to retire,
+stop or hard-stop (workerproc's signals) or killing it, and the words for an exit status, a
+listening socket and a left-out address in the log.
 Must not fork (workerproc does), touch the reactor or client connections.
 """
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+
+from epollmux.process import workerproc
 
 log = logging.getLogger("epollmux.supervisor")
 
@@ -55,11 +58,14 @@ class Generation:
         return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, self.quick_deaths - 1))
 
 
-def terminate(proc) -> None:
-    """SIGTERM once: the worker stops accepting and drains; its exit is then expected."""
-    if not proc.stopping:
-        proc.stopping = True
-        send(proc, signal.SIGTERM)
+def terminate(proc, how: int = workerproc.STOP) -> None:
+    """Tell a worker to retire, stop or hard-stop, unless it was told as much already; its exit is
+    then expected."""
+    if workerproc.STRENGTH[how] <= workerproc.STRENGTH[proc.told]:
+        return
+    proc.stopping = True
+    proc.told = how
+    send(proc, how)
 
 
 def send(proc, signum: int) -> bool:
@@ -89,3 +95,9 @@ def describe_socket(lst, sock) -> str:
     host, port = sock.getsockname()[:2]
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return f"{where} ({lst.name})"
+
+
+def log_missing(table) -> None:
+    """Addresses of the configuration that this host does not have (the others are served)."""
+    for missing in table.outcome.missing:
+        log.warning("%s: not an address of this host, left out; serving on the others", missing)

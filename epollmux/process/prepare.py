@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from epollmux.observe import exporter
 from epollmux.process import privileges
+from epollmux.process.generation import log_missing
 from epollmux.process.sockettable import SocketTable
 
 log = logging.getLogger("epollmux.supervisor")
@@ -50,6 +51,7 @@ def prepare(cfg, table: SocketTable, running: exporter.Endpoints | None = None) 
                 if running is None or sock not in running.sockets():
                     sock.close()
         raise Refused([exc.strerror or str(exc)]) from exc
+    log_missing(table)
     for inherited in table.unused_inherited(cfg):
         log.warning("inherited %s matches no listener: not served", inherited.describe())
     return Prepared(cfg, creds, sockets, keys, endpoints)

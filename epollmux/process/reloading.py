@@ -15,6 +15,8 @@ import logging
 
 from epollmux import checks, config
 from epollmux.observe import logsetup
+from epollmux.observe.words import plural
+from epollmux.process import workerproc
 from epollmux.process.generation import Generation, terminate
 from epollmux.process.prepare import Refused, prepare
 from epollmux.process.states import State
@@ -25,7 +27,7 @@ log = logging.getLogger("epollmux.supervisor")
 class Reloading:
     def handle_reload(self) -> None:
         """SIGHUP: validate the file; if good, a new generation takes over; if bad, nothing changes."""
-        if self.state is State.STOPPING:
+        if self.state is State.STOPPING or self.leaving:
             return
         if self.state is not State.RUNNING:
             log.info("reload queued: %s", self.state)
@@ -63,6 +65,8 @@ class Reloading:
             self._refuse(exc.problems)
             return
         self.exporter.replace(ready.endpoints)
+        if self.table.outcome.fresh:
+            log.info("now also listening on %s", ", ".join(self.table.outcome.fresh))
         settings = ready.cfg.settings
         logsetup.change("debug" if self.verbose else settings.log_level, settings.log_target,
                         settings.log_format, self.log_target)
@@ -74,7 +78,7 @@ class Reloading:
     def _refuse(self, problems: list[str]) -> None:
         for problem in problems:
             log.error("reload refused: %s", problem)
-        log.error("reload refused (%d problems): the running configuration stays", len(problems))
+        log.error("reload refused (%s): the running configuration stays", plural(len(problems), "problem"))
         self.reloads["refused"] += 1
         self.reload_asks.tell("".join(f"refused: {p}\n" for p in problems))
         self.notifier.ready(self._status_text() + "; last reload refused")
@@ -86,7 +90,7 @@ class Reloading:
         if old is not None:
             self.retired.append(old)
             for proc in old.workers.values():
-                terminate(proc)
+                terminate(proc, workerproc.RETIRE)
         log.info("reloaded: generation %d accepting, generation %d draining",
                  gen.number, old.number if old else 0)
         self.reloads["ok"] += 1
@@ -102,7 +106,7 @@ class Reloading:
         self.pending = None
         self.retired.append(gen)
         for proc in gen.workers.values():
-            terminate(proc)
+            terminate(proc, workerproc.RETIRE)
         self._set_state(State.RUNNING)
         self.notifier.ready(self._status_text() + "; last reload abandoned")
         self._forget_idle_generations()

@@ -6,6 +6,9 @@ systemd's inherited sockets, and closing the sockets that no generation of worke
 Adoption: an inherited socket whose LISTEN_FDNAMES name is a listener's name serves that listener
 (and then its `address` lines are not bound); any other inherited socket serves the configured
 address equal to its local address. Inherited sockets are never closed: systemd keeps them.
+An address that does not exist on this host (EADDRNOTAVAIL: no IPv6 on loopback, an interface address
+gone; EAFNOSUPPORT: IPv6 off) is left out with a note in `missing`, so a host serves on what it has;
+`assign` fails only when the configuration leaves nothing to listen on, or on any other bind error.
 Must not fork or know about workers.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from dataclasses import dataclass
 
 from epollmux.serve import listener
 
@@ -28,17 +32,29 @@ def address_key(family: int, sockaddr) -> tuple:
     return (family, packed, port)
 
 
+ABSENT = frozenset({errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT})     # the address does not exist here
+
+
+@dataclass
+class Outcome:
+    """What the last `assign` did, for the log."""
+    fresh: list[str]          # addresses bound by that call ("now also listening on" after a reload)
+    missing: list[str]        # addresses left out: not on this host
+
+
 class SocketTable:
     def __init__(self, inherited=()):
         self.inherited = list(inherited)
         self._inherited_keys = [address_key(s.sock.family, s.sock.getsockname()) for s in self.inherited]
         self.bound: dict[tuple, socket.socket] = {}
+        self.outcome = Outcome([], [])
 
     def assign(self, cfg) -> tuple[list, set]:
         """(listener, socket) pairs for every listener of cfg, binding only addresses new to the table,
         and the keys used. On a bind failure the sockets bound by this call are closed, then OSError."""
         names = {lst.name for lst in cfg.listeners}
         pairs, used, fresh = [], {}, []
+        outcome = Outcome([], [])
         try:
             for lst in cfg.listeners:
                 named = [s for s in self.inherited if s.name == lst.name]
@@ -53,14 +69,25 @@ class SocketTable:
                     used[key] = lst.name
                     sock = self._inherited_for(key, names) or self.bound.get(key)
                     if sock is None:
-                        sock = listener.bind(address)
+                        try:
+                            sock = listener.bind(address)
+                        except OSError as exc:
+                            if exc.errno not in ABSENT:
+                                raise
+                            outcome.missing.append(f"{exc.strerror} (listener {lst.name})")
+                            del used[key]
+                            continue
                         self.bound[key] = sock
                         fresh.append(key)
+                        outcome.fresh.append(f"{address} ({lst.name})")
                     pairs.append((lst, sock))
+            if not pairs:
+                raise OSError(errno.EADDRNOTAVAIL, "nothing to listen on: " + "; ".join(outcome.missing))
         except OSError:
             for key in fresh:
                 self.bound.pop(key).close()
             raise
+        self.outcome = outcome
         return pairs, set(used)
 
     def _inherited_for(self, key: tuple, names: set) -> socket.socket | None:

@@ -25,12 +25,14 @@ from collections import Counter
 from epollmux import config
 from epollmux.states import TransitionError
 from epollmux.observe import collector, exporter, metrics, report
+from epollmux.observe.words import plural
 from epollmux.process import systemd, workerproc
 from epollmux.process.prepare import Prepared, ReloadAsks
 from epollmux.process.reloading import Reloading
 from epollmux.process.states import NEXT, State
 from epollmux.process.generation import Generation, describe_socket, describe_status, send, terminate
 from epollmux.reactor import IN, Reactor
+from epollmux.serve import drain
 from epollmux.process.sockettable import SocketTable
 
 log = logging.getLogger("epollmux.supervisor")
@@ -38,7 +40,7 @@ log = logging.getLogger("epollmux.supervisor")
 EXIT_OK, EXIT_RUNTIME = 0, 2
 REPORT_INTERVAL = 1.0       # seconds between a worker's count reports (shorter under a fast watchdog)
 READY_TIMEOUT = 20.0        # new workers must accept within this, at start and on reload
-KILL_GRACE = 5.0            # past drain_timeout, a stopping worker is killed
+KILL_GRACE = 5.0            # past its last drain deadline (or a hard stop), a stopping worker is killed
 RATE_SECONDS = 5.0          # the connections-per-second figure averages over this
 
 
@@ -59,6 +61,7 @@ class Supervisor(Reloading):
         self.retired: list[Generation] = []          # draining after a reload
         self.generations = 0
         self.reload_queued = False
+        self.leaving = False                         # a stop is announced (stop_delay): /healthz says 503
         self.reload_asks = ReloadAsks()
         self.log_target = ""
         self.accepted_gone = 0          # last counts of workers that exited
@@ -129,7 +132,7 @@ class Supervisor(Reloading):
     def _new_generation(self, ready: Prepared) -> Generation:
         self.generations += 1
         gen = Generation(self.generations, ready.cfg, ready.sockets, ready.keys, ready.creds)
-        log.info("generation %d: starting %d workers%s", gen.number, gen.wanted,
+        log.info("generation %d: starting %s%s", gen.number, plural(gen.wanted, "worker"),
                  f" as {ready.creds.describe()}" if ready.creds else "")
         self.reactor.call_later(READY_TIMEOUT, lambda: self._ready_timeout(gen))
         return gen
@@ -190,7 +193,7 @@ class Supervisor(Reloading):
         gen.announced = True
         if gen is self.current and self.state is State.STARTING:
             self._set_state(State.RUNNING)
-            log.info("ready: %d workers accepting", len(gen.workers))
+            log.info("ready: %s accepting", plural(len(gen.workers), "worker"))
             self.notifier.ready(self._status_text())
             self._run_queued_reload()
         elif gen is self.pending and self.state is State.RELOADING:
@@ -281,29 +284,53 @@ class Supervisor(Reloading):
 
     # --- signals -----------------------------------------------------------------------------
     def handle_stop(self) -> None:
-        """SIGTERM/SIGINT: every worker stops accepting and drains; exit once all are gone."""
+        """SIGTERM/SIGINT: every worker closes its listeners and drains; exit once all are gone. With
+        stop_delay, /healthz answers 503 first and the workers keep accepting that long (a second signal:
+        stop at once). A signal during the drain is a hard stop: every connection is reset, the workers exit."""
         if self.state is State.STOPPING:
-            log.info("already stopping, %d workers draining", len(self._live()))
+            self._hard_stop()
             return
-        log.info("stopping: %d workers draining", len(self._live()))
+        delay = self.current.cfg.settings.stop_delay if self.current is not None else 0.0
+        if delay > 0 and not self.leaving:
+            self.leaving = True
+            log.info("stopping in %gs (stop_delay): /healthz answers 503, workers still accept", delay)
+            self.reactor.call_later(delay, self._stop_after_delay)
+            return
+        log.info("stopping: %s draining", plural(len(self._live()), "worker"))
         self._stop()
+
+    def _stop_after_delay(self) -> None:
+        """stop_delay is over (unless a second signal already stopped: that must not count as a third)."""
+        if self.state is not State.STOPPING:
+            log.info("stopping: %s draining", plural(len(self._live()), "worker"))
+            self._stop()
 
     def _stop(self) -> None:
         self._set_state(State.STOPPING)
         self.reload_asks.starting()
         self.reload_asks.tell("refused: the daemon is stopping\n")
         self.notifier.stopping()
-        gens = self._generations()
+        self.table.close_all()      # the workers close their copies: new clients are refused, not queued
         for proc in self._live():
             terminate(proc)
-        drain = max((g.cfg.settings.drain_timeout for g in gens), default=0.0)
-        self.reactor.call_later(drain + KILL_GRACE, self._kill_stragglers)
+        deadlines = [drain.stop_deadline(g.cfg) for g in self._generations()]
+        if deadlines and 0 not in deadlines:       # 0: some connection may go on until it ends
+            self.reactor.call_later(max(deadlines) + KILL_GRACE, self._kill_stragglers)
         if not self._live():
+            self.reactor.stop()
+
+    def _hard_stop(self) -> None:
+        live = self._live()
+        log.warning("hard stop: %s reset their connections and exit", plural(len(live), "worker"))
+        for proc in live:
+            terminate(proc, workerproc.HARD_STOP)
+        self.reactor.call_later(KILL_GRACE, self._kill_stragglers)
+        if not live:
             self.reactor.stop()
 
     def _kill_stragglers(self) -> None:
         for proc in self._live():
-            log.warning("worker %d still running past drain_timeout: killing it", proc.pid)
+            log.warning("worker %d still running past its drain: killing it", proc.pid)
             send(proc, signal.SIGKILL)
 
     def handle_stats(self) -> None:
@@ -318,9 +345,10 @@ class Supervisor(Reloading):
     def _answer(self, what: str, reply) -> None:
         """An endpoint's question (metrics, stat, conns): ask the workers, then reply with fresh numbers."""
         if what == "health":
-            reply("accepting\n" if self.state in (State.RUNNING, State.RELOADING) else f"{self.state}\n")
+            accepting = self.state in (State.RUNNING, State.RELOADING) and not self.leaving
+            reply("accepting\n" if accepting else f"{'stopping' if self.leaving else self.state}\n")
         elif what == "reload":
-            if self.state is State.STOPPING:
+            if self.state is State.STOPPING or self.leaving:
                 reply("refused: the daemon is stopping\n")
                 return
             self.reload_asks.ask(reply)
@@ -338,8 +366,10 @@ class Supervisor(Reloading):
                 for g in self._generations() for p in g.workers.values()]
 
     def _snapshot(self) -> metrics.Snapshot:
-        return report.supervisor_families(self.collector.totals(self._live()), self._workers(),
-                                          self.crashes, self.reloads, self.started_at)
+        live = self._live()
+        return report.supervisor_families(self.collector.totals(live), self._workers(), self.crashes, self.reloads,
+                                          self.started_at, [g.cfg for g in self._generations()],
+                                          [p.pid for p in live])
 
     def _stat_text(self) -> str:
         return report.stat_text(self._snapshot(), self.state, self.current.number if self.current else 0,
@@ -350,9 +380,10 @@ class Supervisor(Reloading):
 
     # --- systemd -----------------------------------------------------------------------------
     def _status_text(self) -> str:
+        draining = [p for p in self._live() if p.stopping]
         return report.status_text(len(self.current.workers) if self.current else 0,
                                   sum(p.open for p in self._live()), self.rate.value,
-                                  sum(len(g.workers) for g in self.retired))
+                                  len(draining), sum(p.open for p in draining))
 
     def _tick_status(self) -> None:
         self.rate.sample(time.monotonic(), self.accepted_gone + sum(p.accepted for p in self._live()))

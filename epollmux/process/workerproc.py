@@ -42,6 +42,9 @@ EXIT_PRIVILEGES = 3     # the child could not drop privileges: retrying cannot h
 EXIT_CRASH = 4          # the child raised before or while serving
 SUPERVISOR_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD}
 PR_SET_PDEATHSIG = 1
+# what the supervisor tells a worker, weakest first: a stronger one overrides, a weaker or equal one is not sent
+RETIRE, STOP, HARD_STOP = signal.SIGUSR2, signal.SIGTERM, signal.SIGQUIT
+STRENGTH = {0: 0, RETIRE: 1, STOP: 2, HARD_STOP: 3}
 MAX_MESSAGE = 192 * 1024        # one datagram; the socket buffers are raised to hold several
 CHANNEL_BUFFER = 1 << 20
 SNAPSHOT_EVERY = 5              # report intervals between unrequested snapshots
@@ -154,7 +157,8 @@ class WorkerProc:
     report_fd: int
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
-    stopping: bool = False          # the supervisor sent SIGTERM: its exit is expected
+    stopping: bool = False          # the supervisor told it to end: its exit is expected
+    told: int = 0                   # the last of RETIRE, STOP, HARD_STOP sent to it
     accepted: int = 0
     open: int = 0
     last_report: float = field(default_factory=time.monotonic)
@@ -185,6 +189,10 @@ class WorkerProc:
                 self.snapshot = metrics.decode(payload)
             except ValueError:
                 return None
+            accepted = self.snapshot.get("epollmux_connections_accepted_total")
+            if accepted is not None:     # fresher than the last count report: show stat asks for this one
+                self.accepted = max(self.accepted, int(sum(accepted.values())))
+                self.open = int(sum(self.snapshot.get("epollmux_connections_active", {}).values()))
         return kind, int(qid), payload
 
     def receive(self, limit: int) -> tuple[list[tuple[str, int, str]], bool]:
@@ -286,7 +294,8 @@ def _child(config, sockets, creds, report_fd: int, interval: float, parent: int)
 
 
 def _die_with(parent: int) -> None:
-    """Ask for SIGTERM (a graceful drain) if the supervisor dies; leave at once if it already has."""
+    """Ask for SIGTERM (a stop: listeners closed at once, then a drain) if the supervisor dies; leave at
+    once if it already has."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)

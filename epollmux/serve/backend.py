@@ -1,9 +1,10 @@
 """The backend side of a connection before relaying: its socket, the connect, the transparent bind,
 and the facts a PROXY header sends.
 
-Owns: creating the backend socket (the C socket type, TCP_NODELAY), binding it to the client's
-address in transparent mode (IP_TRANSPARENT), starting the connect and telling whether it finished
-inside connect() already, and `facts()` for proxyout.
+Owns: creating the backend socket (the C socket type, TCP_NODELAY, keepalive), binding it to the
+client's address in transparent mode (IP_TRANSPARENT), starting the connect and telling whether it
+finished inside connect() already, `facts()` for proxyout, telling a client that is one of our own
+backend sockets (a loop), and closing a socket with RST when a connection is aborted.
 Must not import the reactor or the relay; the phases and deadlines stay the connection's.
 """
 
@@ -21,10 +22,12 @@ IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 IPV6_TRANSPARENT = 75
 TCP_ESTABLISHED = 1                                  # tcp_info.tcpi_state, its first byte
 TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"   # struct linger {on, 0 s}: close() sends RST
 
 
-def connect(route, client_ip: str) -> tuple[object, str | None, bool]:
-    """Start connecting to route.backend: (socket, close reason or None, connected already).
+def connect(route, client_ip: str, keepalive=()) -> tuple[object, str | None, bool]:
+    """Start connecting to route.backend, with the (level, option, value) `keepalive` options on a TCP
+    socket: (socket, close reason or None, connected already).
     A connect done by the time connect() returns (loopback, a unix socket) needs no EPOLLOUT wait."""
     family = route.backend.family
     # _socket.socket: the C socket type, without socket.socket's Python-level __init__/close/.family
@@ -32,6 +35,8 @@ def connect(route, client_ip: str) -> tuple[object, str | None, bool]:
     tcp = family in TCP_FAMILIES
     if tcp:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for level, option, value in keepalive:      # serve/keepalive.py
+            sock.setsockopt(level, option, value)
     if route.transparent:
         reason = bind_as_client(sock, family, client_ip)
         if reason:
@@ -70,3 +75,28 @@ def facts(src, dst, unique_id: bytes, engine, names) -> proxyout.Facts:
     elif names is not None and names.hello:
         out.sni, out.alpn = names.server_name, (names.alpn[0] if names.alpn else None)
     return out
+
+
+def from_own_backend(own_backends: dict, src, client) -> bool:
+    """The client is one of this worker's backend sockets (`own_backends`: local address -> the
+    address it connected to) and it went to this very listener (not merely the same ephemeral port
+    reused for a connect elsewhere, which the kernel allows: only the 4-tuple is unique)."""
+    target = own_backends.get(src)
+    if target is None:
+        return False
+    try:
+        here = client.getsockname()
+    except OSError:
+        return False
+    return here[:2] == target[:2]
+
+
+def close_socket(reactor, sock, fd: int, abort: bool) -> None:
+    """Close one of a connection's sockets; abort: with RST, passing a reset or a cut on."""
+    reactor.forget(fd)     # close() takes it out of the epoll set
+    if abort:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+        except OSError:
+            pass
+    sock.close()

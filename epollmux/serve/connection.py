@@ -29,14 +29,18 @@ from epollmux.states import TransitionError
 from epollmux.serve.phases import (BACKEND_OUT, CLIENT_OUT, EVENTS, NEXT, QUIET, READABLE, TCP_FAMILIES, Phase,
                                    client_events)
 from epollmux.tls.engine import Event, TLSEngine
-from epollmux.wire import proxyout, sniff
+from epollmux.wire import clienthello, proxyout, sniff
 from epollmux.reasons import Reason
 
 __all__ = ["Connection", "Phase", "client_events"]
 
 log = logging.getLogger("epollmux.conn")
 
-LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"   # struct linger {on, 0 s}: close() sends RST
+ABORTS = (Reason.RESET, Reason.TIMEOUT, Reason.DRAIN_CUT, Reason.HARD_STOP)   # end both sockets with RST, not
+#                                                    FIN (a dead peer, a cut)
+
+
+SNIFFING_PHASES = (Phase.PROXY_HEADER, Phase.SNIFFING, Phase.INNER_SNIFFING)   # edges count against max_probe_edges
 
 
 def _expired(reason: str) -> str:
@@ -51,6 +55,7 @@ class Connection(Relaying):
     __slots__ += ("connect_started",)     # metrics: when the backend connect began
     __slots__ += ("kernel",)              # True: ctx.kernel relays this connection, not Directions
     __slots__ += ("writable",)            # fds registered with OUT: CLIENT_OUT | BACKEND_OUT
+    __slots__ += ("edges", "reader")      # readable edges spent deciding; the ClientHello read so far
     __slots__ += ("local",)               # the backend socket's own address, while in ctx.own_backends
 
     def __init__(self, ctx, listener, client: socket.socket, sockaddr, events: int = EVENTS):
@@ -83,6 +88,8 @@ class Connection(Relaying):
         self.connect_started = 0.0
         self.kernel = False
         self.writable = events      # start() registers the client with these events
+        self.edges = 0              # readable edges before the route was decided (max_probe_edges)
+        self.reader = None          # a clienthello.HelloReader while a TLS first flight is being sniffed
         self.local = None
 
     @property
@@ -97,7 +104,7 @@ class Connection(Relaying):
         ctx.reactor.register(self.cfd, self.writable, self)
         self.writable &= CLIENT_OUT
         ctx.connections.add(self)
-        if self.src in ctx.own_backends:
+        if backend.from_own_backend(ctx.own_backends, self.src, self.client):
             self.dispatch(self._looped)
             return
         self.dispatch(self._admit if self.listener.proxy_protocol == "none" else self._begin)
@@ -128,6 +135,11 @@ class Connection(Relaying):
         if phase is Phase.RELAYING:
             self.dispatch(self._relay_event, fd, events)
         elif fd == self.cfd:
+            if phase in SNIFFING_PHASES and events & READABLE:
+                self.edges += 1
+                if self.edges > self.ctx.settings.max_probe_edges:
+                    self.dispatch(_expired, Reason.SNIFF_BUDGET)
+                    return
             if phase is Phase.SNIFFING and events & READABLE:
                 self.dispatch(self._sniff, bool(events & (RDHUP | HUP)))
             elif phase is Phase.PROXY_HEADER and events & READABLE:
@@ -145,10 +157,6 @@ class Connection(Relaying):
         elif phase is Phase.BACKEND_HANDSHAKING:
             self.dispatch(self._backend_handshake)
 
-    def touch(self, now: float) -> None:
-        """Bytes moved (seen by a collaborator: the kernel relay): the idle deadline starts again."""
-        self.last_active = now
-
     def route_label(self, unknown: str | None) -> str | None:
         """The route as logs and `show conns` name it: outer>inner when chosen inside TLS; `unknown`
         while none is chosen."""
@@ -156,11 +164,6 @@ class Connection(Relaying):
         if self.outer is not None and self.route is not self.outer:
             return f"{self.outer.name}>{route}"
         return route
-
-    def moved(self) -> tuple[int, int] | None:
-        """Bytes relayed so far by the process (client->backend, backend->client); None before the
-        process relays (and when the kernel does)."""
-        return (self.up.moved, self.down.moved) if self.up is not None else None
 
     def dispatch(self, handler, *args) -> None:
         """Run a handler; the reason it returns, or the exception it raises, closes the connection.
@@ -182,7 +185,9 @@ class Connection(Relaying):
             self.close(reason)
 
     def _socket_error(self, sock: socket.socket) -> str | None:
-        return Reason.RESET if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) else None
+        """The close reason a socket's pending error gives: timeout (keepalive, TCP_USER_TIMEOUT), reset."""
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        return None if not err else Reason.TIMEOUT if err == errno.ETIMEDOUT else Reason.RESET
 
     # --- admission, PROXY header in ---------------------------------------------------------
     def _begin(self) -> str | None:
@@ -224,8 +229,10 @@ class Connection(Relaying):
 
         peer_done: the client shut its side, so these bytes are all there will be.
         """
-        if peer_done and self._socket_error(self.client):
-            return Reason.RESET     # a reset client is gone, though the kernel still shows its last bytes
+        if peer_done:
+            reason = self._socket_error(self.client)
+            if reason:
+                return reason  # a reset client is gone, though the kernel still shows its last bytes
         limit = self.ctx.settings.max_probe_bytes
         try:
             data = self.client.recv(limit, socket.MSG_PEEK)
@@ -235,6 +242,11 @@ class Connection(Relaying):
             return Reason.CLIENT_EOF
         if len(data) == self._peek_len and not peer_done:
             return None        # nothing new (a spurious wake-up); the next edge brings more bytes
+        reader = self.reader
+        if reader is None and data[0] == 0x16:
+            reader = self.reader = clienthello.HelloReader()
+        if reader is not None:      # the new bytes only: sniffing a drip-fed hello stays O(bytes)
+            clienthello.remember(data, reader.feed(data[self._peek_len:]))
         self._peek_len = len(data)
         self.peeked = data
         return self._decide(data, self.listener.routes, self.listener.probe_table,
@@ -261,6 +273,7 @@ class Connection(Relaying):
         if self.verdict == "none":
             self.verdict = "match"
         self.route = route
+        self.reader = None
         ctx = self.ctx
         ctx.stats.routed(self.listener.name, route.name, ctx.reactor.clock() - self.started, self.outer is not None)
         admission = ctx.admission
@@ -324,14 +337,14 @@ class Connection(Relaying):
         self._set_phase(Phase.CONNECTING)
         ctx = self.ctx
         self.connect_started = ctx.reactor.clock()
-        sock, reason, done = backend.connect(self.route, self.src[0])
+        sock, reason, done = backend.connect(self.route, self.src[0], ctx.keepalive)
         self.backend = sock
         self.bfd = sock.fileno()
         if reason:
             return reason
         if self.route.backend.family in TCP_FAMILIES:   # remembered so that this socket, arriving at one of
             self.local = sock.getsockname()             # our listeners, is seen as a loop
-            ctx.own_backends.add(self.local)
+            ctx.own_backends[self.local] = self.route.backend.sockaddr
         if done:
             # done already (on loopback the handshake ran inside connect()): no turn spent waiting for EPOLLOUT.
             # Bytes the backend sends make an edge after the registration (or are seen by it): no pump now.
@@ -393,8 +406,8 @@ class Connection(Relaying):
         ctx.connections.discard(self)
         ctx.admission.leave(self.grant)
         if self.local is not None:
-            ctx.own_backends.discard(self.local)
-        abort = reason == Reason.RESET
+            ctx.own_backends.pop(self.local, None)
+        abort = reason in ABORTS
         up = down = spliced = 0
         if self.kernel:        # out of the maps before the sockets close; the counts need them open
             up, down = ctx.kernel.release(self)
@@ -406,21 +419,16 @@ class Connection(Relaying):
                     except OSError:
                         pass
         for sock, fd in ((self.client, self.cfd), (self.backend, self.bfd)):
-            if sock is None:
-                continue
-            ctx.reactor.forget(fd)     # close() takes it out of the epoll set
-            if abort:   # pass the reset on: the other peer sees RST, not a clean end
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
-                except OSError:
-                    pass
-            sock.close()
+            if sock is not None:
+                backend.close_socket(ctx.reactor, sock, fd, abort)
         if self.up is not None:
             self.up.discard()
             self.down.discard()
             up, down, spliced = self.up.moved, self.down.moved, self.up.spliced + self.down.spliced
         route = self.route.name if self.route else "-"
         ctx.stats.closed(self.listener.name, route, phase, reason, up, down)   # a StrEnum is its own label
+        if self.outer is not None and self.route is not self.outer:    # routed counted it: so does closed
+            ctx.stats.closed_outer(self.listener.name, self.outer.name, reason)
         if reason == Reason.EXHAUSTED:
             ctx.exhausted(f"{self.peer}: out of file descriptors or memory")
         if ctx.access.enabled():

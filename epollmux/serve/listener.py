@@ -15,6 +15,7 @@ import os
 import socket
 
 from epollmux import addr, errors
+from epollmux.serve import keepalive
 from epollmux.serve.connection import Connection, client_events
 from epollmux.reactor import EXCLUSIVE, IN
 
@@ -81,12 +82,14 @@ class Acceptor:
         self.sock = sock
         self.fd = sock.fileno()
         self.family = int(sock.family)
+        if self.family in keepalive.TCP_FAMILIES:    # accepted clients inherit them (a reload re-applies them)
+            keepalive.apply(sock, ctx.keepalive)
         self.events = client_events(listener)
         self.armed = False
         self.resume_timer = None
 
     def start(self) -> None:
-        if not self.armed:
+        if not self.armed and self.sock.fileno() >= 0:
             self.ctx.reactor.register(self.fd, IN | EXCLUSIVE, self)
             self.armed = True
 
@@ -97,6 +100,12 @@ class Acceptor:
         if self.armed:
             self.ctx.reactor.unregister(self.fd)
             self.armed = False
+
+    def close(self) -> None:
+        """Stop accepting and close this process's copy of the listening socket: once no process holds
+        it, new clients are refused at once instead of waiting in a queue nobody accepts from."""
+        self.stop()
+        self.sock.close()
 
     def pause(self) -> None:
         if self.resume_timer is not None:

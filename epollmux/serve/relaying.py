@@ -10,7 +10,6 @@ Must not parse protocols, close the connection (connection.close does) or move b
 
 from __future__ import annotations
 
-import socket
 
 from epollmux.reactor import ERR, HUP, RDHUP
 from epollmux.relay.direction import Direction, State
@@ -21,6 +20,15 @@ from epollmux.reasons import Reason
 
 class Relaying:
     __slots__ = ()
+
+    def touch(self, now: float) -> None:
+        """Bytes moved (seen by a collaborator: the kernel relay): the idle deadline starts again."""
+        self.last_active = now
+
+    def moved(self) -> tuple[int, int] | None:
+        """Bytes relayed so far by the process (client->backend, backend->client); None before the
+        process relays (and when the kernel does)."""
+        return (self.up.moved, self.down.moved) if self.up is not None else None
 
     def _start_relay(self, pump_down: bool = True) -> str | None:
         """pump_down=False: the backend was registered this turn, so its first bytes will raise an edge."""
@@ -40,8 +48,10 @@ class Relaying:
         return self._pump(up) or (pump_down and self._pump(down)) or self._after_pump()
 
     def _kernel_relayable(self) -> bool:
-        """Passthrough between two TCP sockets, with a kernel relay in this worker."""
-        return (self.ctx.kernel is not None and type(self.cend) is PlainEndpoint and type(self.bend) is PlainEndpoint
+        """Passthrough between two TCP sockets, with a kernel relay in this worker, on a listener that
+        takes no PROXY header (its bytes were read with recv: the kernel would relay them again)."""
+        return (self.ctx.kernel is not None and self.listener.proxy_protocol == "none"
+                and type(self.cend) is PlainEndpoint and type(self.bend) is PlainEndpoint
                 and self.client.family in TCP_FAMILIES and self.backend.family in TCP_FAMILIES)
 
     def _relay_event(self, fd: int, events: int) -> str | None:
@@ -51,8 +61,10 @@ class Relaying:
             sock, end, src, dst = self.client, self.cend, self.up, self.down
         else:
             sock, end, src, dst = self.backend, self.bend, self.down, self.up
-        if events & ERR and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-            return Reason.RESET
+        if events & ERR:
+            reason = self._socket_error(sock)
+            if reason:
+                return reason
         moved = False          # an edge that finds nothing to do (a writable socket with nothing waiting) ends here
         if events & WRITABLE and end.holds_output and end.pending_output():
             end.flush()

@@ -1,8 +1,10 @@
 """One event-loop process: acceptors over the shared listening sockets and their connections.
 
-Owns: the worker context (reactor, settings, channel pool, stats, open connections), the
-signals a worker obeys (SIGTERM/SIGINT: stop accepting and drain; SIGUSR1: stats to the log) and
-the drain deadline. Binding, forking and reloading belong to the supervisor.
+Owns: the worker context (reactor, settings, channel pool, stats, open connections) and the signals
+a worker obeys: SIGTERM/SIGINT stop (drain with `drain_timeout`; also what the parent-death signal
+sends), SIGUSR2 retire after a reload (drain with `reload_drain_timeout`), SIGQUIT hard stop (every
+connection reset at once), SIGUSR1 stats to the log. The drain policy is drain.py's.
+Binding, forking and reloading belong to the supervisor.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import socket
 import time
 
 from epollmux.observe import accesslog
+from epollmux.serve import keepalive
 from epollmux.serve.admission import Admission
 from epollmux.relay.channels import ChannelPool
 from epollmux.config import Config, Listener
 from epollmux.relay.kernel import KernelRelay
+from epollmux.serve.drain import RETIRE, STOP, Drain
 from epollmux.serve.listener import PAUSE_ON_EXHAUSTION, Acceptor, Reserve
 from epollmux.reactor import Reactor
 from epollmux.observe.stats import Stats
@@ -38,6 +42,7 @@ class Context:
     def __init__(self, config: Config, reactor: Reactor):
         self.config = config
         self.settings = config.settings
+        self.keepalive = keepalive.options(config.settings)     # for every TCP socket, both legs
         self.reactor = reactor
         relay = config.settings.relay
         kind = relay if relay in ("splice", "copy") else "splice"   # sockmap, auto: splice where the kernel cannot
@@ -45,7 +50,7 @@ class Context:
         self.kernel = KernelRelay(reactor, relay) if relay in ("sockmap", "auto") else None   # loads on first use
         self.stats = Stats()
         self.connections: set = set()
-        self.own_backends: set = set()     # local (ip, port[, flow, scope]) of this worker's TCP backend sockets
+        self.own_backends: dict = {}       # local (ip, port[, flow, scope]) -> target of this worker's TCP backend sockets
         self.loop_warned = False
         self.reserve = Reserve()
         self.draining = False
@@ -75,13 +80,15 @@ class Worker:
         self.ctx = Context(config, self.reactor)
         self.acceptors = [Acceptor(self.ctx, listener, sock) for listener, sock in sockets]
         self.ctx.acceptors = self.acceptors
-        self.drain_timer = None
+        self.drain = Drain(self.ctx, self.reactor.stop)
 
     def run(self) -> int:
         """Serve until told to stop and drained; returns the exit code."""
         reactor = self.reactor
-        reactor.on_signal(signal.SIGTERM, self.drain)
-        reactor.on_signal(signal.SIGINT, self.drain)
+        reactor.on_signal(signal.SIGTERM, self.stop)
+        reactor.on_signal(signal.SIGINT, self.stop)
+        reactor.on_signal(signal.SIGUSR2, self.retire)
+        reactor.on_signal(signal.SIGQUIT, self.drain.hard_stop)
         reactor.on_signal(signal.SIGUSR1, self.dump_stats)
         for acceptor in self.acceptors:
             acceptor.start()
@@ -94,28 +101,13 @@ class Worker:
             self.close()
         return 0
 
-    def drain(self) -> None:
-        """Stop accepting; stop the loop once every connection is gone or drain_timeout passed."""
-        ctx = self.ctx
-        if ctx.draining:
-            return
-        ctx.draining = True
-        for acceptor in self.acceptors:
-            acceptor.stop()
-        log.info("draining %d connections (at most %.0fs)", len(ctx.connections), ctx.settings.drain_timeout)
-        self.drain_timer = self.reactor.call_later(ctx.settings.drain_timeout, self._drain_deadline)
-        self._check_drained()
+    def stop(self) -> None:
+        """Close the listeners; exit once every connection is gone (cut per `drain_timeout`)."""
+        self.drain.start(STOP)
 
-    def _check_drained(self) -> None:
-        if not self.ctx.connections:
-            self.reactor.stop()
-        else:
-            self.reactor.call_later(0.05, self._check_drained)
-
-    def _drain_deadline(self) -> None:
-        for conn in list(self.ctx.connections):
-            conn.close(Reason.SHUTDOWN)
-        self.reactor.stop()
+    def retire(self) -> None:
+        """A reload's new workers accept: close the listeners, drain per `reload_drain_timeout`."""
+        self.drain.start(RETIRE)
 
     def dump_stats(self) -> None:
         text = self.ctx.stats.render(len(self.ctx.connections), self.ctx.pool)
@@ -125,7 +117,7 @@ class Worker:
 
     def close(self) -> None:
         for acceptor in self.acceptors:
-            acceptor.stop()
+            acceptor.close()
         for conn in list(self.ctx.connections):
             conn.close(Reason.SHUTDOWN)
         self.ctx.access.flush()

@@ -17,6 +17,7 @@ import sys
 import types
 
 from epollmux import __version__, checks, config
+from epollmux.observe.words import plural
 from epollmux.sslh import options, translate
 from epollmux.sslh.model import Entry, Model, Problems
 
@@ -80,6 +81,11 @@ def parser(prog: str = "epollmux") -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="validate, print every problem, exit")
     p.add_argument("--print-config", action="store_true", help="print the equivalent epollmux.conf and exit")
     p.set_defaults(protocols=[])
+    for action in p._actions:       # each sslh option's help is its row of the option table
+        row = next((o for o in options.OPTIONS if o.where == options.CLI
+                    and set(action.option_strings) & set(o.name.split("/"))), None)
+        if row is not None:
+            action.help = f"{row.equivalent} ({row.status})".replace("%", "%%")
     return p
 
 
@@ -179,7 +185,6 @@ def main(argv: list[str], prog: str = "epollmux") -> int:
     for line in [f"notice: {n}" for n in problems.notices] + problems.warnings:
         print(line, file=sys.stderr)
     if args.check:
-        from epollmux.cli import plural     # cli imports this module only inside main(): no cycle at import
         print(f"{cfg.source}: OK ({plural(len(cfg.listeners), 'listener')}, {plural(len(cfg.routes), 'route')})")
         return EXIT_OK
     return _run(cfg, result, model, args)

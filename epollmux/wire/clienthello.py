@@ -23,7 +23,6 @@ A hello without an extensions block (legal up to TLS 1.2) is OK with no SNI and 
 from __future__ import annotations
 
 import enum
-import functools
 import struct
 from typing import NamedTuple
 
@@ -64,7 +63,12 @@ class HelloResult(NamedTuple):
 
 
 class _NeedMore(Exception):
-    pass
+    """Not enough bytes: nothing can change before `need` handshake bytes are present (the check that
+    failed reads up to there, and every check before it reads bytes that are already present)."""
+
+    def __init__(self, need: int = 0, resume: tuple | None = None):
+        self.need = need
+        self.resume = resume            # the extension loop's state at the extension it stopped in
 
 
 class _Invalid(Exception):
@@ -145,27 +149,28 @@ def _vector(buf: bytes, pos: int, limit: int, avail: int, width: int, what: str 
     if start > limit:
         raise _Invalid(f"length {width} overruns its container")
     if start > avail:
-        raise _NeedMore()
+        raise _NeedMore(start)
     n = buf[pos] if width == 1 else (buf[pos] << 8) | buf[pos + 1]
     if start + n > limit:
         raise _Invalid(f"{what.format(n)} overruns its container")
     return n
 
 
-def _parse_body(hs: bytes, limit: int) -> tuple:
+def _parse_body(hs: bytes, limit: int, resume: tuple | None = None) -> tuple:
     """Parse the ClientHello body from the handshake bytes present (possibly only a prefix of it).
 
     Returns (sni, server_name, alpn, versions, has_ech).  `limit` is the hello's length; it is at least
     HANDSHAKE_HEADER_LEN + MIN_HELLO_BODY, so the fixed fields up to the session_id length fit in it.
+    resume: a _NeedMore's state from a parse of a shorter prefix of the same bytes (HelloReader).
     """
     avail = len(hs)
     if avail < 6:
-        raise _NeedMore()
+        raise _NeedMore(6)
     legacy_version = (hs[4] << 8) | hs[5]
     if hs[4] != 3:
         raise _Invalid(f"legacy_version {legacy_version:#06x}")
     if avail < 39:                                         # random, session_id length
-        raise _NeedMore()
+        raise _NeedMore(39)
     n = hs[38]
     pos = 39 + n
     if pos > limit:
@@ -184,46 +189,61 @@ def _parse_body(hs: bytes, limit: int) -> tuple:
         return None, None, (), (legacy_version,), False
     n = _vector(hs, pos, limit, avail, 2)
     pos += 2
-    fields = _parse_extensions(hs, pos, pos + n, avail, legacy_version)
+    fields = _parse_extensions(hs, pos, pos + n, avail, legacy_version, resume)
     if pos + n != limit:
         raise _Invalid("bytes after the extensions block")
     return fields
 
 
-def _parse_extensions(hs: bytes, pos: int, limit: int, avail: int, legacy_version: int) -> tuple:
-    """One loop over the extensions block [pos, limit); only SNI, ALPN and supported_versions are opened."""
-    sni = server_name = None
-    alpn: tuple[str, ...] = ()
-    versions = (legacy_version,)
-    has_ech = False
-    seen: set[int] = set()
+def _parse_extensions(hs: bytes, pos: int, limit: int, avail: int, legacy_version: int,
+                      resume: tuple | None = None) -> tuple:
+    """One loop over the extensions block [pos, limit); only SNI, ALPN and supported_versions are opened.
+
+    An extension's type is added to `seen` once it parsed, so a _NeedMore's `resume` (the state at the
+    start of the extension it stopped in) lets a later parse of more bytes go on from there.
+    """
+    if resume is None:
+        sni = server_name = None
+        alpn: tuple[str, ...] = ()
+        versions = (legacy_version,)
+        has_ech = False
+        seen: set[int] = set()
+    else:
+        pos, sni, server_name, alpn, versions, has_ech, seen = resume
     add = seen.add
-    while pos != limit:
-        body = pos + 4
-        if body > limit:                                   # type (2 bytes), then length (2 bytes)
-            if pos + 2 <= limit and pos + 2 > avail:
-                raise _NeedMore()
-            raise _Invalid("length 2 overruns its container")
-        if body > avail:
-            raise _NeedMore()
-        ext_type, n = _type_and_length(hs, pos)
-        pos = body + n
-        if pos > limit:
-            raise _Invalid(f"vector of {n} bytes overruns its container")
-        if ext_type in seen:
-            raise _Invalid(f"duplicate extension {ext_type:#06x}")
-        add(ext_type)
-        if ext_type not in _OPENED:
-            continue
-        if ext_type == EXT_SERVER_NAME:
-            server_name = _parse_sni(hs, body, pos, avail)
-            sni = server_name.lower() if server_name else None
-        elif ext_type == EXT_ALPN:
-            alpn = _parse_alpn(hs, body, pos, avail)
-        elif ext_type == EXT_SUPPORTED_VERSIONS:
-            versions = _parse_versions(hs, body, pos, avail)
-        elif ext_type == EXT_ECH:
-            has_ech = True
+    start = pos
+    try:
+        while pos != limit:
+            start = pos
+            body = pos + 4
+            if body > limit:                                   # type (2 bytes), then length (2 bytes)
+                if pos + 2 <= limit and pos + 2 > avail:
+                    raise _NeedMore(pos + 2)
+                raise _Invalid("length 2 overruns its container")
+            if body > avail:
+                raise _NeedMore(body)
+            ext_type, n = _type_and_length(hs, pos)
+            pos = body + n
+            if pos > limit:
+                raise _Invalid(f"vector of {n} bytes overruns its container")
+            if ext_type in seen:
+                raise _Invalid(f"duplicate extension {ext_type:#06x}")
+            if ext_type not in _OPENED:
+                add(ext_type)
+                continue
+            if ext_type == EXT_SERVER_NAME:
+                server_name = _parse_sni(hs, body, pos, avail)
+                sni = server_name.lower() if server_name else None
+            elif ext_type == EXT_ALPN:
+                alpn = _parse_alpn(hs, body, pos, avail)
+            elif ext_type == EXT_SUPPORTED_VERSIONS:
+                versions = _parse_versions(hs, body, pos, avail)
+            elif ext_type == EXT_ECH:
+                has_ech = True
+            add(ext_type)
+    except _NeedMore as e:
+        e.resume = (start, sni, server_name, alpn, versions, has_ech, seen)
+        raise
     return sni, server_name, alpn, versions, has_ech
 
 
@@ -238,13 +258,13 @@ def _parse_sni(hs: bytes, pos: int, limit: int, avail: int) -> str | None:
     found: str | None = None
     while pos != limit:
         if pos + 1 > avail:                                # name_type
-            raise _NeedMore()
+            raise _NeedMore(pos + 1)
         name_type = hs[pos]
         n = _vector(hs, pos + 1, limit, avail, 2, "length {}")
         start = pos + 3
         pos = start + n
         if pos > avail:
-            raise _NeedMore()
+            raise _NeedMore(pos)
         if name_type == SNI_HOST_NAME and found is None:
             name = hs[start:pos]
             if not name or not name.isascii() or b"\x00" in name:
@@ -266,7 +286,7 @@ def _parse_alpn(hs: bytes, pos: int, limit: int, avail: int) -> tuple[str, ...]:
         start = pos + 1
         pos = start + n
         if pos > avail:
-            raise _NeedMore()
+            raise _NeedMore(pos)
         if not n:
             raise _Invalid("empty ALPN protocol name")
         protocols.append(hs[start:pos].decode("latin-1"))
@@ -282,7 +302,7 @@ def _parse_versions(hs: bytes, pos: int, limit: int, avail: int) -> tuple[int, .
     if n < 2 or n % 2:
         raise _Invalid("bad supported_versions length")
     if limit > avail:
-        raise _NeedMore()
+        raise _NeedMore(limit)
     return tuple([v for v in struct.unpack_from(f">{n >> 1}H", hs, pos) if v not in GREASE])
 
 
@@ -290,16 +310,27 @@ def parse_client_hello(data: bytes) -> HelloResult:
     """Parse the ClientHello at the start of `data` (the client's first bytes, possibly incomplete).
 
     Results for `bytes` are remembered (a few): every `tls` route of a listener, then the access log and
-    the PROXY header, ask about the same peeked bytes.
+    the PROXY header, ask about the same peeked bytes; a HelloReader's owner tells its result with
+    remember() so that those questions cost no parse at all.
     """
-    if data.__class__ is bytes:
-        return _parse_cached(data)
-    return _parse(bytes(data))
+    if data.__class__ is not bytes:
+        return _parse(bytes(data))
+    result = _memo.get(data)
+    if result is None:
+        result = _parse(data)
+        remember(data, result)
+    return result
 
 
-@functools.lru_cache(maxsize=16)
-def _parse_cached(data: bytes) -> HelloResult:
-    return _parse(data)
+_memo: dict[bytes, HelloResult] = {}
+MEMO_SIZE = 16
+
+
+def remember(data: bytes, result: HelloResult) -> None:
+    """Record what parse_client_hello(data) is (a HelloReader's result for exactly these bytes)."""
+    if len(_memo) >= MEMO_SIZE:
+        del _memo[next(iter(_memo))]
+    _memo[data] = result
 
 
 def _parse(data: bytes) -> HelloResult:
@@ -317,3 +348,97 @@ def _parse(data: bytes) -> HelloResult:
     except _Invalid as e:
         return HelloResult(HelloStatus.INVALID, reason=str(e))
     return HelloResult(HelloStatus.OK, sni, server_name, alpn, versions, has_ech, end)
+
+
+class HelloReader:
+    """The same verdict as parse_client_hello over all bytes fed so far, for O(bytes) work in total (an
+    INVALID's reason may name another fault: faults are met in arrival order here).
+
+    A connection feeds each edge's new bytes.  Records are reassembled as they come (a partial record
+    header is kept, payload is appended to one buffer) and the body is parsed again only when the
+    handshake bytes reach what the last parse said it needs; the extension loop resumes at the extension
+    it stopped in.  So a hello drip-fed in 1-byte records costs about what it costs sent whole.
+    """
+
+    __slots__ = ("result", "fed", "_hs", "_hello_len", "_head", "_left", "_bad", "_need", "_resume")
+
+    def __init__(self) -> None:
+        self.result = _NEED_MORE
+        self.fed = 0                    # bytes fed so far (the wire offset of the next byte)
+        self._hs = bytearray()          # handshake bytes collected
+        self._hello_len: int | None = None
+        self._head = b""                # the bytes of a record header not complete yet
+        self._left = 0                  # payload bytes of the current record still to come
+        self._bad: type[Exception] = _NotTls
+        self._need = 0                  # handshake bytes the body parse needs before it can say more
+        self._resume: tuple | None = None
+
+    def feed(self, data: bytes) -> HelloResult:
+        """Take the next bytes; return the verdict over everything fed (fixed once it is not NEED_MORE)."""
+        if self.result is not _NEED_MORE or not data:
+            return self.result
+        base = self.fed
+        self.fed += len(data)
+        try:
+            end = self._records(data, base)
+            hs, hello_len = self._hs, self._hello_len
+            if hello_len is None or len(hs) < self._need:
+                return _NEED_MORE
+            try:
+                fields = _parse_body(hs, hello_len, self._resume)
+            except _NeedMore as e:
+                self._need = e.need
+                if e.resume is not None:
+                    self._resume = e.resume
+                return _NEED_MORE
+            if end is None:                 # skipped extensions may not have arrived yet
+                self._need, self._resume = hello_len, None    # (the loop's `seen` went past the resume point)
+                return _NEED_MORE
+        except _NotTls as e:
+            self.result = HelloResult(HelloStatus.NOT_TLS, reason=str(e))
+        except _Invalid as e:
+            self.result = HelloResult(HelloStatus.INVALID, reason=str(e))
+        else:
+            self.result = HelloResult(HelloStatus.OK, *fields, end)
+        return self.result
+
+    def _records(self, data: bytes, base: int) -> int | None:
+        """_reassemble's walk, fed in pieces; the wire offset just past the hello once it is complete."""
+        hs = self._hs
+        i, size = 0, len(data)
+        while i < size:
+            if not self._left:                                 # in a record header
+                take = min(RECORD_HEADER_LEN - len(self._head), size - i)
+                head = self._head = self._head + data[i:i + take]
+                i += take
+                if head[0] != RECORD_HANDSHAKE:
+                    raise self._bad(f"record type {head[0]:#04x} is not handshake")
+                if len(head) >= 2 and head[1] != 3:
+                    raise self._bad(f"record major version {head[1]} is not 3")
+                if len(head) >= 4 and (head[3] << 8) > MAX_RECORD_LEN:
+                    raise _Invalid("record longer than 2**14")
+                if len(head) < RECORD_HEADER_LEN:
+                    return None
+                reclen = (head[3] << 8) | head[4]
+                if reclen == 0:
+                    raise _Invalid("empty handshake record")
+                if reclen > MAX_RECORD_LEN:
+                    raise _Invalid("record longer than 2**14")
+                self._left, self._head = reclen, b""
+                continue
+            take = min(self._left, size - i)
+            before = len(hs)
+            hs += data[i:i + take]
+            i += take
+            self._left -= take
+            if self._hello_len is None and len(hs) >= HANDSHAKE_HEADER_LEN:
+                self._hello_len = _hello_length(hs)
+            hello_len = self._hello_len
+            if hello_len is not None and len(hs) >= hello_len:
+                del hs[hello_len:]
+                return base + i - take + (hello_len - before)
+            if hs[0] != HANDSHAKE_CLIENT_HELLO:
+                raise _NotTls(f"handshake type {hs[0]} is not ClientHello")
+            if not self._left:
+                self._bad = _Invalid
+        return None

@@ -7,25 +7,15 @@ import socket
 import ssl
 import time
 
+from support.daemon import make_config
 from support.net import connect, free_port, recv_all
 
-CONFIG = """
-[global]
-workers = 1
-log_format = {fmt}
-probe_timeout = 0.3
-on_timeout = web
-[listen]
-  [[main]]
-  address = 127.0.0.1:{port}
-[routes]
-  [[tls]]
-  probe = tls
-  backend = 127.0.0.1:{backend}
-  [[web]]
-  probe = http
-  backend = 127.0.0.1:{backend}
-"""
+
+def config(port: int, backend: int, fmt: str, **global_) -> str:
+    """One listener, a tls and an http route to the same backend, the access log in fmt."""
+    return make_config(port, {"tls": {"probe": "tls", "backend": f"127.0.0.1:{backend}"},
+                              "web": {"probe": "http", "backend": f"127.0.0.1:{backend}"}},
+                       workers=1, log_format=fmt, **global_)
 
 
 def access_lines(d, count: int, timeout: float = 10) -> list[str]:
@@ -41,7 +31,7 @@ def access_lines(d, count: int, timeout: float = 10) -> list[str]:
 def test_json_records_carry_sni_alpn_host_and_bytes(daemon, server):
     backend = server()
     port = free_port()
-    d = daemon().start(CONFIG.format(fmt="json", port=port, backend=backend.port), wait=port)
+    d = daemon().start(config(port, backend.port, "json", probe_timeout=0.3, on_timeout="web"), wait=port)
     c = connect(port)
     request = b"GET / HTTP/1.1\r\nHost: Example.ORG:8080\r\n\r\n"
     c.sendall(request)
@@ -78,7 +68,7 @@ def test_json_records_carry_sni_alpn_host_and_bytes(daemon, server):
 def test_text_records_and_timeout_verdict(daemon, server):
     backend = server()
     port = free_port()
-    d = daemon().start(CONFIG.format(fmt="text", port=port, backend=backend.port), wait=port)
+    d = daemon().start(config(port, backend.port, "text", probe_timeout=0.3, on_timeout="web"), wait=port)
     c = connect(port)                   # silent: on_timeout takes it to web
     time.sleep(0.5)
     c.sendall(b"late")

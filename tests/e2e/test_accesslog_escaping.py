@@ -9,25 +9,10 @@ import socket
 
 from support.net import connect, free_port, recv_all
 from support.hello_builder import build_client_hello
-from test_accesslog import access_lines
+from test_accesslog import access_lines, config
 
 from epollmux.observe.accesslog import text
 
-CONFIG = """
-[global]
-workers = 1
-log_format = text
-[listen]
-  [[main]]
-  address = 127.0.0.1:{port}
-[routes]
-  [[tls]]
-  probe = tls
-  backend = 127.0.0.1:{backend}
-  [[web]]
-  probe = http
-  backend = 127.0.0.1:{backend}
-"""
 
 FORGED = "\n2026-01-01T00:00:00.000 epollmux[1] INFO epollmux.access: client=203.0.113.9:1\troute=tls\treason=eof"
 SNI = "a.example" + FORGED.replace("\n", "\r\n")
@@ -54,7 +39,7 @@ def _value(line: str, key: str) -> str:
 def test_injected_control_bytes_are_quoted_through_a_real_daemon(daemon, server):
     backend = server()
     port = free_port()
-    d = daemon().start(CONFIG.format(port=port, backend=backend.port), wait=port)
+    d = daemon().start(config(port, backend.port, "text"), wait=port)
     _roundtrip(connect(port), build_client_hello(sni=SNI, alpn=ALPN))
     request = f"GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
     _roundtrip(connect(port), request)

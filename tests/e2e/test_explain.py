@@ -109,7 +109,7 @@ def test_explain_chooses_the_route_the_daemon_chooses(daemon, server, tmp_path):
     port = free_port()
     cfg = ROUTES_CONFIG.format(port=port, backend=backend.port)
     d = daemon().start(cfg, wait=port)
-    d.wait_log("ready: 1 workers accepting")
+    d.wait_log("ready: 1 worker accepting")
     partial = tmp_path / "tls_partial_hello.bin"       # a hello cut short: the tls routes wait, then on_timeout
     partial.write_bytes(FIXTURES["tls_curl_sni"].data[:300])
     bins = [FIXTURE_DIR / f"{name}.bin" for name in FIXTURES] + [partial]

@@ -75,7 +75,9 @@ def test_make_install_then_uninstall(tmp_path, sysuser):
     assert f"ExecStart={command} -c {conf}" in text
     if shutil.which("systemd-analyze"):
         units = [u.name for u in unit.parent.glob("epollmux.*")]
-        verify = _run(["systemd-analyze", "verify", *units], cwd=unit.parent)
+        # Documentation=man:... is checked with man(1): the pages are under PREFIX, not in man's usual path
+        verify = _run(["systemd-analyze", "verify", *units], cwd=unit.parent,
+                      env={**os.environ, "MANPATH": f"{prefix / 'share' / 'man'}:"})
         complaints = [line for line in (verify.stdout + verify.stderr).splitlines() if "epollmux" in line]
         assert verify.returncode == 0 and not complaints, verify.stdout + verify.stderr
 

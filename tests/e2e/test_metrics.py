@@ -153,7 +153,7 @@ def test_scripted_mix_access_log_and_prometheus_counters_agree(daemon, server, t
     line = next(ln for ln in conns.splitlines() if f"127.0.0.1:{held_port}" in ln)
     assert line.split()[2:5] == ["main", "web", "relaying"], conns
     assert line.split()[6:9] == [str(len(request)), str(len(request)), f"127.0.0.1:{backend.port}"], conns
-    assert "1 connections listed" in conns
+    assert "1 connection listed" in conns
     held.shutdown(socket.SHUT_WR)
     recv_all(held)
     held.close()
@@ -264,7 +264,7 @@ address = 127.0.0.1:{mport}
   tls_key = {leaf.key}
   backend = 127.0.0.1:{backend.port}
 """, wait=port)
-    d.wait_log("ready: 1 workers accepting")
+    d.wait_log("ready: 1 worker accepting")
     good = ssl.create_default_context(cafile=str(tls_ca.cert))
     with good.wrap_socket(connect(port), server_hostname="s.example") as tls:
         tls.sendall(b"hello")

@@ -93,7 +93,7 @@ def test_refused_signal_is_logged_not_fatal(tmp_path, daemon, backend):
     d.wait_log("cannot send SIGUSR1 to worker", timeout=30)
     d.signal(signal.SIGHUP)
     d.wait_log("reloaded: generation 2", timeout=30)
-    d.wait_log("cannot send SIGTERM to worker", timeout=30)
+    d.wait_log("cannot send SIGUSR2 to worker", timeout=30)     # the old workers are told to retire
     assert d.proc.poll() is None, d.log_text()[-3000:]
     assert "Traceback" not in d.log_text()
 

@@ -169,7 +169,7 @@ def test_options_without_effect_give_one_notice_each(tmp_path):
     assert r.returncode == 0, r.stderr
     notices = [line for line in r.stderr.splitlines() if line.startswith("notice: ")]
     keys = sorted(line.split("] ", 1)[1].split(":", 1)[0] for line in notices)
-    assert keys == ["chroot", "fork", "keepalive", "service", "tfo_ok"], notices
+    assert keys == ["chroot", "fork", "service", "tfo_ok"], notices     # keepalive: tcp_keepalive
     assert f"notice: {path}: [protocols.0, protocols.1] fork: no effect" in r.stderr
 
 
@@ -303,3 +303,13 @@ def test_keepalive_mapping_once_the_key_exists(tmp_path, monkeypatch):
     out = translate.translate(model, problems)
     assert out.data["listen"]["listen0"]["tcp_keepalive"] == "true"
     assert out.data["global"]["tcp_keepalive"] == "true" and not problems.notices and not problems.errors
+
+
+def test_a_command_named_sslh_reads_sslhs_options(tmp_path):
+    """Linked or installed as `sslh`: even options both command lines know are sslh's (timeout 5 s)."""
+    script = tmp_path / "sslh"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
+                      "from epollmux.cli import main\nsys.exit(main())\n")
+    r = subprocess.run([sys.executable, str(script), "--listen", "127.0.0.1:4443", "--ssh", "127.0.0.1:22",
+                        "--print-config"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "probe_timeout = 5\n" in r.stdout, r.stderr

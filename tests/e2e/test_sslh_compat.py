@@ -38,6 +38,8 @@ PAYLOADS = {                # sslh's t_old samples (openvpn: a real client's, as
     "xmpp": b"<?xml version='1.0'?><stream:stream to='jabber.example.org' xmlns='jabber:client'>",
     "openvpn": FIXTURES["openvpn_tcp"].data,
     "tls": build_client_hello(sni="www.example.org"),
+    # an RDP client's X.224 connection request in its TPKT (sslh's probe: 0x03 and the TPKT length)
+    "msrdp": b"\x03\x00\x00\x13\x0e\xe0\x00\x00\x00\x00\x00\x01\x00\x08\x00\x03\x00\x00\x00",
 }
 
 

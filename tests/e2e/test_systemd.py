@@ -42,7 +42,7 @@ def test_notify_ready_status_watchdog_reload_stopping(tmp_path, daemon, backend,
     with socket.create_connection(("127.0.0.1", port), timeout=5) as held:
         assert held.recv(1) == b"A"
         deadline = time.monotonic() + 10
-        while not any(m.get("STATUS", "").startswith("2 workers, 1 open connections") for m in notify.messages):
+        while not any(m.get("STATUS", "").startswith("2 workers, 1 open connection,") for m in notify.messages):
             assert time.monotonic() < deadline, notify.messages
             notify.collect(0.2)
     assert any("connections/s" in m.get("STATUS", "") for m in notify.messages)
@@ -155,8 +155,13 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
         text = (REPO / "etc" / name).read_text()
         (units / name).write_text(text.replace("@PREFIX@", str(prefix)))
     assert "@PREFIX@" not in (units / "epollmux.service").read_text()
+    man = prefix / "share" / "man"           # Documentation=man:... is checked with man(1)
+    for page, section in (("epollmux.8", "man8"), ("epollmux.conf.5", "man5")):
+        (man / section).mkdir(parents=True, exist_ok=True)
+        (man / section / page).write_text((REPO / "doc" / page).read_text())
     result = subprocess.run(["systemd-analyze", "verify", "epollmux.service", "epollmux.socket"],
-                            cwd=units, capture_output=True, text=True, timeout=30)
+                            cwd=units, capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "MANPATH": f"{man}:"})
     complaints = [line for line in (result.stdout + result.stderr).splitlines() if "epollmux" in line]
     assert result.returncode == 0 and not complaints, result.stdout + result.stderr
     service = (units / "epollmux.service").read_text()

@@ -161,7 +161,7 @@ def start_all(netns, tmp_path: Path, daemon, port: int, b4: int, b6: int):
     for b in backends:
         b.wait_text("listening")
     d = daemon().start(CONFIG.format(port=port, b4=b4, b6=b6), wrap=["ip", "netns", "exec", s])
-    d.wait_log("ready: 1 workers accepting")
+    d.wait_log("ready: 1 worker accepting")
     return d, backends
 
 

@@ -272,6 +272,22 @@ def stats(d: Daemon, timeout: float = 10.0) -> str:
                       timeout, "a stats block after SIGUSR1", 0.05)
 
 
+def kernel_stats(d: Daemon, timeout: float = 10.0) -> dict:
+    """SIGUSR1, then the kernel relay's lines of every worker's stats block, summed: pairs, overruns,
+    max_backlog, ... Waits for one line per worker (the count the last "ready: N workers" named)."""
+    workers = int(re.findall(r"ready: (\d+) workers? accepting", d.wait_log("ready: "))[-1])
+    lines = lambda: [x for x in d.log_text().splitlines() if x.startswith("kernel relay: ")]
+    before = len(lines())
+    os.kill(d.pid, signal.SIGUSR1)
+    wait_until(lambda: len(lines()) >= before + workers, timeout, f"{workers} kernel relay lines", 0.05)
+    total: dict = {}
+    for line in lines()[before:before + workers]:
+        assert line.split()[2] == "loaded", line
+        for k, v in (f.split("=") for f in line.split()[3:]):
+            total[k] = total.get(k, 0) + int(v)
+    return total
+
+
 def closed_count(block: str, route: str, reason: str) -> int:
     m = re.search(rf"^closed route={re.escape(route)} reason={re.escape(reason)} (\d+)$", block, re.M)
     return int(m.group(1)) if m else 0

@@ -34,8 +34,9 @@ MUST_NOT_IMPORT = {
     "observe": {"tls", "relay", "serve", "process", "tools", "sslh", "cli", "checks"},
     "serve": ABOVE_SERVE,
     "process": {"tools", "sslh", "cli", "__main__"},
-    "tools": {"relay", "serve", "process", "sslh"},
+    "tools": {"relay", "serve", "process"},
     "config": {"relay", "serve", "process", "observe", "tools", "sslh", "cli", "reactor"},
+    "configproblems": {"*"},
 }
 # Private names of other modules that may be used, with why.
 PRIVATE_ALLOWED = {
@@ -46,6 +47,7 @@ PRIVATE_ALLOWED = {
     ("tools/manpage.py", "_action_groups"),    # argparse internals: the man page is generated from the parser
     ("tools/manpage.py", "_group_actions"),
     ("tools/manpage.py", "_actions"),
+    ("sslh/cmdline.py", "_actions"),           # argparse internals, as for the man page
 }
 
 

@@ -1,0 +1,38 @@
+"""TCP keepalive and TCP_USER_TIMEOUT on both legs of every TCP connection.
+
+Owns: which socket options make a peer that vanished without a FIN or RST (NAT timeout, lid closed, cable
+pulled) show up as an error, so its connection ends (reason `timeout`, ETIMEDOUT) instead of holding two
+fds forever.  The listening sockets carry the options and accepted clients inherit them (no syscall per
+client); each backend socket gets them at connect.  Idle healthy connections are not cut: a live peer
+answers the probes.
+
+Settings: tcp_keepalive (on by default), tcp_keepalive_idle / _interval / _count (seconds, seconds,
+probes) and tcp_user_timeout (seconds unacknowledged data may wait; 0 leaves the kernel's limits).
+Must not import the reactor, the connection or the config module.
+"""
+
+from __future__ import annotations
+
+import socket
+
+TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
+
+
+def options(settings) -> tuple[tuple[int, int, int], ...]:
+    """The (level, option, value) triples the settings ask for; with keepalive off they reset it."""
+    if not settings.tcp_keepalive:
+        opts = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)]
+    else:
+        opts = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+                (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, settings.tcp_keepalive_idle),
+                (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, settings.tcp_keepalive_interval),
+                (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, settings.tcp_keepalive_count)]
+    opts.append((socket.IPPROTO_TCP, TCP_USER_TIMEOUT, int(settings.tcp_user_timeout * 1000)))
+    return tuple(opts)
+
+
+def apply(sock, opts: tuple[tuple[int, int, int], ...]) -> None:
+    """Set the options on a TCP socket (a listening one: its accepted sockets inherit them)."""
+    for level, option, value in opts:
+        sock.setsockopt(level, option, value)
