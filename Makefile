@@ -21,10 +21,10 @@ DEB_TEST  = python3-venv openssh-server openssh-client nginx-light curl openssl 
             python3-configobj python3-daemon python3-sdnotify python3-libconf prometheus
 DEB_BENCH = sslh haproxy stunnel4 socat nginx-light iperf3 wrk strace linux-perf
 
-.PHONY: all install uninstall run test test-deps deb-deps deb man bench bench-deps bench-profile clean
+.PHONY: all install uninstall run test stress test-deps deb-deps deb man bench bench-deps bench-profile clean
 
 all:
-	@echo "targets: install uninstall run deb man test bench bench-deps clean (PREFIX=$(PREFIX))"
+	@echo "targets: install uninstall run deb man test stress bench bench-deps clean (PREFIX=$(PREFIX))"
 
 deb-deps:
 	@if command -v apt-get >/dev/null && ! dpkg -s $(PKGS) >/dev/null 2>&1; then \
@@ -80,6 +80,15 @@ test-deps:
 
 test: test-deps
 	$(TESTVENV)/bin/python -m pytest
+
+# The stress suite (tests/stress, not part of `make test`): a few minutes of hostile and faulty load; each test
+# prints one STRESS line of figures, collected in build/stress.txt. STRESS_SCALE multiplies the client counts.
+STRESS_SCALE ?= 1
+stress: test-deps
+	@mkdir -p build && rm -f build/stress.txt
+	EPOLLMUX_STRESS=1 EPOLLMUX_STRESS_SCALE=$(STRESS_SCALE) EPOLLMUX_STRESS_OUT=$(CURDIR)/build/stress.txt \
+	  $(TESTVENV)/bin/python -m pytest -q -s -p no:cacheprovider tests/stress
+	@cat build/stress.txt
 
 bench-deps: test-deps
 	@$(MAKE) --no-print-directory deb-deps PKGS="$(DEB_BENCH)"

@@ -143,10 +143,20 @@ class Connection:
         ctx.reactor.register(self.cfd, self.writable, self)
         self.writable &= CLIENT_OUT
         ctx.connections.add(self)
-        if self.src in ctx.own_backends:
+        target = ctx.own_backends.get(self.src)
+        if target is not None and self._from_own_backend(target):
             self._event(self._looped)
             return
         self._event(self._admit if self.listener.proxy_protocol == "none" else self._begin)
+
+    def _from_own_backend(self, target) -> bool:
+        """Our backend socket's port is this client's, and it went to this very listener (not merely the same
+        ephemeral port reused for a connect elsewhere, which the kernel allows: only the 4-tuple is unique)."""
+        try:
+            here = self.client.getsockname()
+        except OSError:
+            return False
+        return here[:2] == target[:2]
 
     def _looped(self) -> str:
         """The client is one of this worker's own backend sockets: a route's backend leads back here."""
@@ -411,7 +421,7 @@ class Connection:
             return "backend-busy" if err == errno.EAGAIN else errors.connect_reason(err)
         if tcp:         # remembered so that this socket, arriving at one of our listeners, is seen as a loop
             self.local = sock.getsockname()
-            ctx.own_backends.add(self.local)
+            ctx.own_backends[self.local] = target.sockaddr
         if route.backend_context is None and (
                 err == 0 or tcp and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == TCP_ESTABLISHED):
             # done already (on loopback the handshake ran inside connect()): no turn spent waiting for EPOLLOUT.
@@ -508,8 +518,10 @@ class Connection:
         return self._pump(up) or (pump_down and self._pump(down)) or self._after_pump()
 
     def _kernel_relayable(self) -> bool:
-        """Passthrough between two TCP sockets, with a kernel relay in this worker."""
-        return (self.ctx.kernel is not None and type(self.cend) is PlainEndpoint and type(self.bend) is PlainEndpoint
+        """Passthrough between two TCP sockets, with a kernel relay in this worker, on a listener that
+        takes no PROXY header (its bytes were read with recv: the kernel would relay them again)."""
+        return (self.ctx.kernel is not None and self.listener.proxy_protocol == "none"
+                and type(self.cend) is PlainEndpoint and type(self.bend) is PlainEndpoint
                 and self.client.family in TCP_FAMILIES and self.backend.family in TCP_FAMILIES)
 
     def _relay_event(self, fd: int, events: int) -> str | None:
@@ -598,7 +610,7 @@ class Connection:
         ctx.connections.discard(self)
         ctx.admission.leave(self.grant)
         if self.local is not None:
-            ctx.own_backends.discard(self.local)
+            ctx.own_backends.pop(self.local, None)
         abort = reason in ABORTS
         up = down = spliced = 0
         if self.kernel:        # out of the maps before the sockets close; the counts need them open

@@ -49,7 +49,7 @@ class Context:
         self.kernel = KernelRelay(reactor, relay) if relay in ("sockmap", "auto") else None   # loads on first use
         self.stats = Stats()
         self.connections: set = set()
-        self.own_backends: set = set()     # local (ip, port[, flow, scope]) of this worker's TCP backend sockets
+        self.own_backends: dict = {}       # local (ip, port[, flow, scope]) -> target of this worker's TCP backend sockets
         self.loop_warned = False
         self.reserve = Reserve()
         self.draining = False

@@ -81,6 +81,11 @@ def parser(prog: str = "epollmux") -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="validate, print every problem, exit")
     p.add_argument("--print-config", action="store_true", help="print the equivalent epollmux.conf and exit")
     p.set_defaults(protocols=[])
+    for action in p._actions:       # each sslh option's help is its row of the option table
+        row = next((o for o in options.OPTIONS if o.where == options.CLI
+                    and set(action.option_strings) & set(o.name.split("/"))), None)
+        if row is not None:
+            action.help = f"{row.equivalent} ({row.status})".replace("%", "%%")
     return p
 
 

@@ -61,6 +61,7 @@ def epollmux_8() -> str:
             out.append(esc(title[0].upper() + title[1:]) + ".\n")
         for action in actions:
             out.append(f".TP\n{_invocation(action)}\n{esc(_help(action))}\n")
+    out.append(_sslh_section())
     out.append(".SH SIGNALS\n.TP\nSIGHUP\nReload the file: it is validated first; a bad file changes nothing.\n"
                ".TP\nSIGUSR1\nLog the statistics of the supervisor and every worker.\n"
                ".TP\nSIGTERM, SIGINT\nClose the listening sockets at once (new clients are refused), let open "
@@ -71,6 +72,22 @@ def epollmux_8() -> str:
                "(cannot bind, cannot drop privileges, workers that cannot start); no answer to \\-\\-reload.\n")
     out.append(f".SH FILES\n{esc(CONFIG_FILES)}\n")
     out.append(".SH SEE ALSO\n\\fBepollmux.conf\\fR(5), \\fBsystemctl\\fR(1), \\fBjournalctl\\fR(1)\n")
+    return "".join(out)
+
+
+def _sslh_section() -> str:
+    """sslh's command line (epollmux.sslh.cmdline), which the same command accepts."""
+    from epollmux.sslh import cmdline
+    out = [".SH SSLH COMMAND LINE\n" + esc(
+        "sslh 2.x's options and its libconfig file (-F) are accepted as they are when the command is named "
+        "sslh* or an option only sslh has is given; they are translated into the configuration above "
+        "(--print-config shows it). Without -f the daemon detaches, as sslh does. Exit status as sslh's: "
+        "6 bad option, 2 unknown user, 3 pidfile not writable, 4 an address that does not resolve, "
+        "1 any other problem. See the README, \"Coming from sslh\", for every option's status.") + "\n"]
+    for action in cmdline.parser()._actions:
+        if action.option_strings and action.dest != "help":
+            text = _help(action) or "as in sslh"
+            out.append(f".TP\n{_invocation(action)}\n{esc(text)}\n")
     return "".join(out)
 
 
