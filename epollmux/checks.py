@@ -7,7 +7,7 @@ one of the daemon's own listening addresses (a wildcard listener makes every loc
 on that port its own: they are read from /proc/net), `log_target = syslog` on a host without /dev/log;
 and warnings for routes that can never be chosen, naming the earlier route that takes their clients.
 Errors use config's form "FILE: [section] key: message"; warnings "FILE: warning: [section] key: message".
-Must not open sockets or start anything; imports the config types only.
+Must not open sockets or start anything; imports nothing of epollmux (it reads the Config it is given).
 """
 
 from __future__ import annotations

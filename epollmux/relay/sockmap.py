@@ -4,7 +4,7 @@ Owns: the bpf() system call (ctypes, no library), a small assembler for the BPF 
 verdict program needs, loading the maps and the program once per process (`Sockmap.load` raises
 `SockmapUnavailable`, with the verifier log), adding a client/backend pair and removing it, pausing
 one direction, and the byte counts (TCP_INFO, the program's own) that tell when EOF may be passed
-on, how much kernel memory a direction holds, and what to log.
+on, how much kernel memory a direction holds, and what to log (the program's counter only).
 
 How the kernel relays. `targets` (a SOCKHASH) holds each socket of a pair under the *other*
 socket's cookie (SO_COOKIE: unique per boot, IPv4 and IPv6 alike). `sources` (a SOCKHASH carrying
@@ -17,15 +17,26 @@ of `notify` bytes: the process's only wake-up while payload flows.
 Kernel behaviour the caller must know (tests/unit/test_sockmap.py shows each; Linux 6.18):
 - Redirected bytes raise no epoll event on either socket, not even EPOLLIN.
 - No backpressure: bytes for a destination that cannot take more wait in a kernel queue charged
-  to no socket (invisible in `ss -m`), without bound; the sender is never slowed. Bound it: on each
-  ring notification look at `Flow.backlog()` and `pause()` the direction above a high-water mark.
-  Paused, the source keeps its bytes in its own receive queue, so TCP stops the sender; `resume()`
-  once the backlog is low relays them first, in order.
+  to no socket (invisible in `ss -m`), without bound; the sender is never slowed (a stalled reader
+  let 2.4 GB pile up in 6 s on loopback). Nothing from user space stops a paired source safely,
+  so watch `Flow.backlog()` on each ring notification and end the connection over a bound:
+  - taking the source out of the verdict map can meet an skb in flight (no program: dropped
+    after TCP acked it);
+  - SO_RCVLOWAT alone does not keep the data-ready hook off: the kernel caps it at half the
+    receive buffer and runs the hook anyway under memory pressure; TCP_WINDOW_CLAMP alone leaves
+    a window of ~1 KB that the sender fills as fast as the hook empties it;
+  - the minimum SO_RCVBUF (with SO_RCVLOWAT) does stop the sender, but the TCP window then stays
+    under one sender MSS after the buffer is restored (rcv_ssthresh ~2 KB, only incoming data
+    grows it, the sender only sends window probes with exponential backoff): one run stalled
+    for good after 750 KB.
+- Never pair a socket the process has read from (a PROXY header taken with recv): the kernel hands
+  the program whole skbs, so the rest of a partly read skb would be relayed with the read bytes
+  in front. `Flow` refuses such a socket (EOPNOTSUPP).
 - Bytes queued before pairing (peeked sniff bytes, a server's banner) move only once the socket is
   woken; `add_pair` wakes both (SO_RCVLOWAT runs the data-ready hook), so they go first, in order.
   Write a PROXY header to the backend before `add_pair`.
-- A paired socket cannot be read (recv waits or says EAGAIN); a paused one can. SIOCINQ says 0
-  for both, whatever is queued.
+- A paired socket cannot be read (recv waits or says EAGAIN), SIOCINQ says 0,
+  whatever is queued.
 - FIN reaches the source (EPOLLRDHUP) and is not passed on; redirected bytes may still be queued
   for the destination: shut it down for writing once `Flow.pending(eof=True)` is 0, or lose the
   tail. The program drops the empty skb of a bare FIN: redirected, it would fail on the
@@ -35,14 +46,13 @@ Kernel behaviour the caller must know (tests/unit/test_sockmap.py shows each; Li
   destination's send queue full it gives up for one jiffy (4 ms at HZ=250; ~50-100 times a second
   on one loopback stream). A send buffer autotuned up to tcp_wmem's 4 MiB drains in less than
   that at 10 Gbit/s and the socket idles: `add_pair` fixes both send buffers at `sndbuf`
-  (SO_SNDBUFFORCE) so the queue outlasts the pause. That queue stays charged to the socket
+  (SO_SNDBUFFORCE) so the queue outlasts the wait. That queue stays charged to the socket
   (`ss -m`) and under the kernel's tcp_mem limits, unlike the redirect backlog.
 - Only established sockets can be added: a socket that has received a FIN (CLOSE_WAIT) or sent one
-  (FIN_WAIT, after the other direction's EOF was passed on) is refused (EOPNOTSUPP), by `add_pair`
-  and by `resume`. The process then relays that direction itself.
-- Taking a socket out of `sources` while an skb is being redirected drops that skb; `pause`
-  first stops the data-ready hook (SO_RCVLOWAT) so none is. Removing a pair discards what is still
-  queued for its sockets: remove only when both directions are done or dead.
+  is refused (EOPNOTSUPP); the caller relays that connection itself. Removing a pair discards what
+  is still queued for its sockets: remove only when both directions are done or dead.
+- Counts: the program adds each redirected skb's length to its direction's counter in `usage`
+  (one map read, no two-syscall sum); at EOF that is exactly the bytes relayed.
 
 Must not import the reactor, the configuration, the relay or anything that knows a protocol.
 """
@@ -114,8 +124,6 @@ class SockmapUnavailable(Exception):
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
-_libc.recv.restype = ctypes.c_ssize_t
-_libc.recv.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
 
 
 def bpf(cmd: int, attr: bytes) -> int:
@@ -279,17 +287,6 @@ def unsent(sock: socket.socket) -> int:
     return _ioctl_int(sock, termios.TIOCOUTQ)
 
 
-def _queued(sock: socket.socket) -> int:
-    """Bytes in the TCP receive queue even where SIOCINQ hides them: a peek that copies nothing."""
-    n = _libc.recv(sock.fileno(), None, 1 << 30, socket.MSG_PEEK | socket.MSG_TRUNC | socket.MSG_DONTWAIT)
-    if n < 0:
-        err = ctypes.get_errno()
-        if err in (errno.EAGAIN, errno.EWOULDBLOCK):
-            return 0
-        raise OSError(err, os.strerror(err))
-    return n
-
-
 def _consumed(sock: socket.socket) -> int:
     """Data bytes the process has taken out of the receive queue (call before pairing)."""
     for _ in range(STABLE_TRIES):
@@ -313,13 +310,13 @@ def _written(sock: socket.socket, exact: bool) -> int:
     raise OSError(errno.EAGAIN, "send counters kept moving")
 
 
-def _set_sndbuf(sock: socket.socket, size: int) -> None:
-    """Room for the kernel's sender (see the module docstring); without CAP_NET_ADMIN as much as
-    net.core.wmem_max allows."""
+def _set_buf(sock: socket.socket, force: int, plain: int, size: int) -> None:
+    """A fixed socket buffer (SO_SNDBUFFORCE/SO_RCVBUFFORCE); without CAP_NET_ADMIN as much as
+    net.core.wmem_max/rmem_max allow."""
     try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, size)
+        sock.setsockopt(socket.SOL_SOCKET, force, size)
     except PermissionError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        sock.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
 def _wake(sock: socket.socket) -> None:
@@ -332,18 +329,20 @@ def _wake(sock: socket.socket) -> None:
 class Flow:
     """Bytes reaching `src` go to `dst`. Counts start when the pair is added."""
 
-    __slots__ = ("maps", "src", "dst", "key", "in_base", "out_base", "paused")
+    __slots__ = ("maps", "src", "dst", "key", "in_base", "out_base")
 
     def __init__(self, maps: "Sockmap", src: socket.socket, dst: socket.socket):
         self.maps = maps
         self.src, self.dst = src, dst
         self.key = cookie(src)
-        self.in_base = _consumed(src)          # all later bytes go to dst, peeked ones included
+        self.in_base = _consumed(src)
+        if self.in_base:
+            raise OSError(errno.EOPNOTSUPP, f"{self.in_base} bytes were read from this socket: the kernel "
+                                            "would relay the rest of their skb again")
         self.out_base = _written(dst, exact=True)
-        self.paused = False
 
     def redirected(self) -> int:
-        """Bytes the program has redirected to dst (the program's own count)."""
+        """Bytes the program has handed on to dst (its own counter, one map read: exact)."""
         return self.maps._used(self.key)
 
     def delivered(self, exact: bool = False) -> int:
@@ -352,49 +351,26 @@ class Flow:
         return _written(self.dst, exact) - self.out_base
 
     def backlog(self) -> int:
-        """Bytes redirected but not yet in dst's send queue: kernel memory charged to no socket.
-        Valid while the process itself has written nothing to dst."""
+        """Bytes redirected but not yet in dst's send queue: kernel memory charged to no socket."""
         return max(0, self.redirected() - self.delivered())
 
-    def relayed(self, eof: bool | None = None) -> int:
-        """Data bytes src has received since pairing, less those a pause holds in its queue.
-        TCP_INFO counts a received FIN as a byte: pass eof=True once the FIN was seen (EPOLLRDHUP,
-        no error); None reads it from the TCP state, which cannot once both sides have closed."""
+    def received(self, eof: bool | None = None) -> int:
+        """Data bytes src has received since pairing. TCP_INFO counts a received FIN as a byte: pass
+        eof=True once the FIN was seen (EPOLLRDHUP, no error); None reads it from the TCP state."""
         info = _info(self.src)
         if eof is None:
             eof = info[TCPI_STATE] in FIN_RECEIVED
-        held = _queued(self.src) if self.paused else 0
-        return struct.unpack_from("<Q", info, TCPI_BYTES_RECEIVED)[0] - eof - self.in_base - held
+        return struct.unpack_from("<Q", info, TCPI_BYTES_RECEIVED)[0] - eof - self.in_base
 
     def pending(self, eof: bool | None = None) -> int:
-        """Bytes src has passed on that are not in dst's send queue yet. 0 with eof=True (and not
-        paused): dst has everything, shut it down for writing now. Errs high, never low."""
-        return max(0, self.relayed(eof) - self.delivered())
+        """Bytes src has received that are not in dst's send queue yet. 0 with eof=True: dst has
+        everything, shut it down for writing now. Errs high, never low."""
+        return max(0, self.received(eof) - self.delivered())
 
-    def moved(self, eof: bool | None = None) -> int:
-        """Bytes this direction has put into dst, for the access log: an exact reading (an ACK landing
-        between TCP_INFO and SIOCOUTQ would make an inexact one short)."""
-        return min(self.relayed(eof), self.delivered(exact=True))
-
-    def pause(self) -> None:
-        """Stop redirecting src: later bytes stay in its receive queue, so TCP stops the sender
-        once that is full. Bytes already redirected still reach dst (`backlog()` counts them).
-        Paused, src reads normally: once backlog() is 0 the process may move it itself."""
-        if not self.paused:
-            self.src.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, QUIET)   # no redirect under way...
-            try:
-                self.maps._delete("sources", self.key)                         # ...while the program goes
-            finally:
-                _wake(self.src)
-            self.paused = True
-
-    def resume(self) -> None:
-        """Redirect src again, starting with what it queued while paused. Raises OSError
-        (EOPNOTSUPP) once src has received a FIN: it stays paused, the process moves the rest."""
-        if self.paused:
-            self.maps._update("sources", self.key, struct.pack("<I", self.src.fileno()), BPF_NOEXIST)
-            self.paused = False
-            _wake(self.src)
+    def moved(self) -> int:
+        """Bytes this direction has put into dst, for the access log: the program's counter. Exact
+        once the direction ended in EOF (then every redirected byte reached dst)."""
+        return self.redirected()
 
 
 class Pair:
@@ -480,7 +456,7 @@ class Sockmap:
         self.flows[pair.down.key] = pair.down
         if self.sndbuf:
             for sock in (client, backend):
-                _set_sndbuf(sock, self.sndbuf)
+                _set_buf(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, self.sndbuf)
         _wake(client)
         _wake(backend)
         return pair

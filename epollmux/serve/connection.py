@@ -518,8 +518,10 @@ class Connection:
         return self._pump(up) or (pump_down and self._pump(down)) or self._after_pump()
 
     def _kernel_relayable(self) -> bool:
-        """Passthrough between two TCP sockets, with a kernel relay in this worker."""
-        return (self.ctx.kernel is not None and type(self.cend) is PlainEndpoint and type(self.bend) is PlainEndpoint
+        """Passthrough between two TCP sockets, with a kernel relay in this worker, on a listener that
+        takes no PROXY header (its bytes were read with recv: the kernel would relay them again)."""
+        return (self.ctx.kernel is not None and self.listener.proxy_protocol == "none"
+                and type(self.cend) is PlainEndpoint and type(self.bend) is PlainEndpoint
                 and self.client.family in TCP_FAMILIES and self.backend.family in TCP_FAMILIES)
 
     def _relay_event(self, fd: int, events: int) -> str | None:

@@ -46,7 +46,7 @@ PROTOCOLS = {"ssh": "ssh", "tls": "tls", "ssl": "tls", "openvpn": "openvpn", "ti
 SHORTCUTS = ("ssh", "tls", "ssl", "openvpn", "tinc", "wireguard", "xmpp", "http", "adb", "socks5", "syslog",
              "msrdp", "anyprot")
 
-KEEPALIVE = "epollmux sets no SO_KEEPALIVE yet; `idle_timeout` closes dead connections"
+KEEPALIVE = "`global.tcp_keepalive = yes` (epollmux's default: on for both legs of every connection)"
 _NO_UDP = "UDP: epollmux routes TCP only; run sslh-select beside it for UDP"
 
 OPTIONS: tuple[Option, ...] = (
@@ -94,7 +94,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("port", LISTEN, "string", SAME, "`[listen]` address port (a service name is looked up)"),
     Option("is_udp", LISTEN, "bool", REFUSED, _NO_UDP),
     Option("is_unix", LISTEN, "bool", REFUSED, "listeners are TCP (host:port); unix sockets are for backends"),
-    Option("keepalive", LISTEN, "bool", NOTICE, KEEPALIVE),
+    Option("keepalive", LISTEN, "bool", MAPPED, KEEPALIVE),
     Option("max_connections", LISTEN, "int", MAPPED, "`[listen]` `max_connections` (with `workers = 1`)"),
     Option("proxyprotocol", LISTEN, "bool", MAPPED, "`proxy_protocol = any`, `trusted = 0.0.0.0/0, ::/0`"),
     # ------------------------------------------------------------ protocols entries
@@ -109,7 +109,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("transparent", PROTOCOL, "bool", MAPPED, "the route's `transparent`"),
     Option("resolve_on_forward", PROTOCOL, "bool", NOTICE, "the name is resolved at start and on reload"),
     Option("log_level", PROTOCOL, "0|1", NOTICE, "every connection gets one access-log line"),
-    Option("keepalive", PROTOCOL, "bool", NOTICE, KEEPALIVE),
+    Option("keepalive", PROTOCOL, "bool", MAPPED, KEEPALIVE),
     Option("max_connections", PROTOCOL, "int", MAPPED, "the route's `max_connections` (with `workers = 1`)"),
     Option("sni_hostnames", PROTOCOL, "[globs]", MAPPED, "`sni` (case-insensitive)"),
     Option("alpn_protocols", PROTOCOL, "[globs]", MAPPED, "`alpn`"),

@@ -325,13 +325,13 @@ def test_rst_after_data_ends_the_backend_side(relayed):
 # --- backpressure ------------------------------------------------------------------------------------
 @pytest.mark.timeout(180)
 def test_slow_backend_bounded_memory(relayed):
-    """The client pushes at a backend that reads slowly; the daemon must not buffer it. The kernel relay's
-    backend reads nothing until the relay has paused the direction (seen in the stats): that pause is what
-    keeps the kernel from holding everything, unaccounted."""
+    """The client pushes at a backend that reads slowly; the daemon must not buffer it. (The kernel relay
+    has no backpressure: it ends such a connection over its backlog limit, test_sockmap_e2e.py.)"""
+    if relayed.variant == "sockmap":
+        pytest.skip("the kernel relay ends a connection over its backlog limit: test_sockmap_e2e.py")
     total = (64 if relayed.variant == "tls" else 256) << 20
     got, gate = [], threading.Event()
-    if relayed.variant != "sockmap":
-        gate.set()
+    gate.set()
 
     def handle(sock):
         gate.wait(120)
@@ -358,9 +358,6 @@ def test_slow_backend_bounded_memory(relayed):
 
     pusher = threading.Thread(target=push)
     pusher.start()
-    if relayed.variant == "sockmap":
-        wait_until(lambda: kernel_stats(relayed.d)["pauses"] > 0, 60, "a pause of the kernel relay", 0.2)
-        gate.set()
     pusher.join(150)
     assert recv_to_end(peer) == b""
     wait_until(lambda: got, 60, "the backend's EOF")

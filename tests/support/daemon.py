@@ -273,9 +273,9 @@ def stats(d: Daemon, timeout: float = 10.0) -> str:
 
 
 def kernel_stats(d: Daemon, timeout: float = 10.0) -> dict:
-    """SIGUSR1, then the kernel relay's lines of every worker's stats block, summed: pairs, pauses,
+    """SIGUSR1, then the kernel relay's lines of every worker's stats block, summed: pairs, overruns,
     max_backlog, ... Waits for one line per worker (the count the last "ready: N workers" named)."""
-    workers = int(re.findall(r"ready: (\d+) workers accepting", d.wait_log("ready: "))[-1])
+    workers = int(re.findall(r"ready: (\d+) workers? accepting", d.wait_log("ready: "))[-1])
     lines = lambda: [x for x in d.log_text().splitlines() if x.startswith("kernel relay: ")]
     before = len(lines())
     os.kill(d.pid, signal.SIGUSR1)

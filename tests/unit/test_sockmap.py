@@ -2,9 +2,8 @@
 with a paired socket and what the caller has to do about it, one behaviour per test.
 
 The tests that relay a whole exchange drive epollmux.relay.kernel itself (`Relayed`: a real reactor,
-a stand-in connection): pause a direction whose kernel backlog is high when the ring says it moved,
-resume when low, pass EOF on once `pending` is 0, move the rest itself when a FIN made resuming
-impossible, and treat an error as a reset. Skipped where the maps cannot be loaded (not root, no
+a stand-in connection): end a connection whose kernel backlog passed the limit when the ring says it moved,
+pass EOF on once `pending` is 0, and treat an error as a reset. Skipped where the maps cannot be loaded (not root, no
 sockmap in the kernel)."""
 
 from __future__ import annotations
@@ -130,13 +129,11 @@ class Conn:
 
 class Relayed:
     """One client/backend pair in the hands of epollmux.relay.kernel, driven by a real reactor: the
-    ring and the sockets' RDHUP/errors wake it, a short timer runs while a direction is paused,
-    draining or passing EOF on. `run()` returns the close reason ("eof", "reset", "timeout")."""
+    ring and the sockets' RDHUP/errors wake it, a short timer runs while a direction is passing EOF on. `run()` returns the close reason ("eof", "reset", "timeout")."""
 
-    def __init__(self, maps: sm.Sockmap, c: socket.socket, b: socket.socket,
-                 high: int = kernelrelay.HIGH, low: int = kernelrelay.LOW):
+    def __init__(self, maps: sm.Sockmap, c: socket.socket, b: socket.socket, limit: int = kernelrelay.LIMIT):
         self.maps, self.reactor = maps, Reactor()
-        self.relay = KernelRelay(self.reactor, "sockmap", high=high, low=low, maps=maps)
+        self.relay = KernelRelay(self.reactor, "sockmap", limit=limit, maps=maps)
         self.conn = Conn(self.relay)
         for sock in (c, b):
             sock.setblocking(False)                    # as the daemon's sockets are
@@ -344,9 +341,9 @@ def test_reset_seen_by_the_relay_and_passed_on(maps, conns):
         cp.recv(10)
 
 
-# --- memory: the kernel has no backpressure, the pause gives it ----------------------------------
+# --- memory: the kernel has no backpressure, the limit ends the connection ----------------------------------
 
-def test_slow_reader_unbounded_without_pause(maps, conns):
+def test_slow_reader_unbounded_in_the_kernel(maps, conns):
     """Nothing slows the sender: what the reader does not take piles up in kernel memory that no
     socket is charged for (`ss -m` shows only the destination's own send queue)."""
     cp, c, b, bp = conns()
@@ -367,120 +364,45 @@ def test_slow_reader_unbounded_without_pause(maps, conns):
     assert pair.up.backlog() == 0
 
 
-def held(sock: socket.socket) -> bool:
-    """Bytes wait in sock's receive queue (a peek: SIOCINQ shows 0 on a socket in the map)."""
-    try:
-        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-    except BlockingIOError:
-        return False
-
-
-def test_slow_reader_bounded_by_pause(maps, conns):
-    """A reader that takes nothing: past the high-water mark the relay pauses, and from then on the
-    sender's bytes wait in the source's receive queue (where TCP flow control stops the sender) instead
-    of piling up unaccounted in the kernel. Ordered by conditions, not speeds: the reader starts once
-    both were seen. How far past the mark the backlog gets first is the sender's speed against the
-    worker's latency, so no bound on it is asserted here."""
+def test_slow_reader_within_the_limit_gets_every_byte(maps, conns):
     cp, c, b, bp = conns()
-    relay = Relayed(maps, c, b, high=8 * MiB, low=2 * MiB)
-    total = 128 * MiB
+    relay = Relayed(maps, c, b, limit=64 * MiB)
+    total = 24 * MiB                                     # less than the limit: never over it
     data = os.urandom(total)
-    got, seen = bytearray(), {}
-    gate = threading.Event()
-
-    def watch():
-        wait_for(lambda: relay.relay.pauses > 0, 60)
-        wait_for(lambda: held(c), 60)                 # later bytes are held at the source
-        seen["max_backlog"] = relay.relay.max_backlog
-        gate.set()
-
-    def reader():
-        if gate.wait(90):
-            read_into(bp, got).join(90)
-
-    threads = [threading.Thread(target=f, daemon=True) for f in (watch, reader)]
-    for th in threads:
-        th.start()
-    threads += [write_from(cp, data), write_from(bp, b"")]
-    assert relay.run(120) == "eof"
-    relay.release()
-    for th in threads:
-        th.join(10)
-    assert seen and seen["max_backlog"] > 8 * MiB, seen
-    assert relay.relay.pauses > 0
-    assert bytes(got) == data
-
-
-def test_moved_is_exact_when_an_ack_lands_between_the_two_readings(monkeypatch):
-    """The access log's byte counts: written = acked (TCP_INFO) + unacked (SIOCOUTQ), two syscalls. An
-    ACK between them moved bytes from one count to the other; the reading is retried until stable
-    (test_ipv6_both_sides_relayed_in_the_kernel logged down=8257681 for 8388608 bytes)."""
-    dst = {"acked": 400, "outq": 600, "readings": 0}
-
-    def tcp_bytes(sock):
-        dst["readings"] += 1
-        acked = dst["acked"]
-        if dst["readings"] == 1:                      # the ACK arrives right after the first reading
-            dst["acked"], dst["outq"] = 700, 300
-        return 0, acked
-
-    monkeypatch.setattr(sm, "tcp_bytes", tcp_bytes)
-    monkeypatch.setattr(sm, "unsent", lambda sock: dst["outq"])
-
-    class Flow(sm.Flow):
-        def relayed(self, eof=None):
-            return 1000
-
-    flow = object.__new__(Flow)
-    flow.dst, flow.out_base = None, 0
-    assert flow.moved(eof=True) == 1000
-
-
-def test_pause_and_resume_under_load_lose_nothing(maps, conns):
-    cp, c, b, bp = conns()
-    pair = maps.add_pair(c, b)
-    data = os.urandom(64 * MiB)
     got = bytearray()
-    reader, writer = read_into(bp, got), write_from(cp, data)
-    cycles = 0
-    while writer.is_alive():
-        pair.up.pause()
-        try:
-            pair.up.resume()
-        except OSError as exc:                        # the FIN came in while paused
-            assert exc.errno == errno.EOPNOTSUPP
-            break
-        cycles += 1
-    writer.join()
-    if pair.up.paused:                                 # move the rest as the recipe does
-        wait_for(lambda: pair.up.backlog() == 0)
-        while rest := c.recv(MiB):
-            b.sendall(rest)
-    else:
-        wait_for(lambda: pair.up.pending(eof=True) == 0)
-    b.shutdown(socket.SHUT_WR)
-    reader.join(20)
-    assert cycles > 100
+    threads = [read_into(bp, got, delay=0.0005, size=1 << 16), write_from(cp, data), write_from(bp, b"")]
+    assert relay.run(90) == "eof"
+    assert relay.release() == (total, 0)
+    for t in threads:
+        t.join(10)
     assert bytes(got) == data
 
 
-def test_paused_source_reads_normally_and_resumes_in_order(maps, conns):
+def test_backlog_over_the_limit_ends_the_connection(maps, conns):
+    """No backpressure exists on this path: a reader that takes nothing lets the kernel queue grow
+    until the worker ends the connection (reason kernel-backlog) instead of holding more."""
     cp, c, b, bp = conns()
-    pair = maps.add_pair(c, b)
-    cp.sendall(b"one ")
-    assert bp.recv(64) == b"one "
-    pair.up.pause()
-    cp.sendall(b"two ")
-    c.settimeout(5)
-    assert c.recv(64, socket.MSG_PEEK) == b"two "       # held by the source now (SIOCINQ still says 0)
-    assert pair.up.pending() == 0 and pair.up.relayed() == 4
-    pair.up.resume()
-    cp.sendall(b"three")
-    want = b"one two three"[4:]
-    got = b""
-    while len(got) < len(want):
-        got += bp.recv(64)
-    assert got == want
+    relay = Relayed(maps, c, b, limit=16 * MiB)
+    writer = write_from(cp, b"\x5a" * (256 * MiB), shut=False)
+    assert relay.run(60) == "kernel-backlog"
+    assert relay.relay.overruns == 1 and relay.relay.max_backlog > 16 * MiB
+    relay.release()
+    reset(cp)
+    writer.join(10)
+
+
+def test_socket_read_from_is_refused_and_nothing_is_left(maps, conns):
+    """A PROXY header taken with recv() out of the skb that also carries the first payload: the
+    kernel would relay the whole skb, header included, so such a socket is never paired."""
+    cp, c, b, bp = conns()
+    cp.sendall(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\npayload")
+    wait_for(lambda: sm.tcp_bytes(c)[0] == 39)
+    assert c.recv(32) == b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n"
+    with pytest.raises(OSError) as caught:
+        maps.add_pair(c, b)
+    assert caught.value.errno == errno.EOPNOTSUPP
+    assert sm.cookie(c) not in maps.flows and sm.cookie(b) not in maps.flows
+    assert c.recv(64) == b"payload"
 
 
 # --- lifecycle -----------------------------------------------------------------------------------
