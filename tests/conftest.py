@@ -13,23 +13,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from support.certs import make_ca_factory, tls_ca  # noqa: E402,F401  (fixtures)
 from support.daemon import Daemon, NotifySocket  # noqa: E402
-from support.net import Server, echo  # noqa: E402
+from support.net import Server, each_started, echo  # noqa: E402
 from support.peers import haproxy, iperf3_server, nginx, openvpn, sshd  # noqa: E402,F401  (fixtures)
 
 
 @pytest.fixture
 def daemon(tmp_path):
     """daemon() -> a new Daemon in its own directory; every one started is ended by PID afterwards."""
-    started: list[Daemon] = []
-
-    def make() -> Daemon:
-        d = Daemon(tmp_path / f"d{len(started)}")
-        started.append(d)
-        return d
-
-    yield make
-    for d in started:
-        d.end()
+    yield from each_started(lambda n: Daemon(tmp_path / f"d{n}"), Daemon.end)
 
 
 @pytest.fixture
@@ -43,13 +34,4 @@ def notify(tmp_path):
 @pytest.fixture
 def server():
     """server(handle=echo) -> a thread backend on 127.0.0.1; all closed afterwards."""
-    servers: list[Server] = []
-
-    def make(handle=echo, **kw) -> Server:
-        s = Server(handle, **kw)
-        servers.append(s)
-        return s
-
-    yield make
-    for s in servers:
-        s.close()
+    yield from each_started(lambda n, handle=echo, **kw: Server(handle, **kw), Server.close)

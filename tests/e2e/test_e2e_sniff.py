@@ -22,7 +22,7 @@ import time
 import pytest
 
 from support.net import connect, echo, free_port, recv_all
-from support.daemon import tree_cpu_seconds, tree_pids
+from support.daemon import make_config, tree_cpu_seconds, tree_pids
 from support.peers import need, openvpn_keys, text_server_block, tls_server_block
 
 CLIENT_ENV = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
@@ -138,51 +138,18 @@ def web(nginx, tls_ca):
     return ports
 
 
+MUX_ROUTES = {"ssh": {"probe": "ssh"}, "tls_a": {"probe": "tls", "sni": "a.example"},
+              "tls_b": {"probe": "tls", "sni": "b.example"}, "h2": {"probe": "tls", "alpn": "h2"},
+              "h1": {"probe": "tls", "alpn": "http/1.1"}, "http_a": {"probe": "http", "host": "a.example"},
+              "http_b": {"probe": "http", "host": "b.example"}, "openvpn": {"probe": "openvpn"},
+              "fallback": {"probe": "any"}}
+
+
 def mux_config(port: int, backends: dict[str, int], **glob) -> str:
     """All routes on one listener, in this order; a route whose backend is not given points at a dead port."""
-    b = {name: backends.get(name) or dead_port() for name in ("ssh", "openvpn", *NAMES)}
-    settings = "\n".join(f"{k} = {v}" for k, v in {"log_level": "debug", "workers": 1, **glob}.items())
-    return f"""
-[global]
-{settings}
-[listen]
-  [[main]]
-  address = 127.0.0.1:{port}
-[routes]
-  [[ssh]]
-  probe = ssh
-  backend = 127.0.0.1:{b['ssh']}
-  [[tls_a]]
-  probe = tls
-  sni = a.example
-  backend = 127.0.0.1:{b['tls_a']}
-  [[tls_b]]
-  probe = tls
-  sni = b.example
-  backend = 127.0.0.1:{b['tls_b']}
-  [[h2]]
-  probe = tls
-  alpn = h2
-  backend = 127.0.0.1:{b['h2']}
-  [[h1]]
-  probe = tls
-  alpn = http/1.1
-  backend = 127.0.0.1:{b['h1']}
-  [[http_a]]
-  probe = http
-  host = a.example
-  backend = 127.0.0.1:{b['http_a']}
-  [[http_b]]
-  probe = http
-  host = b.example
-  backend = 127.0.0.1:{b['http_b']}
-  [[openvpn]]
-  probe = openvpn
-  backend = 127.0.0.1:{b['openvpn']}
-  [[fallback]]
-  probe = any
-  backend = 127.0.0.1:{b['fallback']}
-"""
+    return make_config(port, {name: {**opts, "backend": f"127.0.0.1:{backends.get(name) or dead_port()}"}
+                              for name, opts in MUX_ROUTES.items()},
+                       **{"log_level": "debug", "workers": 1, **glob})
 
 
 @pytest.mark.timeout(60)
@@ -261,23 +228,11 @@ def test_openvpn_client_reaches_openvpn_server(daemon, openvpn, web, tmp_path):
 # --- timeouts, clients that leave, junk: thread backends that name themselves ------------------------
 def sniff_config(port: int, other: int, backends: dict[str, int], **glob) -> str:
     """Listener `port` has ssh, tls, http and an `any` route; listener `other` the same without `any`."""
-    settings = "\n".join(f"{k} = {v}" for k, v in {"log_level": "debug", "workers": 1, **glob}.items())
-    routes = "".join(f"""
-  [[{name}]]
-  probe = {name}
-  backend = 127.0.0.1:{backends[name]}""" for name in ("ssh", "tls", "http", "any"))
-    return f"""
-[global]
-{settings}
-[listen]
-  [[with_any]]
-  address = 127.0.0.1:{port}
-  routes = ssh, tls, http, any
-  [[no_any]]
-  address = 127.0.0.1:{other}
-  routes = ssh, tls, http
-[routes]{routes}
-"""
+    return make_config({"with_any": {"address": f"127.0.0.1:{port}", "routes": "ssh, tls, http, any"},
+                        "no_any": {"address": f"127.0.0.1:{other}", "routes": "ssh, tls, http"}},
+                       {name: {"probe": name, "backend": f"127.0.0.1:{backends[name]}"}
+                        for name in ("ssh", "tls", "http", "any")},
+                       **{"log_level": "debug", "workers": 1, **glob})
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from support.daemon import REPO
+from support.daemon import make_config, REPO
 from support.net import connect, free_port
 from epollmux import config
 from epollmux.tools import explain, pcap
@@ -30,43 +30,16 @@ PCAPS = sorted(PCAP_DIR.glob("*.pcap"))
 
 pytestmark = pytest.mark.timeout(60)
 
-ROUTES_CONFIG = """
-[global]
-workers = 1
-probe_timeout = 0.4
-on_timeout = ssh
-log_format = json
-[listen]
-  [[main]]
-  address = 127.0.0.1:{port}
-[routes]
-  [[ssh]]
-  probe = ssh
-  backend = 127.0.0.1:{backend}
-  [[h2]]
-  probe = tls
-  sni = www.example.org
-  alpn = h2
-  backend = 127.0.0.1:{backend}
-  [[www]]
-  probe = tls
-  sni = *.example.org
-  backend = 127.0.0.1:{backend}
-  send_proxy = v2
-  [[tls]]
-  probe = tls
-  backend = 127.0.0.1:{backend}
-  [[web]]
-  probe = http
-  host = www.example.org
-  backend = 127.0.0.1:{backend}
-  [[vpn]]
-  probe = openvpn
-  backend = 127.0.0.1:{backend}
-  [[log]]
-  probe = syslog
-  backend = 127.0.0.1:{backend}
-"""
+ROUTES = {"ssh": {"probe": "ssh"}, "h2": {"probe": "tls", "sni": "www.example.org", "alpn": "h2"},
+          "www": {"probe": "tls", "sni": "*.example.org", "send_proxy": "v2"}, "tls": {"probe": "tls"},
+          "web": {"probe": "http", "host": "www.example.org"}, "vpn": {"probe": "openvpn"},
+          "log": {"probe": "syslog"}}
+
+
+def routes_config(port: int, backend: int) -> str:
+    """Seven routes, every one to the same backend: the route a flight takes shows only in the log."""
+    return make_config(port, {name: {**opts, "backend": f"127.0.0.1:{backend}"} for name, opts in ROUTES.items()},
+                       workers=1, probe_timeout=0.4, on_timeout="ssh", log_format="json")
 
 
 def run_explain(conf: Path, paths: list) -> tuple[int, str, str]:
@@ -107,7 +80,7 @@ def daemon_route(port: int, data: bytes) -> tuple[int, bool]:
 def test_explain_chooses_the_route_the_daemon_chooses(daemon, server, tmp_path):
     backend = server()
     port = free_port()
-    cfg = ROUTES_CONFIG.format(port=port, backend=backend.port)
+    cfg = routes_config(port, backend.port)
     d = daemon().start(cfg, wait=port)
     d.wait_log("ready: 1 worker accepting")
     partial = tmp_path / "tls_partial_hello.bin"       # a hello cut short: the tls routes wait, then on_timeout

@@ -32,11 +32,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from support.daemon import closed_count, REPO, stats
-from support.net import echo, free_port, recv_all
+from support.daemon import closed_count, make_config, REPO, stats
+from support.net import echo, free_port, recv_all, wait_until
 from epollmux.wire import proxybuild as pb
 from epollmux.wire import proxyproto as pp
-from support.peers import HAProxy, need, wait_text
+from support.peers import need, wait_text
 
 SIG = pp.SIGNATURE_V2
 OK, NEED_MORE, INVALID = pp.Status.OK, pp.Status.NEED_MORE, pp.Status.INVALID
@@ -44,16 +44,8 @@ OK, NEED_MORE, INVALID = pp.Status.OK, pp.Status.NEED_MORE, pp.Status.INVALID
 
 # --- configuration and daemon helpers ----------------------------------------------------------------
 def config(listeners: dict[str, dict], routes: dict[str, dict], **glob) -> str:
-    """A config file: listeners and routes {name: {key: value}}, global keys (workers = 1: limits are per
-    worker)."""
-    settings_ = {"workers": 1, "log_level": "info", **glob}
-    text = "[global]\n" + "".join(f"{k} = {v}\n" for k, v in settings_.items()) + "[listen]\n"
-    for name, opts in listeners.items():
-        text += f"  [[{name}]]\n" + "".join(f"  {k} = {v}\n" for k, v in opts.items())
-    text += "[routes]\n"
-    for name, opts in routes.items():
-        text += f"  [[{name}]]\n" + "".join(f"  {k} = {v}\n" for k, v in opts.items())
-    return text
+    """make_config with workers = 1 (limits are per worker) and info logging."""
+    return make_config(listeners, routes, **{"workers": 1, "log_level": "info", **glob})
 
 
 def start(daemon, cfg: str, port: int):
@@ -268,20 +260,6 @@ def check_v2_fixed(header: bytes, fam: int, src: tuple, dst: tuple) -> dict[int,
 
 
 # --- HAProxy in front --------------------------------------------------------------------------------
-@pytest.fixture
-def haproxy(tmp_path):
-    started: list[HAProxy] = []
-
-    def make(server: str, bind: str = "") -> HAProxy:
-        h = HAProxy(tmp_path / f"haproxy{len(started)}", server, bind)
-        started.append(h)
-        return h
-
-    yield make
-    for h in started:
-        h.stop()
-
-
 # --- 1. interop: HAProxy -> epollmux -> nginx ----------------------------------------------------------
 @pytest.mark.timeout(60)
 def test_client_address_reaches_nginx_log_through_haproxy_and_epollmux(daemon, nginx, haproxy, tls_ca,
@@ -786,8 +764,10 @@ def test_per_source_connections_and_sniffing(daemon, server):
     with client(plain, "127.0.0.6") as other:
         assert answer(other) == b"ping"
 
+    accepted = lambda: int(re.search(r"^accepted=(\d+)", stats(d), re.M).group(1))
+    before = accepted()
     scanner = [client(port, "127.0.0.3") for _ in range(3)]   # silent: they stay in the sniff stage
-    time.sleep(0.2)
+    wait_until(lambda: accepted() >= before + 3, 10, "the daemon's accept of the three silent clients", 0.05)
     t0 = time.monotonic()
     fourth = client(port, "127.0.0.3")
     assert closed_by_daemon(fourth, 3) and time.monotonic() - t0 < 2.0

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from support.daemon import closed_count, REPO, stats, tree_rss_kib
+from support.daemon import closed_count, make_config, REPO, stats, tree_rss_kib
 from support.net import connect, echo, free_port, recv_all
 from support.peers import need, text_server_block, tls_server_block
 
@@ -37,15 +37,10 @@ CHROMIUM_COPY = Path("/tmp/epollmux-chromium.png")
 
 # --- configuration and daemon helpers ----------------------------------------------------------------
 def config(listeners: dict[str, tuple[int, list[str]]], routes: dict[str, dict], **glob) -> str:
-    """A config file: listeners {name: (port, route names)}, routes {name: {key: value}}, global keys."""
-    settings = {"workers": 1, "log_level": "info", **glob}
-    text = "[global]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()) + "[listen]\n"
-    for name, (port, names) in listeners.items():
-        text += f"  [[{name}]]\n  address = 127.0.0.1:{port}\n  routes = {', '.join(names)}\n"
-    text += "[routes]\n"
-    for name, opts in routes.items():
-        text += f"  [[{name}]]\n" + "".join(f"  {k} = {v}\n" for k, v in opts.items())
-    return text
+    """make_config with listeners {name: (port, route names)}, one worker and info logging."""
+    return make_config({name: {"address": f"127.0.0.1:{port}", "routes": ", ".join(names)}
+                        for name, (port, names) in listeners.items()},
+                       routes, **{"workers": 1, "log_level": "info", **glob})
 
 
 def terminating(leaf, backend: int | None, probe: str = "tls", **opts) -> dict:

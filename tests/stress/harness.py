@@ -6,14 +6,29 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from support.daemon import proc_rss_kib
 from support.net import Server, wait_until
 
 CLIENT_TIMEOUT = 20.0          # a client that waits longer than this for the daemon counts as a hang
+SCALE = float(os.environ.get("EPOLLMUX_STRESS_SCALE", "1"))
+LINGER_RST = struct.pack("ii", 1, 0)
+
+
+def n(count: int) -> int:
+    """A client count scaled by EPOLLMUX_STRESS_SCALE."""
+    return max(1, int(count * SCALE))
+
+
+def routed_config(port: int, backends: dict, probes, *, glob: str = "", listen_extra: str = "") -> str:
+    """One listener, one route per (name, probe, tag) whose backend is backends[tag]."""
+    routes = "".join(f"  [[{name}]]\n  probe = {probe}\n  backend = 127.0.0.1:{backends[tag].port}\n"
+                     for (name, probe, tag) in probes)
+    return (f"[global]\nworkers = 1\nprobe_timeout = 30\n{glob}\n[listen]\n  [[main]]\n"
+            f"  address = 127.0.0.1:{port}\n{listen_extra}[routes]\n{routes}")
 
 
 def tagged(tag: bytes):
@@ -106,5 +121,3 @@ class Clock:
     def __call__(self) -> float:
         return time.monotonic() - self.start
 
-
-__all__ = ["Path"]

@@ -29,6 +29,21 @@ def listening(port: int) -> bool:
     return False
 
 
+def each_started(make, stop=lambda x: x.stop()):
+    """The body of a factory fixture (`yield from each_started(...)`): the test gets start(*args), which
+    calls make(n, *args) with n counting from 0; afterwards every thing started is stopped, last first."""
+    started = []
+
+    def start(*args, **kw):
+        thing = make(len(started), *args, **kw)
+        started.append(thing)
+        return thing
+
+    yield start
+    for thing in reversed(started):
+        stop(thing)
+
+
 def wait_until(condition, timeout: float = 10.0, what: str = "condition", interval: float = 0.01):
     """Poll condition() until it returns a true value (returned) or fail after timeout: the one way tests wait."""
     deadline = time.monotonic() + timeout

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from support.net import free_port, wait_port
+from support.net import each_started, free_port, wait_port
 
 
 def need(tool: str) -> str:
@@ -88,31 +88,14 @@ class HAProxy(Process):
 
 @pytest.fixture
 def nginx(tmp_path):
-    started = []
-
-    def make(servers: str, ports: list[int]) -> Nginx:
-        n = Nginx(tmp_path / f"nginx{len(started)}", servers, ports)
-        started.append(n)
-        return n
-
-    yield make
-    for n in started:
-        n.stop()
+    """nginx(servers, ports) -> a started Nginx serving those server blocks; ended by PID afterwards."""
+    yield from each_started(lambda n, servers, ports: Nginx(tmp_path / f"nginx{n}", servers, ports))
 
 
 @pytest.fixture
 def haproxy(tmp_path):
-    """haproxy(server, bind="") -> a started HAProxy in front of `server`; all ended by PID afterwards."""
-    started: list[HAProxy] = []
-
-    def make(server: str, bind: str = "", **kw) -> HAProxy:
-        h = HAProxy(tmp_path / f"haproxy{len(started)}", server, bind, **kw)
-        started.append(h)
-        return h
-
-    yield make
-    for h in started:
-        h.stop()
+    """haproxy(server, bind="", **kw) -> a started HAProxy in front of `server`; ended by PID afterwards."""
+    yield from each_started(lambda n, server, bind="", **kw: HAProxy(tmp_path / f"haproxy{n}", server, bind, **kw))
 
 
 @pytest.fixture
@@ -209,16 +192,8 @@ class Sshd(Process):
 
 @pytest.fixture
 def sshd(tmp_path):
-    started = []
-
-    def make() -> Sshd:
-        s = Sshd(tmp_path / f"sshd{len(started)}", free_port())
-        started.append(s)
-        return s
-
-    yield make
-    for s in started:
-        s.stop()
+    """sshd() -> a started Sshd on a free port; ended by PID afterwards."""
+    yield from each_started(lambda n: Sshd(tmp_path / f"sshd{n}", free_port()))
 
 
 def openvpn_keys(tmp: Path) -> dict[str, Path]:
@@ -263,13 +238,5 @@ class OpenVPN(Process):
 
 @pytest.fixture
 def openvpn(tmp_path):
-    started = []
-
-    def make(role: str, port: int, keys: dict[str, Path]) -> OpenVPN:
-        o = OpenVPN(tmp_path / f"openvpn{len(started)}", role, port, keys)
-        started.append(o)
-        return o
-
-    yield make
-    for o in reversed(started):
-        o.stop()
+    """openvpn(role, port, keys) -> a started OpenVPN; ended by PID afterwards (last first)."""
+    yield from each_started(lambda n, role, port, keys: OpenVPN(tmp_path / f"openvpn{n}", role, port, keys))
