@@ -49,7 +49,9 @@ def test_hello_parse_never_raises_and_decides_for_good(data):
     result = ch._parse(data)
     assert isinstance(result, ch.HelloResult)
     if result.status is not ch.HelloStatus.NEED_MORE:
-        assert ch._parse(data + b"\x16\x03\x01\x00\x05extra") == result
+        # the verdict and fields are decided for good; an INVALID's reason may name another fault found first
+        # once more bytes complete a later record header
+        assert ch._parse(data + b"\x16\x03\x01\x00\x05extra")._replace(reason="") == result._replace(reason="")
 
 
 @FAST
