@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from support.net import connect, free_port, recv_all
 from epollmux.observe import collector, metrics
+from epollmux.tools import control
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,11 +47,7 @@ def value(samples: dict, name: str, **labels) -> float:
 
 
 def ask(path: str, command: str) -> str:
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(10)
-        s.connect(path)
-        s.sendall(command.encode() + b"\n")
-        return recv_all(s).decode()
+    return control.ask(path, command, timeout=10)
 
 
 def access_records(d, count: int, timeout: float = 10) -> list[dict]:

@@ -19,6 +19,7 @@ import pytest
 
 from support.daemon import REPO, make_config, tree_pids
 from support.net import connect, free_port, recv_all, wait_until
+from epollmux.tools import control
 
 
 def get(port: int, path: str = "/metrics") -> str:
@@ -27,11 +28,7 @@ def get(port: int, path: str = "/metrics") -> str:
 
 
 def ask(path: str, command: str) -> str:
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(10)
-        s.connect(path)
-        s.sendall(command.encode() + b"\n")
-        return recv_all(s).decode()
+    return control.ask(path, command, timeout=10)
 
 
 def sample(text: str, name: str, labels: str = "") -> float | None:
