@@ -7,11 +7,11 @@ as `timeit` does; the worker freezes its startup objects, so little is left for 
 times, each for about `seconds`; the result is microseconds per call.
 Cases: `sniff.decide()` on the whole first flight (what a connection pays once its bytes are in),
 `decide()` on the first half of a ClientHello (a hello split over two segments pays this AGAIN
-first), `clienthello.parse_client_hello()` alone, and `accesslog.peeked_names()` (the access record's
+first), `clienthello.parse_client_hello()` alone, and `sniff.names()` (the access record's
 names, once routed). Every connection brings new bytes, so the parser's memo (keyed by the bytes) is
 emptied before each timed `decide`/`parse` call: those cases pay a first parse, as a connection does. The
 `names` case keeps the memo, since a routed connection finds its hello there.
-Imports epollmux's pure modules only (probes, sniff, clienthello, accesslog); runs nothing else.
+Imports epollmux's pure modules only (probes, sniff, clienthello); runs nothing else.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ CASES = [
     ("parse-sni", "`parse_client_hello()` alone: curl ClientHello", "tls_curl_sni.bin", "parse"),
     ("parse-2-records", "`parse_client_hello()` alone: 1 KB hello in two records", "tls_openssl13_fragmented.bin",
      "parse"),
-    ("names", "`accesslog.peeked_names()`: the access record's names, once routed (the parse memo hit)",
+    ("names", "`sniff.names()`: the access record's names, once routed (the parse memo hit)",
      "tls_curl_sni.bin", "names"),
 ]
 
@@ -57,12 +57,11 @@ CASES = [
 def _callable(kind: str, data: bytes, table):
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
-    from epollmux.observe import accesslog
     from epollmux.wire import clienthello, sniff
     forget = clienthello._parse_cached.cache_clear            # a new connection's bytes are not memoized
     if kind == "names":
         clienthello.parse_client_hello(data)
-        return (lambda: accesslog.peeked_names(data)), ",".join(f"{k}={v}" for k, v in accesslog.peeked_names(data).items())
+        return (lambda: sniff.names(data).fields()), ",".join(f"{k}={v}" for k, v in sniff.names(data).fields().items())
     if kind == "parse":
         parse = clienthello.parse_client_hello
         return (lambda: (forget(), parse(data))), parse(data).status.value

@@ -22,14 +22,8 @@ import re
 import time
 
 from epollmux.observe import logsetup
-from epollmux.wire import sniff
 
 log = logging.getLogger("epollmux.access")
-
-
-def peeked_names(data: bytes) -> dict:
-    """SNI and ALPN of a ClientHello, or the Host of an HTTP request, found in the peeked bytes."""
-    return sniff.names(data).fields()
 
 
 def text(record: dict) -> str:

@@ -37,9 +37,6 @@ from collections import OrderedDict
 from epollmux.acl import source_ip
 from epollmux.reasons import Reason
 
-LIMIT_SOURCE = Reason.LIMIT_SOURCE
-LIMIT_RATE = Reason.LIMIT_RATE
-LIMIT_SNIFFING = Reason.LIMIT_SNIFFING
 MAX_IDLE_SOURCES = 16384
 _TIDY_PER_ADMIT = 2
 
@@ -91,11 +88,11 @@ class Limits:
         src = self._take(key)
         reason = None
         if self.max_per_source and src.conns >= self.max_per_source:
-            reason = LIMIT_SOURCE
+            reason = Reason.LIMIT_SOURCE
         elif self.rate:
             self._refill(src, now)
             if src.tokens < 1:
-                reason = LIMIT_RATE
+                reason = Reason.LIMIT_RATE
             else:
                 src.tokens -= 1
         if reason is None:
@@ -113,12 +110,12 @@ class Limits:
         self._settle(key, src)
 
     def sniff_started(self, ip) -> str | None:
-        """Count a connection entering the sniff stage, or return LIMIT_SNIFFING."""
+        """Count a connection entering the sniff stage, or return Reason.LIMIT_SNIFFING."""
         key = self.key(ip)
         src = self._take(key)
         if self.max_sniffing_per_source and src.sniffing >= self.max_sniffing_per_source:
             self._settle(key, src)
-            return LIMIT_SNIFFING
+            return Reason.LIMIT_SNIFFING
         src.sniffing += 1
         self._settle(key, src)
         return None

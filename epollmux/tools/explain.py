@@ -2,7 +2,7 @@
 
 Owns: reading a capture (a file of first bytes, or a pcap/pcapng whose first connection's client payload
 pcap.py extracts), replaying DESIGN §4 over it per listener with the same pure pieces the daemon uses
-(proxyproto.parse, sniff.decide, the probes, accesslog.peeked_names, proxyout.header), and the report:
+(proxyproto.parse, sniff.decide, the probes, sniff.names, proxyout.header), and the report:
 each route's probe verdict, the route chosen and why, SNI/ALPN/Host seen, the backend and the PROXY header
 the route would send. A pcap's packets are replayed one by one (the daemon decides on what it has peeked
 so far); a file of bytes is one peek. Must not open sockets or start anything.
@@ -14,7 +14,6 @@ import ipaddress
 import sys
 from dataclasses import dataclass, field
 
-from epollmux.observe import accesslog
 from epollmux.wire import clienthello, proxyout, proxyproto, sniff, why
 from epollmux.tools import pcap
 from epollmux.wire.probes import PROBES, Verdict
@@ -105,7 +104,7 @@ def _listener(cfg, listener, capture: Capture) -> list[str]:
     if src is not None and listener.access is not None and not listener.access.permits(src[0]):
         return lines + [f"  client {src[0]} is refused by the listener's allow/deny", "  chosen: none, close (denied)"]
     routes = listener.routes
-    names = accesslog.peeked_names(data) if data else {}
+    names = sniff.names(data).fields() if data else {}
     seen = ", ".join(f"{k} {v}" for k, v in names.items() if v)
     lines.append(f"  seen: {seen or 'no SNI, ALPN or Host'}")
     decision, used, how = _replay(cfg, listener, data, steps, capture.closed)

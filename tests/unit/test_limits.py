@@ -8,7 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from epollmux.serve.limits import LIMIT_RATE, LIMIT_SNIFFING, LIMIT_SOURCE, Limits
+from epollmux.reasons import Reason
+from epollmux.serve.limits import Limits
+
+LIMIT_RATE, LIMIT_SNIFFING, LIMIT_SOURCE = Reason.LIMIT_RATE, Reason.LIMIT_SNIFFING, Reason.LIMIT_SOURCE
 
 
 def burst(limits: Limits, ip: str, n: int, now: float = 0.0) -> list:
