@@ -58,7 +58,7 @@ def _callable(kind: str, data: bytes, table):
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
     from epollmux.wire import clienthello, sniff
-    forget = clienthello._parse_cached.cache_clear            # a new connection's bytes are not memoized
+    forget = clienthello._memo.clear                         # a new connection's bytes are not memoized
     if kind == "names":
         clienthello.parse_client_hello(data)
         return (lambda: sniff.names(data).fields()), ",".join(f"{k}={v}" for k, v in sniff.names(data).fields().items())
