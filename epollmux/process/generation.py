@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 
 from epollmux.process import workerproc
 
@@ -94,7 +95,7 @@ def describe_status(status: int) -> str:
 def describe_socket(lst, sock) -> str:
     host, port = sock.getsockname()[:2]
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return f"{where} ({lst.name})"
+    return f"{'udp:' if sock.type == socket.SOCK_DGRAM else ''}{where} ({lst.name})"
 
 
 def log_missing(table) -> None:

@@ -18,18 +18,19 @@ import errno
 import socket
 from dataclasses import dataclass
 
-from epollmux.serve import listener
+from epollmux.serve import listener, udplistener
 
 
-def address_key(family: int, sockaddr) -> tuple:
-    """(family, packed address, port): equal for every spelling of one local address."""
+def address_key(family: int, sockaddr, udp: bool = False) -> tuple:
+    """(family, packed address, port, udp): equal for every spelling of one local address; TCP and UDP
+    on the same port are two keys."""
     host, port = sockaddr[0], sockaddr[1]
     host = host.split("%")[0]
     try:
         packed = socket.inet_pton(family, host)
     except OSError:
         packed = host.encode()
-    return (family, packed, port)
+    return (family, packed, port, udp)
 
 
 ABSENT = frozenset({errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT})     # the address does not exist here
@@ -45,7 +46,8 @@ class Outcome:
 class SocketTable:
     def __init__(self, inherited=()):
         self.inherited = list(inherited)
-        self._inherited_keys = [address_key(s.sock.family, s.sock.getsockname()) for s in self.inherited]
+        self._inherited_keys = [address_key(s.sock.family, s.sock.getsockname(), s.sock.type == socket.SOCK_DGRAM)
+                                for s in self.inherited]
         self.bound: dict[tuple, socket.socket] = {}
         self.outcome = Outcome([], [])
 
@@ -62,7 +64,7 @@ class SocketTable:
                     pairs += [(lst, s.sock) for s in named]
                     continue
                 for address in lst.addresses:
-                    key = address_key(address.family, address.sockaddr)
+                    key = address_key(address.family, address.sockaddr, address.udp)
                     if key in used:
                         raise OSError(errno.EADDRINUSE, f"cannot listen on {address}: listeners "
                                       f"'{used[key]}' and '{lst.name}' both name it")
@@ -70,7 +72,7 @@ class SocketTable:
                     sock = self._inherited_for(key, names) or self.bound.get(key)
                     if sock is None:
                         try:
-                            sock = listener.bind(address)
+                            sock = (udplistener if address.udp else listener).bind(address)
                         except OSError as exc:
                             if exc.errno not in ABSENT:
                                 raise
@@ -99,7 +101,7 @@ class SocketTable:
     def unused_inherited(self, cfg) -> list:
         """Inherited sockets that no listener of cfg takes (worth a warning)."""
         names = {lst.name for lst in cfg.listeners}
-        keys = {address_key(a.family, a.sockaddr) for lst in cfg.listeners for a in lst.addresses}
+        keys = {address_key(a.family, a.sockaddr, a.udp) for lst in cfg.listeners for a in lst.addresses}
         return [s for s, k in zip(self.inherited, self._inherited_keys) if s.name not in names and k not in keys]
 
     def release(self, in_use: set) -> list[str]:

@@ -383,7 +383,7 @@ class Supervisor(Reloading):
         draining = [p for p in self._live() if p.stopping]
         return report.status_text(len(self.current.workers) if self.current else 0,
                                   sum(p.open for p in self._live()), self.rate.value,
-                                  len(draining), sum(p.open for p in draining))
+                                  len(draining), sum(p.open for p in draining), sum(p.flows for p in self._live()))
 
     def _tick_status(self) -> None:
         self.rate.sample(time.monotonic(), self.accepted_gone + sum(p.accepted for p in self._live()))
