@@ -213,7 +213,7 @@ def _filters(route) -> str:
 
 
 def _keys(route) -> tuple[str, ...]:
-    return {"tls": ("sni", "alpn"), "http": ("host",)}.get(route.probe, ())
+    return {"tls": ("sni", "alpn"), "quic": ("sni", "alpn"), "dtls": ("sni", "alpn"), "http": ("host",)}.get(route.probe, ())
 
 
 def _unreachable_routes(cfg, found: Findings) -> None:
