@@ -9,6 +9,9 @@ address equal to its local address. Inherited sockets are never closed: systemd 
 An address that does not exist on this host (EADDRNOTAVAIL: no IPv6 on loopback, an interface address
 gone; EAFNOSUPPORT: IPv6 off) is left out with a note in `missing`, so a host serves on what it has;
 `assign` fails only when the configuration leaves nothing to listen on, or on any other bind error.
+A `udp:` address is bound as a SO_REUSEPORT group of one socket per worker slot (`workers`), grown or
+shrunk on reload: worker slot i reads group socket i, so the kernel's 4-tuple hash sends every datagram of
+a new flow to one worker (README "UDP"); `for_slot` gives a worker its slot's sockets.
 Must not fork or know about workers.
 """
 
@@ -49,6 +52,7 @@ class SocketTable:
         self._inherited_keys = [address_key(s.sock.family, s.sock.getsockname(), s.sock.type == socket.SOCK_DGRAM)
                                 for s in self.inherited]
         self.bound: dict[tuple, socket.socket] = {}
+        self.groups: dict[tuple, list[socket.socket]] = {}     # UDP key -> its SO_REUSEPORT group, slot order
         self.outcome = Outcome([], [])
 
     def assign(self, cfg) -> tuple[list, set]:
@@ -73,6 +77,8 @@ class SocketTable:
                     if sock is None:
                         try:
                             sock = (udplistener if address.udp else listener).bind(address)
+                            if address.udp:
+                                self.groups[key] = [sock]
                         except OSError as exc:
                             if exc.errno not in ABSENT:
                                 raise
@@ -82,15 +88,37 @@ class SocketTable:
                         self.bound[key] = sock
                         fresh.append(key)
                         outcome.fresh.append(f"{address} ({lst.name})")
+                    if key in self.groups:
+                        self._resize(key, address, cfg.settings.workers)
                     pairs.append((lst, sock))
             if not pairs:
                 raise OSError(errno.EADDRNOTAVAIL, "nothing to listen on: " + "; ".join(outcome.missing))
         except OSError:
             for key in fresh:
                 self.bound.pop(key).close()
+                for extra in self.groups.pop(key, [])[1:]:
+                    extra.close()
             raise
         self.outcome = outcome
         return pairs, set(used)
+
+    def _resize(self, key: tuple, address, slots: int) -> None:
+        """Make the UDP group of `key` one socket per worker slot. A socket dropped from the group stays
+        in it (and read) until the old workers that hold it retire; new ones join at the end."""
+        group = self.groups[key]
+        while len(group) < slots:
+            group.append(udplistener.bind(address))
+        while len(group) > max(1, slots):
+            group.pop().close()
+
+    def for_slot(self, pairs: list, slot: int) -> list:
+        """`pairs` with each UDP group socket replaced by the one of worker slot `slot`."""
+        groups = {id(g[0]): g for g in self.groups.values()}
+        out = []
+        for lst, sock in pairs:
+            group = groups.get(id(sock))
+            out.append((lst, group[slot % len(group)] if group else sock))
+        return out
 
     def _inherited_for(self, key: tuple, names: set) -> socket.socket | None:
         for s, k in zip(self.inherited, self._inherited_keys):
@@ -109,6 +137,8 @@ class SocketTable:
         gone = []
         for key in [k for k in self.bound if k not in in_use]:
             sock = self.bound.pop(key)
+            for extra in self.groups.pop(key, [])[1:]:
+                extra.close()
             try:
                 host, port = sock.getsockname()[:2]
                 gone.append(f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}")
@@ -118,9 +148,11 @@ class SocketTable:
         return gone
 
     def sockets(self) -> list[socket.socket]:
-        return [s.sock for s in self.inherited] + list(self.bound.values())
+        return [s.sock for s in self.inherited] + list(self.bound.values()) + \
+            [s for g in self.groups.values() for s in g[1:]]
 
     def close_all(self) -> None:
         for sock in self.sockets():
             sock.close()
         self.bound.clear()
+        self.groups.clear()

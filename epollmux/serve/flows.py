@@ -181,8 +181,12 @@ class Flow:
         return sock
 
     def _adopt_strays(self) -> None:
-        """Between bind and connect the flow socket could receive another client's first datagram: hand
-        any such datagram to the table as if the listening socket had read it."""
+        """In the microseconds between bind and connect the flow socket, unconnected, matches any client
+        of its address, so it may hold another new flow's first datagram. With one worker that flow is this
+        worker's: hand the datagram to the table. With several, the kernel's hash may give that flow to
+        another worker, and starting it here too would split it: drop the datagram (counted as the event
+        udp_stray); the client's retransmission reaches its own worker."""
+        alone = self.ctx.settings.workers == 1
         for _ in range(READ_BUDGET):
             try:
                 data, sender = self.csock.recvfrom(MAX_DATAGRAM)
@@ -192,8 +196,10 @@ class Flow:
                 return
             if sender[:2] == self.client[:2]:
                 self.from_client(data)
-            else:
+            elif alone:
                 self.table.datagram(self.udp, sender, self.local, data)
+            else:
+                self.ctx.stats.count("udp_stray")
             if self.closed:
                 return
 

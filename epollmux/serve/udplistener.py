@@ -5,9 +5,11 @@ and `UdpListener`, one per listening socket in a worker, which reads datagrams (
 Python has no recvmmsg) with the address each was sent to (IP_PKTINFO / IPV6_RECVPKTINFO, so a
 wildcard listener's flows reply from the address the client wrote to) and hands them to the flow table.
 Only a flow's first datagrams come here: its flow socket takes the rest (flows.py).
-Every socket on the port carries SO_REUSEADDR, which for UDP lets flow sockets bind the listening address
-beside it with no owner check (SO_REUSEPORT would demand the creating user's uid, which the workers no
-longer have after the privilege drop). It offers the same stop/close/pause interface as listener.Acceptor.
+The listening sockets of one address form a SO_REUSEPORT group (one per worker slot, so the kernel's
+4-tuple hash gives all of a new flow's datagrams to one worker); every socket on the port also carries
+SO_REUSEADDR, which for UDP lets flow sockets bind the listening address beside the group with no owner
+check (joining the group itself would demand the supervisor's uid, which workers lose at the privilege
+drop, and would change the hash). It offers the same stop/close/pause interface as listener.Acceptor.
 Must not know what a flow does with its datagrams.
 """
 
@@ -31,10 +33,12 @@ PAUSE_ON_ERROR = 0.5
 
 
 def bind(address: addr.Address) -> socket.socket:
-    """Bind a UDP listening socket; raises OSError with the address in the message."""
+    """Bind one socket of a UDP listening group (SO_REUSEPORT: the supervisor binds one per worker slot);
+    raises OSError with the address in the message."""
     sock = socket.socket(address.family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if address.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)

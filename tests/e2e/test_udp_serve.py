@@ -12,8 +12,8 @@ import socket
 import pytest
 
 from support.daemon import make_config
-from support.net import free_port, recv_all, wait_until
-from support.udp import UdpClient, UdpEcho, free_udp_port
+from support.net import recv_all, wait_until
+from support.udp import UdpClient, UdpEcho, free_port_both, free_udp_port
 
 OPENVPN_RESET = bytes([0x38]) + bytes(8) + b"\x00" + bytes(4)       # P_CONTROL_HARD_RESET_CLIENT_V2, no tls-auth
 
@@ -43,7 +43,7 @@ def field(line: str, name: str) -> str:
 
 def test_flows_routed_by_probe_relayed_whole_beside_tcp_on_the_same_port(daemon, echo, server):
     vpn, other = echo(b"V:"), echo(b"O:")
-    port = free_udp_port()
+    port = free_port_both()
     tcp_backend = server()
     cfg = make_config({"u": {"address": f"udp:127.0.0.1:{port}", "routes": "vpn, rest"},
                        "t": {"address": f"127.0.0.1:{port}", "routes": "tcp"}},
@@ -93,16 +93,22 @@ def test_flow_flood_stays_bounded_and_established_flow_works(daemon, echo):
     d = daemon().start(cfg, ready=True)
     kept = UdpClient(port)
     assert kept.ask(b"first") == b"E:first"
-    flood = [UdpClient(port, timeout=0.2) for _ in range(200)]
+    flood = [UdpClient(port) for _ in range(200)]
     for c in flood:
         c.send(b"new")
-    answered = 0
-    for c in flood:
-        try:
-            answered += c.recv() == b"E:new"
-        except socket.timeout:
-            pass
-    assert answered == 19                      # 20 flows at most, one of them the established one
+        c.sock.setblocking(False)
+    answered = set()
+
+    def answers() -> int:
+        for c in flood:
+            try:
+                answered.add(c.port) if c.recv() == b"E:new" else None
+            except BlockingIOError:
+                pass
+        return len(answered)
+    wait_until(lambda: answers() >= 19, timeout=20)
+    d.wait_log("max_flows reached")
+    assert answers() == 19                     # 20 flows at most, one of them the established one
     assert kept.ask(b"again") == b"E:again"
     d.wait_log("max_flows reached")
     assert len(backend.senders) == 20
@@ -163,6 +169,8 @@ def test_reload_keeps_an_established_flow(daemon, echo):
 
 
 def test_two_workers_one_flow_one_worker(daemon, echo):
+    """Each client fires 100 datagrams at once, before any answer: the worker slots' SO_REUSEPORT group
+    gives every datagram of a new flow to one worker, so no second flow starts elsewhere (README "UDP")."""
     backend = echo()
     port = free_udp_port()
     cfg = make_config({"u": f"udp:127.0.0.1:{port}"}, {"all": {"probe": "any", "backend": backend.address}},
@@ -170,17 +178,18 @@ def test_two_workers_one_flow_one_worker(daemon, echo):
     d = daemon().start(cfg, ready=True)
     clients = [UdpClient(port) for _ in range(20)]
     for c in clients:
-        assert c.ask(b"hello") == b"hello"
-        for i in range(50):
+        for i in range(100):
             c.send(b"%d" % i)
-        got = {c.recv() for _ in range(50)}
-        assert got == {b"%d" % i for i in range(50)}
+    for c in clients:                              # the last datagram of each has reached the backend
+        wait_until(lambda: c.recv() == b"99", timeout=20)
     d.stop()
     for c in clients:
         lines = access_lines(d, c.port)
-        assert len(lines) == 1, lines               # one flow, in one worker, saw all 51 datagrams
-        assert field(lines[0], "dgrams_up") == "51" and field(lines[0], "dgrams_down") == "51"
-    assert len({field(line, "worker") for line in access_lines(d)}) == 2 or len(clients) < 2
+        assert len(lines) == 1, lines               # one flow, in one worker
+        # a first datagram that found another flow's socket between its bind and connect is dropped
+        assert int(field(lines[0], "dgrams_up")) >= 99
+    assert len({field(line, "worker") for line in access_lines(d)}) == 2        # both workers took flows
+    assert len(backend.senders) == 20
 
 
 def low_udp_port() -> int:

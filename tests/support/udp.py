@@ -14,12 +14,31 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def free_port_both(host: str = "127.0.0.1") -> int:
+    """A port free for both TCP and UDP (a test serving both on one port number)."""
+    for _ in range(100):
+        port = free_udp_port(host)
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+                s.bind((host, port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no port free for both TCP and UDP")
+
+
 class UdpEcho:
     """Answers each datagram with tag + the datagram, to its sender; counts datagrams per sender."""
 
     def __init__(self, tag: bytes = b"", host: str = "127.0.0.1"):
         self.tag = tag
         self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+        for option in (getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF):   # a burst must not overflow it
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, option, 8 << 20)
+                break
+            except OSError:
+                continue
         self.sock.bind((host, 0))
         self.port = self.sock.getsockname()[1]
         self.address = f"udp:{host}:{self.port}" if ":" not in host else f"udp:[{host}]:{self.port}"
