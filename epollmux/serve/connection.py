@@ -11,6 +11,7 @@ Handlers return None to go on or a close reason; only `dispatch` turns a reason 
 Must not parse protocols (wire/ and the TLS engine do) or move bytes itself (relay/direction.py
 does, or the kernel: a passthrough connection between two TCP sockets may be handed to ctx.kernel,
 a relay/kernel.py KernelRelay, which reports its close reasons through `dispatch` like any handler).
+Must not import what serve/ must not (README "Architecture").
 """
 
 from __future__ import annotations

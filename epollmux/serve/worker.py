@@ -5,6 +5,7 @@ a worker obeys: SIGTERM/SIGINT stop (drain with `drain_timeout`; also what the p
 sends), SIGUSR2 retire after a reload (drain with `reload_drain_timeout`), SIGQUIT hard stop (every
 connection reset at once), SIGUSR1 stats to the log. The drain policy is drain.py's.
 Binding, forking and reloading belong to the supervisor.
+Must not import what serve/ must not (README "Architecture").
 """
 
 from __future__ import annotations
