@@ -1,7 +1,7 @@
 """Parses the address forms of the config and command line: `host:port`, `[v6]:port`, `unix:/path`.
 
 Owns: turning such a string into (family, sockaddr) and back into text for logs.
-Must not open sockets.
+Must not import anything of epollmux, and opens no sockets.
 """
 
 from __future__ import annotations

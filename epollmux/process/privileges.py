@@ -4,6 +4,7 @@ Owns: resolving `user`/`group` to ids (so a bad name fails at start, exit 2, not
 whether this process can take them, and the drop itself: supplementary groups cleared, then gid, then
 uid, then a check that root cannot be regained.
 Must not open sockets or import the reactor, the configuration or the workers.
+Must not import what process/ must not (README "Architecture").
 """
 
 from __future__ import annotations

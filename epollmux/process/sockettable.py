@@ -10,6 +10,7 @@ An address that does not exist on this host (EADDRNOTAVAIL: no IPv6 on loopback,
 gone; EAFNOSUPPORT: IPv6 off) is left out with a note in `missing`, so a host serves on what it has;
 `assign` fails only when the configuration leaves nothing to listen on, or on any other bind error.
 Must not fork or know about workers.
+Must not import what process/ must not (README "Architecture").
 """
 
 from __future__ import annotations

@@ -83,18 +83,43 @@ def facts(src, dst, unique_id: bytes, engine, names) -> proxyout.Facts:
     return out
 
 
-def from_own_backend(own_backends: dict, src, client) -> bool:
-    """The client is one of this worker's backend sockets (`own_backends`: local address -> the
-    address it connected to) and it went to this very listener (not merely the same ephemeral port
-    reused for a connect elsewhere, which the kernel allows: only the 4-tuple is unique)."""
-    target = own_backends.get(src)
-    if target is None:
-        return False
-    try:
-        here = client.getsockname()
-    except OSError:
-        return False
-    return here[:2] == target[:2]
+class OwnBackends:
+    """The worker's own TCP backend sockets, to tell a client that is one of them (a loop): local address
+    -> {address it connected to: how many}. One local address can serve several at once (the kernel
+    keeps only the 4-tuple unique: an ephemeral port is reused for connects to other addresses, and a
+    connect that failed gives its port back while its socket is still open), so each keeps its own entry
+    and closing one leaves the others' in place."""
+
+    __slots__ = ("by_local",)
+
+    def __init__(self):
+        self.by_local: dict[tuple, dict[tuple, int]] = {}
+
+    def add(self, local, target) -> None:
+        targets = self.by_local.setdefault(local[:2], {})
+        targets[target[:2]] = targets.get(target[:2], 0) + 1
+
+    def discard(self, local, target) -> None:
+        targets = self.by_local.get(local[:2])
+        if targets is None or target[:2] not in targets:
+            return
+        targets[target[:2]] -= 1
+        if not targets[target[:2]]:
+            del targets[target[:2]]
+            if not targets:
+                del self.by_local[local[:2]]
+
+    def looped(self, src, client) -> bool:
+        """The client comes from one of these sockets and reached the very address that socket connected
+        to (not merely the same ephemeral port reused for a connect elsewhere)."""
+        targets = self.by_local.get(src[:2])
+        if targets is None:
+            return False
+        try:
+            here = client.getsockname()
+        except OSError:
+            return False
+        return here[:2] in targets
 
 
 def close_socket(reactor, sock, fd: int, abort: bool) -> None:

@@ -11,6 +11,7 @@ Handlers return None to go on or a close reason; only `dispatch` turns a reason 
 Must not parse protocols (wire/ and the TLS engine do) or move bytes itself (relay/direction.py
 does, or the kernel: a passthrough connection between two TCP sockets may be handed to ctx.kernel,
 a relay/kernel.py KernelRelay, which reports its close reasons through `dispatch` like any handler).
+Must not import what serve/ must not (README "Architecture").
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class Connection(Relaying):
         ctx.reactor.register(self.cfd, self.writable, self)
         self.writable &= CLIENT_OUT
         ctx.connections.add(self)
-        if backend.from_own_backend(ctx.own_backends, self.src, self.client):
+        if ctx.own_backends.looped(self.src, self.client):
             self.dispatch(self._looped)
             return
         self.dispatch(self._admit if self.listener.proxy_protocol == "none" else self._begin)
@@ -365,7 +366,7 @@ class Connection(Relaying):
             # The address is remembered so that this socket, arriving at one of our listeners, is seen as a loop
             # (that accept comes in a later turn than this one).
             self.local = backend.settle(sock, ctx.backend_keepalive)
-            ctx.own_backends[self.local] = self.route.backend.sockaddr
+            ctx.own_backends.add(self.local, self.route.backend.sockaddr)
         return reason
 
     def _connected(self, events: int, pump_down: bool = True) -> str | None:
@@ -419,7 +420,7 @@ class Connection(Relaying):
         ctx.connections.discard(self)
         ctx.admission.leave(self.grant)
         if self.local is not None:
-            ctx.own_backends.pop(self.local, None)
+            ctx.own_backends.discard(self.local, self.route.backend.sockaddr)
         abort = reason in ABORTS
         up = down = spliced = 0
         if self.kernel:        # out of the maps before the sockets close; the counts need them open

@@ -9,6 +9,7 @@ a reset (reason `drain-cut`): a clean FIN would make a truncated transfer look c
 retirement re-plans with the stop's timeouts. A hard stop ends every connection at once with a reset
 (reason `hard-stop`). The worker exits once its last connection is gone.
 Must not know about signals or processes (the worker and the supervisor do).
+Must not import what serve/ must not (README "Architecture").
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ Owns: `bind()` (the supervisor calls it before forking), `Acceptor` (one per lis
 worker), the per-worker connection limit, and fd exhaustion: on EMFILE/ENFILE the acceptor spends
 its reserve fd to accept and close one client politely, then pauses and re-arms after a delay,
 so it never spins. Must not know what a connection does after accept.
+Must not import what serve/ must not (README "Architecture").
 """
 
 from __future__ import annotations

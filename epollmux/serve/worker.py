@@ -5,6 +5,7 @@ a worker obeys: SIGTERM/SIGINT stop (drain with `drain_timeout`; also what the p
 sends), SIGUSR2 retire after a reload (drain with `reload_drain_timeout`), SIGQUIT hard stop (every
 connection reset at once), SIGUSR1 stats to the log. The drain policy is drain.py's.
 Binding, forking and reloading belong to the supervisor.
+Must not import what serve/ must not (README "Architecture").
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from epollmux.observe import accesslog
 from epollmux.serve import keepalive
 from epollmux.serve.admission import Admission
+from epollmux.serve.backend import OwnBackends
 from epollmux.relay.channels import ChannelPool
 from epollmux.config import Config, Listener
 from epollmux.relay.kernel import KernelRelay
@@ -51,7 +53,7 @@ class Context:
         self.kernel = KernelRelay(reactor, relay) if relay in ("sockmap", "auto") else None   # loads on first use
         self.stats = Stats()
         self.connections: set = set()
-        self.own_backends: dict = {}       # local (ip, port[, flow, scope]) -> target of this worker's TCP backend sockets
+        self.own_backends = OwnBackends()  # this worker's TCP backend sockets: local address -> targets
         self.loop_warned = False
         self.reserve = Reserve()
         self.draining = False

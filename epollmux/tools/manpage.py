@@ -1,7 +1,7 @@
 """Man pages and bash completion from the one source of each: epollmux(8) and the completion from the
 argparse parser (cli.parser), epollmux.conf(5) from the configspec (its comments are the meanings).
 
-`python -m epollmux.tools.manpage DIR` writes DIR/epollmux.8, DIR/epollmux.conf.5 and
+Owns: the man page and completion text. `python -m epollmux.tools.manpage DIR` writes DIR/epollmux.8, DIR/epollmux.conf.5 and
 DIR/epollmux.bash-completion; doc/ holds the current ones (a test checks they are up to date).
 Must not import the supervisor or anything that serves connections.
 """
@@ -66,7 +66,10 @@ def epollmux_8() -> str:
                ".TP\nSIGUSR1\nLog the statistics of the supervisor and every worker.\n"
                ".TP\nSIGTERM, SIGINT\nClose the listening sockets at once (new clients are refused), let open "
                "connections finish, cutting them with a reset after \\fBdrain_timeout\\fR (0: never), exit. "
-               "A second one during the drain stops at once: every connection is reset.\n")
+               "A second one during the drain stops at once: every connection is reset. Under systemd the "
+               "unit's \\fBTimeoutStopSec\\fR (45 s as shipped) must exceed \\fBstop_delay\\fR + "
+               "\\fBdrain_timeout\\fR by 10 s or more: systemd kills what is left then "
+               "(\\fBdrain_timeout\\fR = 0 needs \\fBTimeoutStopSec=infinity\\fR).\n")
     out.append(".SH EXIT STATUS\n.TP\n0\nClean stop; a check or reload that succeeded.\n.TP\n1\n"
                "Invalid configuration or arguments; a reload refused.\n.TP\n2\nRuntime failure at start "
                "(cannot bind, cannot drop privileges, workers that cannot start); no answer to \\-\\-reload.\n")

@@ -21,6 +21,7 @@ from epollmux.wire import proxyproto as pp
 from epollmux.wire import sniff
 from stress.harness import (CLIENT_TIMEOUT, LINGER_RST, Clock, fd_count, healthy, n, one_line, read_until_eof,
                             routed_config, run_clients, tagged, tagged_backends)
+from support.daemon import make_config
 from support.hello_builder import build_client_hello
 from support.net import connect, free_port
 
@@ -190,20 +191,9 @@ def test_tls_handshake_abuse(daemon, server, tls_ca):
     leaf = tls_ca.issue(["abuse.example"])
     backend = server(tagged(b"D"), backlog=4096)
     port = free_port()
-    d = daemon().start(f"""
-[global]
-workers = 1
-tls_handshake_timeout = 5
-[listen]
-  [[main]]
-  address = 127.0.0.1:{port}
-[routes]
-  [[tls]]
-  probe = tls
-  tls_cert = {leaf.chain}
-  tls_key = {leaf.key}
-  backend = 127.0.0.1:{backend.port}
-""", wait=port)
+    d = daemon().start(make_config(port, {"tls": {"probe": "tls", "tls_cert": leaf.chain, "tls_key": leaf.key,
+                                                   "backend": f"127.0.0.1:{backend.port}"}},
+                                   workers=1, tls_handshake_timeout=5), wait=port)
     worker = d.wait_workers(1)
     fds = {worker[0]: fd_count(worker[0])}
     hellos = [build_client_hello(sni="abuse.example", alpn=("h2",)), real_hello("abuse.example")]

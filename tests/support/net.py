@@ -80,6 +80,31 @@ def recv_all(sock: socket.socket, limit: int = 1 << 30) -> bytes:
     return b"".join(chunks)
 
 
+def recv_upto(sock: socket.socket, n: int) -> bytes:
+    """Up to n bytes; fewer when the peer ends the connection first (EOF or reset)."""
+    got = b""
+    try:
+        while len(got) < n:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    except ConnectionResetError:
+        pass
+    return got
+
+
+def assert_echoes(sock: socket.socket, payload: bytes) -> None:
+    """Send payload down an echo path and read it back whole (an EOF before that fails)."""
+    sock.sendall(payload)
+    got = b""
+    while len(got) < len(payload):
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {len(got)} of {len(payload)} echoed bytes: {got[-200:]!r}"
+        got += chunk
+    assert got == payload
+
+
 class Server:
     """A backend in a thread: accepts on 127.0.0.1 and runs `handle(sock)` per client in a thread."""
 

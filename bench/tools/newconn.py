@@ -1,18 +1,19 @@
-"""A/B of two epollmux trees on plain connections: `python3 -m bench.tools.plainab --base DIR [--work DIR] ...`.
+"""New connections, A/B: `python3 -m bench.tools.newconn --base DIR [--work DIR] [--loads close,unloaded] ...`.
 
-Owns: short interleaved runs (base, work, work, base, ...) of epollmux (`relay = splice`, `probe = any`, nginx
+Owns: short interleaved runs (the order rotated each round) of epollmux from two trees (`relay = splice`, `probe = any`, nginx
 behind, as bench.peers.subjects.EpollmuxSplice; `--workers N`), optionally beside reference subjects
 (`--refs haproxy,sslh-select,direct`: HAProxy gets `nbthread` = the workers), in two loads:
 - `close`: wrk `Connection: close` (a connection per request): the rate, and the CPU µs per connection of all
-  the subject's processes (cgroup, else /proc); with --cprofile, one extra run per tree counts Python-visible
-  calls per connection (as bench.tools.tlsab; 1 worker);
+  the subject's processes (cgroup, else /proc) (bench.tools.ab counts Python calls per connection);
 - `unloaded`: one connection at a time, connect to EOF (bench.sections.connrate.unloaded), p50 and p99.
 Prints medians with min-max and, per round, the ratio of each subject to the first reference (or to base),
-so that a shared machine's drift cancels. Measures; changes nothing.
+so that a shared machine's drift cancels. Measures; changes nothing. (bench.tools.ab: one worker's CPU under
+every load, TLS included, and cProfile call counts.)
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import sys
@@ -22,25 +23,9 @@ import time
 from bench.peers.backends import Nginx
 from bench.peers.loadgen import wrk
 from bench.harness.procs import Ports
-from bench.peers.subjects import Direct, EpollmuxSplice, Haproxy, SslhSelect
+from bench.peers.subjects import REPO, Direct, Haproxy, SslhSelect
 from bench.sections.connrate import unloaded
-from bench.tools.tlsab import ab_options, measure, print_calls
-from bench.tools.tlsprofile import cprofile_env
-
-
-class TreePlain(EpollmuxSplice):
-    """epollmux (splice) run from `tree` (its cwd and PYTHONPATH), optionally under cProfile."""
-
-    def __init__(self, tmpdir, port, backend, tree: str, profile: bool, workers: int = 1):
-        super().__init__(tmpdir, port, backend)
-        self.workers = workers
-        self.tree = self.cwd = tree
-        self.profile = profile
-        self.variant = f"{os.path.basename(tree)}.{port}"
-
-    def env(self):
-        env = dict(os.environ, PYTHONPATH=self.tree)
-        return cprofile_env(env, self.tmpdir, self.port) if self.profile else env
+from bench.tools.ab import TreePlain
 
 
 class HaproxyN(Haproxy):
@@ -52,7 +37,8 @@ class HaproxyN(Haproxy):
 
 def make(name: str, trees: dict, tmp: str, port: int, backend, workers: int):
     if name in trees:
-        return TreePlain(tmp, port, backend.address, trees[name], False, workers)
+        subject = TreePlain(tmp, port, backend.address, workers=workers)
+        return subject.from_tree(trees[name], False)
     if name == "haproxy":
         return HaproxyN(tmp, port, backend.address, workers)
     if name == "sslh-select":
@@ -98,7 +84,12 @@ def report(load: str, runs: dict[str, list[dict]], ref: str) -> None:
 
 
 def main(argv=None) -> int:
-    p = ab_options("python3 -m bench.tools.plainab", "26200-26299")
+    p = argparse.ArgumentParser(prog="python3 -m bench.tools.newconn")
+    p.add_argument("--base", required=True)
+    p.add_argument("--work", default=REPO)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--seconds", type=float, default=3)
+    p.add_argument("--ports", default="26200-26299")
     p.add_argument("--loads", default="close", help="close,unloaded")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--refs", default="", help="comma list of haproxy, sslh-select, direct")
@@ -121,11 +112,6 @@ def main(argv=None) -> int:
                     subject = make(name, trees, tmp, ports.take(), backend, o.workers).start()
                     runs[name].append(one_run(subject, load, o.seconds, o.count))
             report(load, runs, ref)
-        if o.cprofile:
-            for name in trees:
-                subject = TreePlain(tmp, ports.take(), backend.address, trees[name], True).start()
-                print_calls(f"plain {name}:", measure(subject, lambda port: wrk(port, o.seconds, 32, close=True),
-                                                      tmp, True), "connection")
     finally:
         backend.stop()
     return 0
