@@ -26,18 +26,16 @@ TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"   # struct linger {on, 0 s}: close() sends RST
 
 
-def connect(route, client_ip: str, keepalive=()) -> tuple[object, str | None, bool]:
-    """Start connecting to route.backend, with the (level, option, value) `keepalive` options on a TCP
-    socket: (socket, close reason or None, connected already).
-    A connect done by the time connect() returns (loopback, a unix socket) needs no EPOLLOUT wait."""
+def connect(route, client_ip: str) -> tuple[object, str | None, bool]:
+    """Start connecting to route.backend: (socket, close reason or None, connected already).
+    A connect done by the time connect() returns (loopback, a unix socket) needs no EPOLLOUT wait.
+    Only TCP_NODELAY is set before: the keepalive options (`settle`) can wait until the first bytes are out."""
     family = route.backend.family
     # _socket.socket: the C socket type, without socket.socket's Python-level __init__/close/.family
     sock = _socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     tcp = family in TCP_FAMILIES
     if tcp:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for level, option, value in keepalive:      # serve/keepalive.py
-            sock.setsockopt(level, option, value)
     if route.transparent:
         reason = bind_as_client(sock, family, client_ip)
         if reason:
@@ -48,6 +46,14 @@ def connect(route, client_ip: str, keepalive=()) -> tuple[object, str | None, bo
     done = route.backend_context is None and (
         err == 0 or tcp and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == TCP_ESTABLISHED)
     return sock, None, done
+
+
+def settle(sock, keepalive) -> object:
+    """After the connect started (and the first bytes went): the (level, option, value) `keepalive` options
+    (serve/keepalive.py) on a TCP backend socket; returns its own address (for loop detection)."""
+    for level, option, value in keepalive:
+        sock.setsockopt(level, option, value)
+    return sock.getsockname()
 
 
 def bind_as_client(sock, family: int, ip: str) -> str | None:
