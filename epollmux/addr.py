@@ -2,7 +2,7 @@
 the UDP forms `udp:host:port`, `udp:[v6]:port`.
 
 Owns: turning such a string into (family, sockaddr, udp) and back into text for logs.
-Must not open sockets.
+Must not import anything of epollmux, and opens no sockets.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ one of the daemon's own listening addresses (a wildcard listener makes every loc
 on that port its own: they are read from /proc/net), `log_target = syslog` on a host without /dev/log;
 and warnings for routes that can never be chosen, naming the earlier route that takes their clients.
 Errors use config's form "FILE: [section] key: message"; warnings "FILE: warning: [section] key: message".
-Must not open sockets or start anything; imports nothing of epollmux (it reads the Config it is given).
+Must not import anything of epollmux (it reads the Config it is given); opens no sockets, starts nothing.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _where(section: str, key: str) -> str:
 def run(cfg, *, starting: bool = False, local: set[Ip] | None = None) -> Findings:
     """Every cross-key problem of cfg. starting: the daemon is about to run (or reload), so only what
     would otherwise go unnoticed is reported: unknown users, addresses bound twice and the metrics
-    address fail on their own at start (exit 2, DESIGN §2), and a missing /dev/log makes logging fall
+    address fail on their own at start (exit 2, README "Command line"), and a missing /dev/log makes logging fall
     back to stderr with a warning of its own."""
     found = Findings(cfg.source)
     at_start = Findings(cfg.source) if starting else found      # what start itself reports: dropped

@@ -3,7 +3,7 @@
 Owns: the typed configuration (`Config`, `Settings`, `Listener`, `Route`), loading a file or a
 dict (the command-line mode builds one), and every error message, each in the form
 "FILE: [section] key: message". Validation is complete: all problems are reported, not the first.
-Must not open sockets or start anything.
+Must not import: `cli`, `observe`, `process`, `reactor`, `relay`, `serve`, `sslh`, `tools`; opens no sockets, starts nothing.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ restart policy (start failures in a row, back-off after quick deaths), telling a
 stop or hard-stop (workerproc's signals) or killing it, and the words for an exit status, a
 listening socket and a left-out address in the log.
 Must not fork (workerproc does), touch the reactor or client connections.
+Must not import what process/ must not (README "Architecture").
 """
 
 from __future__ import annotations

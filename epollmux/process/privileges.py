@@ -7,6 +7,7 @@ a UDP listener on a privileged port (below net.ipv4.ip_unprivileged_port_start) 
 CAP_NET_BIND_SERVICE and nothing else, because each UDP flow binds its own socket to that port
 (README "UDP"); the capability lets it bind low ports, never regain root or read others' files.
 Must not open sockets or import the reactor, the configuration or the workers.
+Must not import what process/ must not (README "Architecture").
 """
 
 from __future__ import annotations

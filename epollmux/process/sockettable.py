@@ -13,6 +13,7 @@ A `udp:` address is bound as a SO_REUSEPORT group of one socket per worker slot 
 shrunk on reload: worker slot i reads group socket i, so the kernel's 4-tuple hash sends every datagram of
 a new flow to one worker (README "UDP"); `for_slot` gives a worker its slot's sockets.
 Must not fork or know about workers.
+Must not import what process/ must not (README "Architecture").
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ The supervisor keeps the credentials it was started with, like nginx's master: i
 file and bind new addresses on reload, and it never reads a client byte. Each worker drops to
 `user`/`group` right after its fork, before it serves anything.
 Must not touch client connections (workers do) nor fork by hand (workerproc does).
+Must not import what process/ must not (README "Architecture").
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ channel full is dropped and replaced by the next one. Worker to supervisor:
   "conns-end <id> <open>"          then this
 Supervisor to worker: "snap <id>", "conns <id>".
 Must not decide policy (replacement, reload, readiness of the service): the supervisor does.
+Must not import what process/ must not (README "Architecture").
 """
 
 from __future__ import annotations

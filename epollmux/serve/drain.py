@@ -12,6 +12,7 @@ UDP flows: a stop ends them at once (reason `udp-stop`: a flow has no end of its
 its idle timeout); a retirement keeps them, each relaying through its own socket until it goes idle
 (`udp-idle`) or its drain timeout cuts it, so a reload does not break an established flow.
 Must not know about signals or processes (the worker and the supervisor do).
+Must not import what serve/ must not (README "Architecture").
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ direction waits for its destination to drain, the busy-direction resume, the end
 and the idle deadline. `Relaying` is a base class of `connection.Connection`: it works on that
 connection's fields and returns close reasons like every other handler.
 Must not parse protocols, close the connection (connection.close does) or move bytes itself.
+Must not import what serve/ must not (README "Architecture").
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ a worker obeys: SIGTERM/SIGINT stop (drain with `drain_timeout`; also what the p
 sends), SIGUSR2 retire after a reload (drain with `reload_drain_timeout`), SIGQUIT hard stop (every
 connection reset at once), SIGUSR1 stats to the log. The drain policy is drain.py's.
 Binding, forking and reloading belong to the supervisor.
+Must not import what serve/ must not (README "Architecture").
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Context:
         self.config = config
         self.settings = config.settings
         self.keepalive = keepalive.options(config.settings)     # for every TCP socket, both legs
+        self.backend_keepalive = keepalive.fresh(self.keepalive)  # what a new backend socket needs of them
         self.reactor = reactor
         relay = config.settings.relay
         kind = relay if relay in ("splice", "copy") else "splice"   # sockmap, auto: splice where the kernel cannot

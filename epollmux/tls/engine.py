@@ -28,7 +28,7 @@ Contract for the caller (the connection):
   handshake goes straight to CLOSED with `reason` None: the caller owns that reason (e.g. a timeout).
 
 Close reasons (`CloseReason`, a str): tls-handshake-failed, tls-alert, tls-truncated, tls-close-notify,
-tls-not-tls, tls-protocol-error. `detail` holds OpenSSL's reason in lower case (e.g. "unsupported_protocol",
+tls-not-tls, tls-protocol-error, tls-renegotiation. `detail` holds OpenSSL's reason in lower case (e.g. "unsupported_protocol",
 "tlsv1_alert_unknown_ca") or the certificate verify message, for the log line. `tls-handshake-timeout` and
 `tls-shutdown-timeout` are the caller's, from the deadlines it arms on entering HANDSHAKING and CLOSING.
 """
@@ -83,6 +83,7 @@ class CloseReason(str, enum.Enum):
     CLOSE_NOTIFY = Reason.TLS_CLOSE_NOTIFY.value           # clean end of the peer's direction
     NOT_TLS = Reason.TLS_NOT_TLS.value                     # the peer's first byte cannot start a TLS record
     PROTOCOL_ERROR = Reason.TLS_PROTOCOL_ERROR.value       # a bad record or message after the handshake
+    RENEGOTIATION = Reason.TLS_RENEGOTIATION.value         # the peer tried to renegotiate (TLS 1.2): refused
 
     def __str__(self) -> str:
         return self.value
@@ -141,6 +142,7 @@ class TLSEngine:
         self._first_byte_seen = False
         self._handshake_done = False
         self._not_tls = False
+        self._renegotiable = False     # open in TLS 1.2 or older: a read that makes output is a refused renegotiation
         # OpenSSL consumed all the ciphertext it was given and wants more: until feed_ciphertext() or
         # feed_eof(), neither do_handshake nor read can make progress, so neither is called. A server
         # has nothing to say before the ClientHello: it starts out waiting. Read-only outside this class.
@@ -238,6 +240,7 @@ class TLSEngine:
         except ssl.SSLError as exc:
             return self._fail(exc)
         self._handshake_done = True
+        self._renegotiable = self._sslobj.version() != "TLSv1.3"
         # A server's do_handshake has sent everything (TLS 1.3 tickets too); only the peer's data can follow.
         self.starved = not self._incoming.pending and not self._incoming.eof
         self._set_state(TLSState.OPEN)
@@ -292,6 +295,7 @@ class TLSEngine:
         got = 0
         end: CloseReason | None = None
         incoming = self._incoming
+        before = self.outgoing.pending if self._renegotiable else -1
         while True:
             try:
                 count = self._sslobj.read(size - got, view[got:] if got else view)
@@ -314,6 +318,10 @@ class TLSEngine:
             if not incoming.pending and not incoming.eof:
                 self.starved = True
                 break
+        if before >= 0 and end is None and self.outgoing.pending > before:
+            # TLS 1.2 answers nothing to data: output made by a read is the refusal of a renegotiation
+            # (the no_renegotiation alert; OP_NO_RENEGOTIATION), which OpenSSL would otherwise repeat forever
+            end, self.detail = CloseReason.RENEGOTIATION, "renegotiation refused"
         self._deferred = end
         return got
 

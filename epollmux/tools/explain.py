@@ -1,11 +1,12 @@
 """`epollmux -c FILE --explain CAPTURE...`: what the daemon would do with a client's first bytes. No network.
 
 Owns: reading a capture (a file of first bytes, or a pcap/pcapng whose first connection's client payload
-pcap.py extracts), replaying DESIGN §4 over it per listener with the same pure pieces the daemon uses
+pcap.py extracts), replaying the routing decision (README "How a connection is routed") over it per listener with the same pure pieces the daemon uses
 (proxyproto.parse, sniff.decide, the probes, sniff.names, proxyout.header), and the report:
 each route's probe verdict, the route chosen and why, SNI/ALPN/Host seen, the backend and the PROXY header
 the route would send. A pcap's packets are replayed one by one (the daemon decides on what it has peeked
 so far); a file of bytes is one peek. Must not open sockets or start anything.
+Must not import what tools/ must not (README "Architecture").
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Man pages and bash completion from the one source of each: epollmux(8) and the completion from the
 argparse parser (cli.parser), epollmux.conf(5) from the configspec (its comments are the meanings).
 
-`python -m epollmux.tools.manpage DIR` writes DIR/epollmux.8, DIR/epollmux.conf.5 and
+Owns: the man page and completion text. `python -m epollmux.tools.manpage DIR` writes DIR/epollmux.8, DIR/epollmux.conf.5 and
 DIR/epollmux.bash-completion; doc/ holds the current ones (a test checks they are up to date).
 Must not import the supervisor or anything that serves connections.
 """
