@@ -10,7 +10,8 @@ The listening sockets of one address form a SO_REUSEPORT group (one per worker s
 SO_REUSEADDR, which for UDP lets flow sockets bind the listening address beside the group with no owner
 check (joining the group itself would demand the supervisor's uid, which workers lose at the privilege
 drop, and would change the hash). It offers the same stop/close/pause interface as listener.Acceptor.
-Must not know what a flow does with its datagrams.
+Must not import the connection modules nor any wire/ module: what a flow does with its datagrams is
+flows.py's.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ def test_tcp_and_udp_listeners_on_one_port_with_their_own_routes(tmp_path):
     h3, vpn = cfg.routes["h3"], cfg.routes["vpn"]
     assert h3.udp and h3.backend.udp and h3.backend.sockaddr == ("127.0.0.1", 8443)    # udp: prefix optional
     assert h3.udp_idle_timeout == 30.0 and vpn.udp_idle_timeout == 60.0                  # quic 30 s, others 60 s
-    assert h3.opts["sni"] == ("a.example",)
+    assert list(h3.opts["sni"]) == ["a.example"]
     assert cfg.settings.max_flows == 16384 and cfg.settings.max_flows_per_source == 512
     assert not checks.run(cfg, local=set()).errors          # TCP 4443 and UDP 4443 do not overlap
 
