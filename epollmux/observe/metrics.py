@@ -46,7 +46,7 @@ FAMILIES = {f.name: f for f in (
     Family("epollmux_probe_timeouts_total", "counter",
            "Clients silent for probe_timeout, per on_timeout route ('-': closed, no such route).", ("route",)),
     Family("epollmux_events_total", "counter",
-           "Other worker events (refused_limit, refused_exhausted, accept_exhausted, ...).", ("event", "route")),
+           "Other worker events (refused_limit, refused_exhausted, accept_exhausted, sniff_wakeups, ...).", ("event", "route")),
     Family("epollmux_bytes_total", "counter",
            "Bytes relayed, per route; direction up = client to backend. Open connections included.",
            ("route", "direction")),

@@ -18,6 +18,7 @@ import socket
 from epollmux import addr, errors
 from epollmux.serve import keepalive
 from epollmux.serve.connection import Connection, client_events
+from epollmux.serve.sniffing import DEFER_SECONDS, defers
 from epollmux.reactor import EXCLUSIVE, IN
 
 log = logging.getLogger("epollmux.listen")
@@ -85,6 +86,8 @@ class Acceptor:
         self.family = int(sock.family)
         if self.family in keepalive.TCP_FAMILIES:    # accepted clients inherit them (a reload re-applies them)
             keepalive.apply(sock, ctx.keepalive)
+            defer = DEFER_SECONDS if defers(listener, ctx.settings.probe_timeout) else 0
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, defer)    # a reload may turn it off
         self.events = client_events(listener)
         self.armed = False
         self.resume_timer = None

@@ -144,3 +144,21 @@ def test_each_module_imports_alone():
     with ThreadPoolExecutor(max_workers=4) as pool:
         failed = {name: err for name, err in pool.map(load, names) if err}
     assert not failed
+
+
+# part -> the third-party packages it may import (parts not listed are not checked here).  wire stays
+# free of sockets and I/O: besides the standard library it may use `cryptography`, for QUIC Initials only.
+THIRD_PARTY_ALLOWED = {"wire": {"cryptography"}}
+
+
+@pytest.mark.parametrize("path", [p for p in modules() if part_of(dotted(p)) in THIRD_PARTY_ALLOWED],
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_third_party_imports(path):
+    allowed = THIRD_PARTY_ALLOWED[part_of(dotted(path))] | set(sys.stdlib_module_names) | {"epollmux"}
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            found.add((node.module or "").split(".")[0])
+    assert found <= allowed, f"{path.name} imports {sorted(found - allowed)}"
