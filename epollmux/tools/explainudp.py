@@ -11,8 +11,9 @@ Must not open sockets or start anything.  Must not import what tools/ must not (
 from __future__ import annotations
 
 from epollmux.tools import pcap
-from epollmux.wire import udpsniff
-from epollmux.wire.probes import Verdict
+from epollmux.wire import dtls, quic, udpsniff
+from epollmux.wire.clienthello import HelloStatus
+from epollmux.wire.probes import Verdict, glob_any
 from epollmux.wire.udpprobes import UDP_PROBES
 
 
@@ -70,6 +71,8 @@ def _listener(listener, flow: pcap.UdpFlow) -> list[str]:
             verdict = f"({UDP_PROBES[route.probe].func(tuple(flow.datagrams[:used]), route.opts).value})"
             mark = "  not reached: an earlier route decided"
         options = ", ".join(f"{k}={','.join(v)}" for k in ("sni", "alpn") if (v := route.opts.get(k)))
+        if verdict in ("next", "(next)"):
+            mark = f"  ({why_next(route.probe, tuple(flow.datagrams[:used or None]), route.opts)}){mark}"
         lines.append((f"    {i + 1}. {route.name.ljust(width)}  probe {route.probe:<9} {verdict:<8}"
                       + (f" [{options}]" if options else "") + mark).rstrip())
     if decision.route is None:
@@ -78,6 +81,25 @@ def _listener(listener, flow: pcap.UdpFlow) -> list[str]:
     route = routes[decision.route]
     backend = getattr(route.backend, "text", route.backend)
     return lines + [f"    chosen: route {route.name} ({how})", f"    backend: {backend}"]
+
+
+def why_next(probe: str, datagrams: tuple[bytes, ...], opts) -> str:
+    """A short reason for a UDP probe's NEXT (the hello's fault, or the name that did not fit)."""
+    named = "sni" in opts or "alpn" in opts
+    if probe == "dtls" or (probe == "quic" and named):
+        hello = (quic if probe == "quic" else dtls).client_hello(datagrams)
+        if hello.status is HelloStatus.NEED_MORE:
+            return "the ClientHello is not whole"
+        if hello.status is not HelloStatus.OK:
+            return hello.reason or hello.status.value
+        if "sni" in opts and hello.sni is None:
+            return "no SNI"
+        if "sni" in opts and not glob_any(hello.sni, opts["sni"]):
+            return f"sni '{hello.sni}' not in [{', '.join(opts['sni'])}]"
+        if not hello.alpn:
+            return "no ALPN offered"
+        return f"alpn {','.join(hello.alpn)} not in [{', '.join(opts['alpn'])}]"
+    return f"not {probe}"
 
 
 def _replay(table, datagrams: tuple[bytes, ...]):

@@ -106,3 +106,11 @@ def test_explain_main_reads_a_udp_only_pcap(tmp_path):
     out = io.StringIO()
     assert explain.main(config(), [str(path)], out) == 0
     assert chosen(out.getvalue())["10.1.2.3:40001"] == "route h3"
+
+
+def test_explain_says_why_a_named_route_said_next():
+    cfg = config()
+    cfg.listeners[1].routes.insert(0, route("other", "quic", sni="other.example.net"))
+    text = explainudp.explain_flows(cfg, "x", pcap.udp_flows(capture()))
+    assert "(sni 'www.example.org' not in [other.example.net])" in text
+    assert chosen(text)["10.1.2.3:40001"] == "route h3"
