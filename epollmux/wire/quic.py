@@ -109,13 +109,17 @@ class LongHeader:
 def is_initial(datagram: bytes) -> bool:
     """The shape of a client's first datagram: it starts with a long-header Initial of version 1 or 2 whose
     DCID has 8..20 bytes and whose length fits, and the datagram has at least 1200 bytes."""
+    return _first_initial(datagram) is not None
+
+
+def _first_initial(datagram: bytes) -> LongHeader | None:
     if len(datagram) < MIN_INITIAL_DATAGRAM:
-        return False
+        return None
     try:
         header = LongHeader(datagram, 0)
     except _Bad:
-        return False
-    return header.is_initial() and len(header.dcid) >= MIN_DCID
+        return None
+    return header if header.is_initial() and len(header.dcid) >= MIN_DCID else None
 
 
 # ---------------------------------------------------------------- keys
@@ -240,16 +244,15 @@ def client_hello(datagrams: tuple[bytes, ...]) -> HelloResult:
 
 
 def _client_hello(datagrams: tuple[bytes, ...]) -> HelloResult:
-    first = datagrams[0] if datagrams else b""
-    if not is_initial(first):
+    lead = _first_initial(datagrams[0]) if datagrams else None
+    if lead is None:
         return _not_quic("not a QUIC v1/v2 client Initial")
-    lead = LongHeader(first, 0)
     opener = _opener(lead.dcid, lead.version)
     pieces: list[tuple[int, bytes]] = []
     for d in datagrams:
         pos = 0
         while pos < len(d) and d[pos] & 0x80:              # long-header packets; a short one ends the walk
-            h = LongHeader(d, pos)
+            h = lead if pos == 0 and d is datagrams[0] else LongHeader(d, pos)
             if h.version != lead.version:
                 raise _Bad("coalesced packet of another version")
             if h.is_initial():
