@@ -13,10 +13,14 @@ from __future__ import annotations
 import _socket
 import errno
 import socket
+from typing import TYPE_CHECKING
 
 from epollmux import errors
 from epollmux.wire import proxyout
 from epollmux.reasons import Reason
+
+if TYPE_CHECKING:      # the seams' types, for readers and checkers; no import at run time
+    from epollmux.config import Route
 
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 IPV6_TRANSPARENT = 75
@@ -27,7 +31,7 @@ TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"   # struct linger {on, 0 s}: close() sends RST
 
 
-def connect(route, client_ip: str) -> tuple[object, str | None, bool]:
+def connect(route: Route, client_ip: str) -> tuple[object, str | None, bool]:
     """Start connecting to route.backend: (socket, close reason or None, connected already).
     A connect done by the time connect() returns (loopback, a unix socket) needs no EPOLLOUT wait.
     Only TCP_NODELAY is set before: the keepalive options (`settle`) can wait until the first bytes are out."""
