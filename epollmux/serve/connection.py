@@ -371,7 +371,7 @@ class Connection(Relaying):
             # The address is remembered so that this socket, arriving at one of our listeners, is seen as a loop
             # (that accept comes in a later turn than this one).
             self.local = backend.settle(sock, ctx.backend_keepalive)
-            ctx.own_backends.add(self.local, self.route.backend.sockaddr)
+            ctx.own_backends.add(self.local, self.route.backend.sockaddr, sock)
         return reason
 
     def _connected(self, events: int, pump_down: bool = True) -> str | None:
@@ -425,7 +425,7 @@ class Connection(Relaying):
         ctx.connections.discard(self)
         ctx.admission.leave(self.grant)
         if self.local is not None:
-            ctx.own_backends.discard(self.local, self.route.backend.sockaddr)
+            ctx.own_backends.discard(self.local, self.route.backend.sockaddr, self.backend)
         abort = reason in ABORTS
         up = down = spliced = 0
         if self.kernel:        # out of the maps before the sockets close; the counts need them open
