@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from typing import TYPE_CHECKING
 
 from epollmux import errors
 from epollmux.observe import accesslog
@@ -33,6 +34,10 @@ from epollmux.serve.phases import (BACKEND_OUT, CLIENT_OUT, EVENTS, NEXT, QUIET,
 from epollmux.tls.engine import Event, TLSEngine
 from epollmux.wire import clienthello, proxyout, sniff
 from epollmux.reasons import Reason
+
+if TYPE_CHECKING:      # the seams' types, for readers and checkers; no import at run time
+    from epollmux.config import Listener, Route
+    from epollmux.serve.worker import Context
 
 __all__ = ["Connection", "Phase", "client_events"]
 
@@ -60,7 +65,7 @@ class Connection(Relaying):
     __slots__ += ("edges", "reader")      # readable edges spent deciding; the ClientHello read so far
     __slots__ += ("local",)               # the backend socket's own address, while in ctx.own_backends
 
-    def __init__(self, ctx, listener, client: socket.socket, sockaddr, events: int = EVENTS):
+    def __init__(self, ctx: Context, listener: Listener, client: socket.socket, sockaddr, events: int = EVENTS):
         self.ctx = ctx
         self.listener = listener
         self.client = client
@@ -279,7 +284,7 @@ class Connection(Relaying):
         self.verdict = "timeout"
         return self._choose(route)
 
-    def _choose(self, route) -> str | None:
+    def _choose(self, route: Route) -> str | None:
         if self.verdict == "none":
             self.verdict = "match"
         self.route = route
@@ -303,7 +308,7 @@ class Connection(Relaying):
         return self._connect()
 
     # --- terminating TLS -------------------------------------------------------------------
-    def _start_tls(self, route) -> str | None:
+    def _start_tls(self, route: Route) -> str | None:
         self._set_phase(Phase.HANDSHAKING, self.ctx.settings.tls_handshake_timeout, _expired, Reason.TLS_HANDSHAKE_TIMEOUT)
         self.cend = TLSEndpoint(self.client, TLSEngine(route.server_context, server_side=True), fd=self.cfd)
         return self._handshake()
@@ -366,7 +371,7 @@ class Connection(Relaying):
             # The address is remembered so that this socket, arriving at one of our listeners, is seen as a loop
             # (that accept comes in a later turn than this one).
             self.local = backend.settle(sock, ctx.backend_keepalive)
-            ctx.own_backends.add(self.local, self.route.backend.sockaddr)
+            ctx.own_backends.add(self.local, self.route.backend.sockaddr, sock)
         return reason
 
     def _connected(self, events: int, pump_down: bool = True) -> str | None:
@@ -420,7 +425,7 @@ class Connection(Relaying):
         ctx.connections.discard(self)
         ctx.admission.leave(self.grant)
         if self.local is not None:
-            ctx.own_backends.discard(self.local, self.route.backend.sockaddr)
+            ctx.own_backends.discard(self.local, self.route.backend.sockaddr, self.backend)
         abort = reason in ABORTS
         up = down = spliced = 0
         if self.kernel:        # out of the maps before the sockets close; the counts need them open

@@ -18,10 +18,14 @@ Must not import what serve/ must not (README "Architecture").
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from epollmux.observe.words import plural
 from epollmux.reasons import Reason
+
+if TYPE_CHECKING:      # the seams' types, for readers and checkers; no import at run time
+    from epollmux.config import Route, Settings
+    from epollmux.serve.worker import Context
 
 log = logging.getLogger("epollmux.worker")
 
@@ -30,7 +34,7 @@ CHECK_EVERY = 0.05          # seconds between looks at whether the last connecti
 CUT, HARD_STOP = Reason.DRAIN_CUT, Reason.HARD_STOP
 
 
-def timeout_for(settings, route, kind: str) -> float:
+def timeout_for(settings: Settings, route: Route | None, kind: str) -> float:
     """Seconds a connection on `route` (None: not routed yet) may go on after a drain of this kind; 0 = never cut."""
     if route is not None and route.drain_timeout is not None:
         return route.drain_timeout
@@ -44,7 +48,7 @@ def stop_deadline(cfg) -> float:
 
 
 class Drain:
-    def __init__(self, ctx, done: Callable[[], None]):
+    def __init__(self, ctx: Context, done: Callable[[], None]):
         self.ctx = ctx
         self.done = done            # called once no connection is left
         self.kind = ""              # "", RETIRE or STOP
