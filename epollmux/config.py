@@ -234,7 +234,7 @@ def _settings(section, problems: Problems) -> Settings:
     workers = values["workers"].strip().lower()
     if workers == "auto":
         values["workers"] = os.cpu_count() or 1
-    elif workers.isdigit() and 1 <= int(workers) <= 256:
+    elif workers.isascii() and workers.isdigit() and 1 <= int(workers) <= 256:      # not "²" (isdigit, not int)
         values["workers"] = int(workers)
     else:
         problems.add(["global"], "workers", f"'{workers}' is not 'auto' or a number from 1 to 256")
