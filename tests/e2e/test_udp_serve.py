@@ -265,3 +265,17 @@ def test_http3_routed_by_sni_to_two_aioquic_servers_beside_tcp(daemon, h3server,
     assert sorted(field(line, "route") for line in lines) == ["a", "a", "b", "b"]
     assert {field(line, "sni") for line in lines if field(line, "route") == "a"} == {"alpha.test"}
     assert all(int(field(line, "dgrams_down")) >= 2 for line in lines)
+
+
+def test_wildcard_listeners_reply_from_the_address_the_client_wrote_to(daemon, echo):
+    """udp:0.0.0.0 and udp:[::] listeners: a connected client socket takes only datagrams from the address
+    it connected to, so each answer proves the flow replied from 127.0.0.1 / ::1 and the listening port."""
+    backend = echo(b"E:")
+    port = free_udp_port()
+    cfg = make_config({"u": {"address": f"udp:0.0.0.0:{port}, udp:[::]:{port}"}},
+                      {"all": {"probe": "any", "backend": backend.address}}, workers=1)
+    daemon().start(cfg, ready=True)
+    for host in ("127.0.0.1", "::1"):
+        c = UdpClient(port, host=host)
+        assert c.ask(b"one") == b"E:one"
+        assert c.ask(b"two") == b"E:two"
