@@ -421,10 +421,8 @@ class Connection(Relaying):
         for sock, fd in ((self.client, self.cfd), (self.backend, self.bfd)):
             if sock is not None:
                 backend.close_socket(ctx.reactor, sock, fd, abort)
-        if self.up is not None:
-            self.up.discard()
-            self.down.discard()
-            up, down, spliced = self.up.moved, self.down.moved, self.up.spliced + self.down.spliced
+        if phase is Phase.RELAYING and not self.kernel:
+            up, down, spliced = self.relay_counts()
         route = self.route.name if self.route else "-"
         ctx.stats.closed(self.listener.name, route, phase, reason, up, down)   # a StrEnum is its own label
         if self.outer is not None and self.route is not self.outer:    # routed counted it: so does closed

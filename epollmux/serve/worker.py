@@ -45,7 +45,7 @@ class Context:
         self.keepalive = keepalive.options(config.settings)     # for every TCP socket, both legs
         self.reactor = reactor
         relay = config.settings.relay
-        kind = relay if relay in ("splice", "copy") else "splice"   # sockmap, auto: splice where the kernel cannot
+        kind = relay if relay in ("adaptive", "splice", "copy") else "adaptive"   # sockmap, auto: where the kernel cannot
         self.pool = ChannelPool(kind, config.settings.pipe_size, config.settings.max_pipes)
         self.kernel = KernelRelay(reactor, relay) if relay in ("sockmap", "auto") else None   # loads on first use
         self.stats = Stats()
