@@ -42,7 +42,7 @@ BUDGET = 4 << 20   # bytes one pump call may move before it yields (BUSY), so on
 
 # Adaptive relay: a small exchange costs one read and one write by copy, against two splices, the splice that
 # only raises EAGAIN, and a pipe by splice; a large stream costs less by splice (no copy into Python).
-BIG = 64 << 10       # a pump that moves this much switches its direction to splice
+BIG = 32 << 10       # a pump that moves this much switches its direction to splice (half a loopback segment)
 SMALL = 16 << 10     # SMALL_PUMPS pumps in a row under this switch it back to copy (hysteresis)
 SMALL_PUMPS = 4
 
@@ -84,6 +84,9 @@ class Direction:
         happen now), nor in a pump that resumes after WAIT_DST or BUSY (an edge may have passed unheard).
         """
         channel, pending, moved = self.channel, self.pending, 0
+        adaptive = self.pool.adaptive
+        want = self.zero_copy and (self.big or not adaptive)      # a pipe
+        counted = 0              # of moved, the bytes counted already (through a channel left mid-pump)
         drained = False          # the last fill emptied the source (clean edges only)
         try:                     # one frame, no inner helper: this runs for every readable edge
             while True:
@@ -106,8 +109,16 @@ class Direction:
                 if moved >= BUDGET:
                     self._set_state(State.BUSY)
                     return
+                if adaptive:     # switch only here, with the channel empty: the bytes keep their order
+                    if not want and moved >= BIG and self.zero_copy:
+                        want = True
+                    if channel is not None and channel.zero_copy is not want:
+                        self._count(channel, moved - counted)
+                        counted = moved
+                        self._release()
+                        channel = None
                 if channel is None:
-                    channel = self.channel = self.pool.get(self.zero_copy and (self.big or not self.pool.adaptive))
+                    channel = self.channel = self.pool.get(want)
                 try:
                     pending = channel.fill(self.src)
                 except BlockingIOError:
@@ -125,13 +136,8 @@ class Direction:
             return exc.reason
         finally:     # also when an endpoint raised: discard() must see what the channel still holds
             self.pending = pending
-            if moved:
-                self.moved += moved
-                if channel.zero_copy:
-                    self.spliced += moved
-                    self.pool.spliced += moved
-                else:
-                    self.pool.copied += moved
+            if moved > counted:
+                self._count(channel, moved - counted)
             if moved >= BIG:
                 self.smalls = 0
                 if not self.big:
@@ -142,6 +148,14 @@ class Direction:
                 if self.smalls >= SMALL_PUMPS:
                     self.big, self.smalls = False, 0
                     self.pool.to_copy += self.pool.adaptive
+
+    def _count(self, channel, n: int) -> None:
+        self.moved += n
+        if channel.zero_copy:
+            self.spliced += n
+            self.pool.spliced += n
+        else:
+            self.pool.copied += n
 
     def _set_state(self, state: State) -> None:
         if state not in NEXT[self.state]:

@@ -122,7 +122,8 @@ class Relaying:
             end.flush()
             moved = True
         if events & READABLE and (src is None or src.state is WAIT_SRC):
-            reason = self._pump(src or self._direction(up), not events & (RDHUP | HUP | ERR))  # clean edge: Direction.pump
+            clean = not events & (RDHUP | HUP | ERR)         # see Direction.pump
+            reason = self._pump(src or self._direction(up), clean)
             if reason:
                 return reason
             moved = True
