@@ -237,3 +237,31 @@ def test_real_openvpn_over_udp_beside_a_quic_route(daemon, openvpn, tmp_path):
     d.stop()
     line = access_lines(d)[0]
     assert field(line, "route") == "vpn" and int(field(line, "dgrams_down")) > 3
+
+
+def test_http3_routed_by_sni_to_two_aioquic_servers_beside_tcp(daemon, h3server, tls_ca, server):
+    """Real HTTP/3: one UDP listener, two `quic` routes by SNI, each to its own aioquic server with its own
+    certificate; a TCP listener on the same port number keeps serving meanwhile."""
+    from support import h3
+    alpha = h3server(tls_ca.issue("alpha.test").chain, tls_ca.issue("alpha.test").key, b"from-alpha")
+    beta = h3server(tls_ca.issue("beta.test").chain, tls_ca.issue("beta.test").key, b"from-beta")
+    tcp_backend = server()
+    port = free_port_both()
+    cfg = make_config({"u": {"address": f"udp:127.0.0.1:{port}", "routes": "a, b"},
+                       "t": {"address": f"127.0.0.1:{port}", "routes": "tcp"}},
+                      {"a": {"probe": "quic", "sni": "alpha.test", "backend": f"127.0.0.1:{alpha.port}"},
+                       "b": {"probe": "quic", "sni": "beta.test", "backend": f"udp:127.0.0.1:{beta.port}"},
+                       "tcp": {"probe": "any", "backend": f"127.0.0.1:{tcp_backend.port}"}}, workers=2)
+    d = daemon().start(cfg, ready=True)
+    for _ in range(2):
+        assert h3.get(port, "alpha.test", str(tls_ca.cert)) == b"from-alpha"
+        assert h3.get(port, "beta.test", str(tls_ca.cert)) == b"from-beta"
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+            c.sendall(b"tcp too")
+            c.shutdown(socket.SHUT_WR)
+            assert recv_all(c) == b"tcp too"
+    d.stop()
+    lines = access_lines(d)
+    assert sorted(field(line, "route") for line in lines) == ["a", "a", "b", "b"]
+    assert {field(line, "sni") for line in lines if field(line, "route") == "a"} == {"alpha.test"}
+    assert all(int(field(line, "dgrams_down")) >= 2 for line in lines)

@@ -245,3 +245,24 @@ def openvpn(tmp_path):
     """openvpn(role, port, keys) -> a started OpenVPN; ended by PID afterwards (last first)."""
     yield from each_started(lambda n, role, port, keys, proto="tcp": OpenVPN(tmp_path / f"openvpn{n}", role, port,
                                                                           keys, proto))
+
+
+class H3Server(Process):
+    """An aioquic HTTP/3 server (support/h3.py) on udp 127.0.0.1:port answering every request with `body`."""
+
+    def __init__(self, tmp: Path, cert: Path, key: Path, body: bytes):
+        import sys
+        from support import h3
+        from support.udp import free_udp_port
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.port = free_udp_port()
+        self.log_path = tmp / "h3.log"
+        super().__init__([sys.executable, h3.__file__, str(cert), str(key), str(self.port), body.decode()],
+                         self.log_path)
+        wait_text(self.log_path, "serving", 20.0, self.proc)
+
+
+@pytest.fixture
+def h3server(tmp_path):
+    """h3server(cert, key, body) -> a started aioquic HTTP/3 server; ended by PID afterwards."""
+    yield from each_started(lambda n, cert, key, body: H3Server(tmp_path / f"h3-{n}", cert, key, body))
