@@ -18,7 +18,7 @@ TESTVENV  = build/test-venv
 DEB_TEST  = python3-venv openssh-server openssh-client nginx-light curl openssl iperf3 openvpn \
             bsdutils procps iproute2 socat haproxy systemd chromium \
             dpkg-dev fakeroot lintian adduser man-db util-linux libcap2-bin \
-            python3-configobj python3-daemon python3-sdnotify python3-libconf prometheus
+            python3-configobj python3-daemon python3-sdnotify python3-libconf python3-cryptography prometheus nftables
 DEB_BENCH = sslh haproxy stunnel4 socat nginx-light iperf3 wrk strace linux-perf
 
 .PHONY: all install uninstall run test stress test-deps deb-deps deb man bench bench-deps bench-profile clean
@@ -82,11 +82,13 @@ test: test-deps
 	$(TESTVENV)/bin/python -m pytest
 
 # The stress suite (tests/stress, not part of `make test`): a few minutes of hostile and faulty load; each test
-# prints one STRESS line of figures, collected in build/stress.txt. STRESS_SCALE multiplies the client counts.
+# prints one STRESS line of figures, collected in build/stress.txt. STRESS_SCALE multiplies the client counts;
+# STRESS_GIB is the volume the kernel relay stress moves (bulk runs are added until it is planned).
 STRESS_SCALE ?= 1
+STRESS_GIB ?= 1
 stress: test-deps
 	@mkdir -p build && rm -f build/stress.txt
-	EPOLLMUX_STRESS=1 EPOLLMUX_STRESS_SCALE=$(STRESS_SCALE) EPOLLMUX_STRESS_OUT=$(CURDIR)/build/stress.txt \
+	EPOLLMUX_STRESS=1 EPOLLMUX_STRESS_SCALE=$(STRESS_SCALE) EPOLLMUX_STRESS_GIB=$(STRESS_GIB) EPOLLMUX_STRESS_OUT=$(CURDIR)/build/stress.txt \
 	  $(TESTVENV)/bin/python -m pytest -q -s -p no:cacheprovider tests/stress
 	@cat build/stress.txt
 

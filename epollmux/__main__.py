@@ -1,4 +1,6 @@
-"""`python -m epollmux`: the same as the installed `epollmux` command."""
+"""`python -m epollmux`: the same as the installed `epollmux` command.
+
+Owns: nothing but the entry point. Must not import anything but cli."""
 
 import sys
 

@@ -7,7 +7,7 @@ one of the daemon's own listening addresses (a wildcard listener makes every loc
 on that port its own: they are read from /proc/net), `log_target = syslog` on a host without /dev/log;
 and warnings for routes that can never be chosen, naming the earlier route that takes their clients.
 Errors use config's form "FILE: [section] key: message"; warnings "FILE: warning: [section] key: message".
-Must not open sockets or start anything; imports nothing of epollmux (it reads the Config it is given).
+Must not import anything of epollmux (it reads the Config it is given); opens no sockets, starts nothing.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _where(section: str, key: str) -> str:
 def run(cfg, *, starting: bool = False, local: set[Ip] | None = None) -> Findings:
     """Every cross-key problem of cfg. starting: the daemon is about to run (or reload), so only what
     would otherwise go unnoticed is reported: unknown users, addresses bound twice and the metrics
-    address fail on their own at start (exit 2, DESIGN §2), and a missing /dev/log makes logging fall
+    address fail on their own at start (exit 2, README "Command line"), and a missing /dev/log makes logging fall
     back to stderr with a warning of its own."""
     found = Findings(cfg.source)
     at_start = Findings(cfg.source) if starting else found      # what start itself reports: dropped
@@ -80,10 +80,11 @@ class Bound:
     text: str
     ip: Ip
     port: int
+    udp: bool = False     # a UDP port: never in the way of the TCP port of the same number
 
     def overlaps(self, other: "Bound") -> bool:
-        """Both cannot be bound: same port and version, and the same address or a wildcard."""
-        if self.port != other.port or self.ip.version != other.ip.version:
+        """Both cannot be bound: same protocol, port and version, and the same address or a wildcard."""
+        if self.port != other.port or self.ip.version != other.ip.version or self.udp != other.udp:
             return False
         return self.ip == other.ip or self.ip.is_unspecified or other.ip.is_unspecified
 
@@ -107,7 +108,7 @@ def _listen_addresses(cfg, found: Findings) -> list[Bound]:
             parsed = _ip_port(address)
             if parsed is None or parsed[1] == 0:       # port 0: the kernel picks a free one each time
                 continue
-            new = Bound(f"listen.{lst.name}", address.text, *parsed)
+            new = Bound(f"listen.{lst.name}", address.text, *parsed, getattr(address, "udp", False))
             for old in bound:
                 if not new.overlaps(old):
                     continue
@@ -179,7 +180,7 @@ def _self_backends(cfg, bound: list[Bound], local: set[Ip], found: Findings) -> 
         if parsed is None:
             continue
         for listen in bound:
-            if reaches(listen, *parsed, local):
+            if listen.udp == getattr(route.backend, "udp", False) and reaches(listen, *parsed, local):
                 via = "" if parsed[0] == listen.ip else " (a wildcard listener takes every local address)"
                 found.error(f"routes.{route.name}", "backend",
                             f"'{route.backend.text}' is the daemon's own listener [{listen.owner}] "
@@ -212,7 +213,7 @@ def _filters(route) -> str:
 
 
 def _keys(route) -> tuple[str, ...]:
-    return {"tls": ("sni", "alpn"), "http": ("host",)}.get(route.probe, ())
+    return {"tls": ("sni", "alpn"), "quic": ("sni", "alpn"), "dtls": ("sni", "alpn"), "http": ("host",)}.get(route.probe, ())
 
 
 def _unreachable_routes(cfg, found: Findings) -> None:

@@ -1,8 +1,9 @@
-"""The `epollmux` command line (DESIGN §2): parse arguments, pick the mode, map outcomes to exit codes.
+"""The `epollmux` command line (README "Command line"): parse arguments, pick the mode, map outcomes to exit codes.
 
 Owns: argument parsing, the sslh-style config-free mode (flags become routes in command-line order)
 and exit codes: 0 clean stop, 1 invalid configuration or arguments, 2 runtime failure at start.
 Must not know how connections are served beyond calling the supervisor.
+Must not import: no rule of the layering table (it is the top); the serving side only through `process.start`, late.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Owns: which errnos mean "the peer is gone" (close quietly, count), which mean "resources are
 exhausted" (pause, retry later), and the close-reason names derived from them.
-Must not import sockets, the reactor or anything above them.
+Must not import anything of epollmux but `reasons`: no sockets, no reactor.
 """
 
 import errno

@@ -7,7 +7,7 @@ dispatches to the callback registered with `on_signal`.
 Each registration is an object of its own (`_Registration`): a batch's events are matched to the
 registrations that were current when the poll returned, and one ended since is dead, so an event
 queued for a closed socket never reaches a new socket that reuses its fd number in the same batch.
-Must not import anything that knows about connections, protocols or configuration.
+Must not import anything of epollmux but `errors`: nothing that knows about connections, protocols or configuration.
 """
 
 from __future__ import annotations

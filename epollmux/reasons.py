@@ -1,4 +1,4 @@
-"""Every reason a connection can end with: the `reason` of its access-log line and the `reason` label of
+"""Every reason a connection (or a UDP flow) can end with: the `reason` of its access-log line and the `reason` label of
 `epollmux_connections_closed_total` (and of `epollmux_tls_handshake_failures_total` for the TLS ones).
 
 Owns: the one vocabulary (`Reason`, a StrEnum: a member is the string operators see) and its one-line
@@ -53,6 +53,7 @@ class Reason(enum.StrEnum):
     TLS_CLOSE_NOTIFY = "tls-close-notify"
     TLS_NOT_TLS = "tls-not-tls"
     TLS_PROTOCOL_ERROR = "tls-protocol-error"
+    TLS_RENEGOTIATION = "tls-renegotiation"
     BACKEND_TLS_TIMEOUT = "backend-tls-timeout"
     BACKEND_TLS_HANDSHAKE_FAILED = "backend-tls-handshake-failed"
     BACKEND_TLS_ALERT = "backend-tls-alert"
@@ -60,6 +61,11 @@ class Reason(enum.StrEnum):
     BACKEND_TLS_CLOSE_NOTIFY = "backend-tls-close-notify"
     BACKEND_TLS_NOT_TLS = "backend-tls-not-tls"
     BACKEND_TLS_PROTOCOL_ERROR = "backend-tls-protocol-error"
+    BACKEND_TLS_RENEGOTIATION = "backend-tls-renegotiation"
+    UDP_IDLE = "udp-idle"
+    UDP_STOP = "udp-stop"
+    FLOW_LIMIT = "flow-limit"
+    CLIENT_UNREACHABLE = "client-unreachable"
 
 
 MEANING: dict[Reason, str] = {
@@ -103,6 +109,7 @@ MEANING: dict[Reason, str] = {
     Reason.TLS_CLOSE_NOTIFY: "the client ended TLS (close_notify) while data was still to be written to it",
     Reason.TLS_NOT_TLS: "plaintext on a route that terminates TLS",
     Reason.TLS_PROTOCOL_ERROR: "a bad TLS record or message from the client after the handshake",
+    Reason.TLS_RENEGOTIATION: "the client tried to renegotiate its TLS 1.2 session: refused, and closed at once",
     Reason.BACKEND_TLS_TIMEOUT: "the TLS handshake with the backend did not finish within connect_timeout",
     Reason.BACKEND_TLS_HANDSHAKE_FAILED: "the backend's certificate or handshake was refused (detail says why)",
     Reason.BACKEND_TLS_ALERT: "the backend sent a fatal TLS alert",
@@ -110,4 +117,9 @@ MEANING: dict[Reason, str] = {
     Reason.BACKEND_TLS_CLOSE_NOTIFY: "the backend ended TLS (close_notify) while data was still to be written to it",
     Reason.BACKEND_TLS_NOT_TLS: "the backend does not speak TLS",
     Reason.BACKEND_TLS_PROTOCOL_ERROR: "a bad TLS record or message from the backend after the handshake",
+    Reason.BACKEND_TLS_RENEGOTIATION: "the backend asked to renegotiate its TLS 1.2 session: refused, and closed",
+    Reason.UDP_IDLE: "UDP: no datagram either way for the route's udp_idle_timeout",
+    Reason.UDP_STOP: "UDP: the worker stopped; a flow has no end of its own to wait for, so it ends at once",
+    Reason.FLOW_LIMIT: "UDP: max_flows or max_flows_per_source reached; the new flow's datagram was dropped",
+    Reason.CLIENT_UNREACHABLE: "UDP: the client's host or port answered with an ICMP error (nobody listens there)",
 }

@@ -1,5 +1,7 @@
 """The one idiom of every state machine in epollmux, and its error.
 
+Owns: `TransitionError` and the rule below.
+
 Each machine (connection phases in serve/phases.py, TLS engine states in tls/engine.py, relay
 direction states in relay/direction.py, kernel-relay states in relay/kernel.py, supervisor states in
 process/states.py) is an `enum.StrEnum` (its values are the labels logs and metrics show) plus a

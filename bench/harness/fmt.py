@@ -6,9 +6,9 @@ style (epollmux red, the no-proxy reference grey, peers blue). Pure; writes noth
 
 from __future__ import annotations
 
-from bench.peers import subjects, tlssubjects
+from bench.peers import subjects
 
-LABELS = {name: cls.label for name, cls in {**subjects.ALL, **tlssubjects.ALL}.items()}
+LABELS = {name: cls.label for name, cls in subjects.ALL.items()}
 REFERENCES = ("direct", "nginx-tls")      # no proxy: grey in charts
 
 

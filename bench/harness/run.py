@@ -27,14 +27,14 @@ import time
 
 from bench.sections import bulk, connrate, idle, sniff, tls
 from bench.harness import report
-from bench.peers import subjects, tlssubjects
+from bench.peers import subjects
 from bench.harness.context import Context
 from bench.harness.procs import CpuGroup, Ports
 
 SECTIONS = {"bulk": bulk.run_section, "connrate": connrate.run_section, "idle": idle.run_section,
             "sniff": sniff.run_section, "tls": tls.run_section}
-KNOWN = {**subjects.ALL, **tlssubjects.ALL}
-DEFAULT = subjects.DEFAULT + tlssubjects.DEFAULT
+KNOWN = subjects.ALL
+DEFAULT = subjects.DEFAULT
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # bench/
 
 NOTES = [

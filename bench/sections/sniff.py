@@ -26,10 +26,7 @@ from bench.peers.backends import Nginx
 from bench.peers.loadgen import wrk
 from bench.harness.context import Context, started
 from bench.harness.procs import HOST, OtherLoad, run
-from bench.peers.subjects import ALL as TCP_SUBJECTS
-from bench.peers.subjects import REPO
-from bench.peers.tlssubjects import log_summary
-from bench.peers.tlssubjects import ROUTERS
+from bench.peers.subjects import ALL, REPO, ROUTERS, log_summary
 
 SUBJECTS = ["direct", "epollmux-splice", "epollmux-sni", "haproxy", "haproxy-sni"]
 REFERENCE = "haproxy-sni"
@@ -72,7 +69,7 @@ def run_section(ctx: Context) -> dict:
     def make(name, port):
         if name in ROUTERS:
             return ROUTERS[name](ctx.tmpdir, port, backend.tls_address, plain=backend.address, sni=server_name)
-        return TCP_SUBJECTS[name](ctx.tmpdir, port, backend.tls_address)
+        return ALL[name](ctx.tmpdir, port, backend.tls_address)
 
     try:
         with started(ctx, names, backend.tls_address, make=make) as running:

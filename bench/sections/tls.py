@@ -1,7 +1,7 @@
 """TLS termination (issues 4 and 6): handshakes, resumed handshakes, keep-alive requests, bulk MB/s.
 
 Owns: the tls section. One plaintext nginx (1 worker; `/` = 34-byte body, `/bulk` = a sparse file of
-zeros) behind every terminator (bench.peers.tlssubjects: epollmux, stunnel, HAProxy `bind ... ssl`, and
+zeros) behind every terminator (bench.peers.subjects: epollmux, stunnel, HAProxy `bind ... ssl`, and
 nginx terminating itself as the no-proxy reference). TLS 1.3 only. Each subject runs as three
 instances, all started at once: ECDSA P-256 with resumption off, RSA-2048 with resumption off, and
 ECDSA P-256 with resumption on. Measurements, per round, subject order rotated each round:
@@ -28,7 +28,7 @@ from bench.peers.backends import Nginx, SparseFile
 from bench.peers.loadgen import wrk
 from bench.harness.context import Context, started
 from bench.harness.procs import OtherLoad
-from bench.peers.tlssubjects import log_summary, TERMINATORS
+from bench.peers.subjects import TERMINATORS, log_summary
 
 SUBJECTS = list(TERMINATORS)
 REFERENCE = "haproxy-tls"

@@ -1,1 +1,1 @@
-"""Bench tools run on their own: profilers (hotpaths, tlsprofile), interleaved A/B runs (plainab, tlsab), micro-benchmarks."""
+"""Bench tools run on their own: profilers (hotpaths, tlsprofile, and the tracers they share), interleaved A/B runs (ab), micro-benchmarks (sniffcost, tlsmicro)."""

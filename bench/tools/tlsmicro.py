@@ -5,38 +5,34 @@ own interpreter with that tree first on sys.path): a socketpair, the daemon's `T
 an in-memory `ssl.SSLObject` client on the other. Only the server side's calls are timed, the way the relay
 makes them: keep-alive (readinto until BlockingIOError, then write the answer) and a whole connection
 (engine and endpoint built, handshake driven like connection._drive, one request, one answer, close_notify).
-Prints the median µs per unit over batches, with min-max. No reactor, no relay, no load generator: the
+Each tree's batches run in a child interpreter (`--child`, this module again) that imports epollmux from that
+tree. Prints the median µs per unit over batches, with min-max. No reactor, no relay, no load generator: the
 noise of a shared machine is mostly gone, and what is left is the cost the TLS modules own.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
+import socket
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
-CHILD = r"""
-import os, socket, ssl, statistics, sys, time
-sys.path.insert(0, sys.argv[1])
-from epollmux.relay.endpoints import TLSEndpoint
-from epollmux.tls.engine import Event, TLSEngine
-from epollmux.tls.contexts import RouteTLS, server_context
-cert, key, mode, batches, per = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
-sctx = server_context(RouteTLS("bench", cert=cert, key=key))
-cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-cctx.check_hostname = False
-cctx.verify_mode = ssl.CERT_NONE
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench.example\r\n\r\n"
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 34\r\n\r\n" + b"x" * 34
-buf = bytearray(262144)
-view = memoryview(buf)
+VIEW = memoryview(bytearray(262144))
 
 
 class Client:
-    def __init__(self, sock):
+    """The in-memory TLS client on the other end of the socketpair."""
+
+    def __init__(self, sock, cctx):
         self.sock, self.inc, self.out = sock, ssl.MemoryBIO(), ssl.MemoryBIO()
         self.obj = cctx.wrap_bio(self.inc, self.out, server_hostname="bench.example")
 
@@ -62,25 +58,48 @@ class Client:
         return got
 
 
-def drive(end):
-    # as connection._drive
-    engine = end.engine
-    while True:
-        result = engine.step()
-        end.flush()
-        if result is Event.HANDSHAKE_DONE or result is not None:
-            return result
-        try:
-            if not end.receive():
+class Server:
+    """The tree's TLSEndpoint + TLSEngine, driven as the daemon drives them."""
+
+    def __init__(self, tree: str, cert: str, key: str):
+        sys.path.insert(0, tree)          # this tree's epollmux, imported here only
+        from epollmux.relay.endpoints import TLSEndpoint
+        from epollmux.tls.contexts import RouteTLS, server_context
+        from epollmux.tls.engine import Event, TLSEngine
+        self.Endpoint, self.Engine, self.Event = TLSEndpoint, TLSEngine, Event
+        self.sctx = server_context(RouteTLS("bench", cert=cert, key=key))
+        self.cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self.cctx.check_hostname = False
+        self.cctx.verify_mode = ssl.CERT_NONE
+
+    def pair(self):
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        return a, b, Client(b, self.cctx)
+
+    def endpoint(self, sock):
+        return self.Endpoint(sock, self.Engine(self.sctx, server_side=True))
+
+    def drive(self, end):
+        """As the connection drives its TLS handshake."""
+        engine = end.engine
+        while True:
+            result = engine.step()
+            end.flush()
+            if result is self.Event.HANDSHAKE_DONE or result is not None:
+                return result
+            try:
+                if not end.receive():
+                    return None
+            except BlockingIOError:
                 return None
-        except BlockingIOError:
-            return None
 
 
-def serve_request(end):
-    n = end.readinto(view)
+def serve_request(end) -> int:
+    n = end.readinto(VIEW)
     try:
-        end.readinto(view[n:])
+        end.readinto(VIEW[n:])
         raise AssertionError("two reads")
     except BlockingIOError:
         pass
@@ -88,16 +107,12 @@ def serve_request(end):
     return n
 
 
-def connection():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    client = Client(b)
-    spent = 0.0
+def connection(srv: Server) -> float:
+    a, b, client = srv.pair()
     t = time.perf_counter()
-    end = TLSEndpoint(a, TLSEngine(sctx, server_side=True))
-    assert drive(end) is None
-    spent += time.perf_counter() - t
+    end = srv.endpoint(a)
+    assert srv.drive(end) is None
+    spent = time.perf_counter() - t
     done = None
     while done is None:
         try:
@@ -107,13 +122,13 @@ def connection():
             pass
         client.send_out()
         t = time.perf_counter()
-        done = drive(end)
+        done = srv.drive(end)
         spent += time.perf_counter() - t
         client.pump_in()
     t = time.perf_counter()
-    assert done is Event.HANDSHAKE_DONE
+    assert done is srv.Event.HANDSHAKE_DONE
     engine = end.engine
-    facts = (engine.version(), engine.cipher(), engine.alpn(), engine.peer_cn())
+    (engine.version(), engine.cipher(), engine.alpn(), engine.peer_cn())
     assert serve_request(end) == len(REQUEST)
     end.shutdown_write()
     spent += time.perf_counter() - t
@@ -123,13 +138,10 @@ def connection():
     return spent
 
 
-def keepalive(count):
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    client = Client(b)
-    end = TLSEndpoint(a, TLSEngine(sctx, server_side=True))
-    while drive(end) is not Event.HANDSHAKE_DONE:
+def keepalive(srv: Server, count: int) -> float:
+    a, b, client = srv.pair()
+    end = srv.endpoint(a)
+    while srv.drive(end) is not srv.Event.HANDSHAKE_DONE:
         try:
             client.obj.do_handshake()
         except ssl.SSLWantReadError:
@@ -154,25 +166,31 @@ def keepalive(count):
     return spent / count
 
 
-results = []
-for _ in range(batches):
-    if mode == "keepalive":
-        results.append(keepalive(per) * 1e6)
-    else:
-        results.append(sum(connection() for _ in range(per)) / per * 1e6)
-print(" ".join(f"{x:.2f}" for x in results))
-"""
+def child(tree: str, cert: str, key: str, mode: str, batches: int, per: int) -> None:
+    """Print µs per unit of each batch, from one tree."""
+    srv = Server(tree, cert, key)
+    results = []
+    for _ in range(batches):
+        if mode == "keepalive":
+            results.append(keepalive(srv, per) * 1e6)
+        else:
+            results.append(sum(connection(srv) for _ in range(per)) / per * 1e6)
+    print(" ".join(f"{x:.2f}" for x in results))
 
 
 def main(argv=None) -> int:
-    import argparse
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        tree, cert, key, mode, batches, per = argv[1:]
+        child(tree, cert, key, mode, int(batches), int(per))
+        return 0
     from bench.peers import certs
     p = argparse.ArgumentParser(prog="python3 -m bench.tools.tlsmicro")
     p.add_argument("--tree", action="append", help="epollmux trees to compare (default: this one)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved runs per tree")
     p.add_argument("--modes", default="keepalive,connection")
     o = p.parse_args(argv)
-    trees = o.tree or [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
+    trees = [os.path.abspath(t) for t in o.tree or [REPO]]
     tmp = tempfile.mkdtemp(prefix="epollmux-tlsmicro-")
     try:
         return _compare(trees, o, certs.make(tmp, "ecdsa"))
@@ -186,8 +204,9 @@ def _compare(trees: list[str], o, cert) -> int:
         samples = {tree: [] for tree in trees}
         for r in range(o.rounds):
             for tree in (trees if r % 2 == 0 else trees[::-1]):
-                out = subprocess.run([sys.executable, "-c", CHILD, tree, cert.cert, cert.key, mode,
-                                      str(batches), str(per)], capture_output=True, text=True, timeout=300)
+                out = subprocess.run([sys.executable, "-m", "bench.tools.tlsmicro", "--child", tree, cert.cert,
+                                      cert.key, mode, str(batches), str(per)], cwd=REPO, capture_output=True,
+                                     text=True, timeout=300)
                 if out.returncode:
                     print(out.stderr[-2000:], file=sys.stderr)
                     return 1

@@ -8,38 +8,26 @@ Owns: one profiling pass over an epollmux worker terminating TLS 1.3 (1 worker, 
 For each load, separate runs (so no tool distorts another's numbers): py-spy on the worker (Python
 functions and lines, as in bench.tools.hotpaths), `perf record` on the worker (CPU by shared object:
 libcrypto, libssl, libpython, kernel, and the hottest symbols), `strace -c` on the worker
-(syscalls per unit), cProfile in the worker (a bench-only `sitecustomize` starts it after the
+(syscalls per unit), cProfile in the worker (bench/tools/cprofile_site/sitecustomize.py starts it after the
 fork and dumps it at the worker's `os._exit`: Python calls per unit, not times, since cProfile
 slows every call); then perf and strace on HAProxy (`bind ... ssl`, nbthread 1) under the same
 load for comparison. Writes DIR/hotpaths-tls.{json,md}; bench/PROFILE.md is the reading of them.
 Needs py-spy, perf (linux-perf) and strace; a missing tool skips its runs. Attaching needs ptrace rights.
+The tracers are bench.tools.tracers'; this module owns the TLS loads, the plan and the report.
 """
 
 from __future__ import annotations
 
-import os as _os
-import sys as _sys
-
-if not __package__:
-    _sys.path[0] = _os.path.dirname(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
-
-import functools
-import os
-import pstats
-import re
 import shutil
-import subprocess
 import sys
-import time
 
 from bench.peers import certs, tlsload
 from bench.peers.backends import Nginx, SparseFile
 from bench.peers.loadgen import wrk
-from bench.tools.hotpaths import (attach, detach, options, pyspy, pyspy_tables, run_plan, strace, strace_table, timed,
-                             worker_pid, write)
-from bench.peers.tlssubjects import EpollmuxTLS, HaproxyTLS
+from bench.peers.subjects import EpollmuxTLS, HaproxyTLS, versions
+from bench.tools.tracers import (cprofile, cprofile_env, options, perf, pyspy, pyspy_tables, run_plan, strace,
+                                 strace_table, write)
 
-HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # bench/
 LOADS = ("tls-handshake", "tls-keepalive", "tls-bulk")
 
 
@@ -53,94 +41,11 @@ def load(kind: str, port: int, seconds: float) -> dict:
     return res
 
 
-SITECUSTOMIZE = """# bench-only: cProfile an epollmux worker from its fork to its os._exit (bench.tools.tlsprofile)
-import cProfile, os
-_out = os.environ.get("EPOLLMUX_BENCH_CPROFILE")
-if _out:
-    def _start():
-        prof = cProfile.Profile()
-        real_exit = os._exit
-        def _exit(code):
-            prof.disable()
-            prof.dump_stats(_out % os.getpid())
-            real_exit(code)
-        os._exit = _exit
-        prof.enable()
-    os.register_at_fork(after_in_child=_start)
-"""
-
-
-def cprofile_env(env: dict, tmpdir: str, port: int) -> dict:
-    """`env` (with PYTHONPATH set) made to run the epollmux worker under cProfile (SITECUSTOMIZE);
-    its dump lands in tmpdir, named by `port`, for `cprofile_calls`."""
-    site = os.path.join(tmpdir, "cprofile-site")
-    os.makedirs(site, exist_ok=True)
-    with open(os.path.join(site, "sitecustomize.py"), "w") as f:
-        f.write(SITECUSTOMIZE)
-    env["PYTHONPATH"] = site + os.pathsep + env["PYTHONPATH"]
-    env["EPOLLMUX_BENCH_CPROFILE"] = os.path.join(tmpdir, f"cprofile-{port}-%d.out")
-    return env
-
-
-def cprofile_calls(tmpdir: str, port: int) -> tuple[int, list[tuple[str, int]]] | None:
-    """The exited worker's total calls and (function, calls) of each function; None without a dump."""
-    dumps = [f for f in os.listdir(tmpdir) if f.startswith(f"cprofile-{port}-")]
-    if not dumps:
-        return None
-    st = pstats.Stats(os.path.join(tmpdir, dumps[0]))
-    funcs = []
-    for (path, line, name), (cc, nc, tt, ct, callers) in st.stats.items():
-        where = re.sub(r".*/(epollmux|python3\.\d+)/", r"\1/", path)
-        funcs.append((f"{name} ({where}:{line})" if line else name, nc))
-    return st.total_calls, funcs
-
-
 class ProfiledEpollmuxTLS(EpollmuxTLS):
-    """epollmux whose worker runs under cProfile (see SITECUSTOMIZE)."""
+    """epollmux whose worker runs under cProfile (bench/tools/cprofile_site)."""
 
     def env(self):
         return cprofile_env(super().env(), self.tmpdir, self.port)
-
-
-def cprofile(subject, seconds: float, kind: str, tmp: str) -> dict:
-    """Python calls per unit in the worker, from cProfile's counts once the worker has exited."""
-    time.sleep(1.0)
-    res = load(kind, subject.port, seconds)
-    subject.stop()
-    calls = cprofile_calls(tmp, subject.port)
-    if calls is None:
-        return {"load": res, "error": "no cProfile dump (worker did not exit through os._exit?)"}
-    total, funcs = calls
-    per = res.get("units") or 0
-    funcs.sort(key=lambda kv: -kv[1])
-    return {"load": res, "total_calls": total, "unit": res.get("unit"),
-            "calls_per_unit": total / per if per else None,
-            "top": [(f, n, n / per if per else None) for f, n in funcs[:30]]}
-
-
-def perf(subject, seconds: float, kind: str, tmp: str) -> dict:
-    """perf record on the worker during the load; CPU shares by shared object and by symbol."""
-    data = os.path.join(tmp, f"perf-{subject.ident}-{kind}.data")
-    rec = attach(["perf", "record", "-F", "999", "-p", str(worker_pid(subject.pid)), "-o", data], data + ".log")
-    time.sleep(1.0)
-    res = timed(subject, load, kind, seconds)
-    time.sleep(0.3)
-    detach(rec)
-    return {"load": res, "dso": _perf_report(data, "dso", 12), "symbols": _perf_report(data, "dso,sym", 30)}
-
-
-def _perf_report(data: str, keys: str, top: int) -> list:
-    try:
-        out = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", keys, "--stdio"],
-                             capture_output=True, text=True, timeout=120).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    rows = []
-    for line in out.splitlines():
-        m = re.match(r"\s*([\d.]+)%\s+(.*\S)\s*$", line)
-        if m and not line.lstrip().startswith("#"):
-            rows.append((re.sub(r"\s+", " ", m.group(2)), float(m.group(1)) / 100))
-    return rows[:top]
 
 
 def report_md(results: dict) -> str:
@@ -186,20 +91,18 @@ def report_md(results: dict) -> str:
 
 def main(argv=None) -> int:
     o, ports, tmp = options("tlsprofile", LOADS, argv)
-    from bench.peers.subjects import versions
     results = {"seconds": o.seconds, "loads": {}, "version": versions()["epollmux"]}
     cert = certs.make(tmp, "ecdsa")
-    spy, trace = functools.partial(pyspy, loader=load), functools.partial(strace, loader=load)
-    plan = (("pyspy", "py-spy", EpollmuxTLS, spy), ("perf", "perf", EpollmuxTLS, perf),
-            ("strace", "strace", EpollmuxTLS, trace), ("cprofile", sys.executable, ProfiledEpollmuxTLS, cprofile),
-            ("perf-haproxy", "perf", HaproxyTLS, perf), ("strace-haproxy", "strace", HaproxyTLS, trace))
+    plan = (("pyspy", "py-spy", EpollmuxTLS, pyspy), ("perf", "perf", EpollmuxTLS, perf),
+            ("strace", "strace", EpollmuxTLS, strace), ("cprofile", sys.executable, ProfiledEpollmuxTLS, cprofile),
+            ("perf-haproxy", "perf", HaproxyTLS, perf), ("strace-haproxy", "strace", HaproxyTLS, strace))
     with SparseFile() as bulk_file:
         backend = Nginx(tmp, ports.take(), bulk_file=bulk_file.path).start()
         try:
             for kind in o.loads.split(","):
                 results["loads"][kind] = run_plan("tlsprofile", plan, kind,
                                                   lambda cls: cls(tmp, ports.take(), backend.address, cert, False),
-                                                  o.seconds, tmp)
+                                                  o.seconds, tmp, load)
         finally:
             backend.stop()
     write(o.out, "hotpaths-tls", results, report_md(results))

@@ -1,4 +1,5 @@
 """Observability: per-worker stats, metrics and their text, the collector, the exporter, the access log, logging set-up.
 
-Must not import: epollmux.serve, process, relay, tools, cli.
+Owns: what operators read and scrape; counts what serve/ and process/ tell it, never looks at their objects.
+Must not import: `checks`, `cli`, `process`, `relay`, `serve`, `sslh`, `tls`, `tools`.
 """

@@ -12,6 +12,7 @@ that stalls costs one fd and its answer's bytes, never the loop. What to answer 
 "reload"): the
 supervisor calls `reply(text)` later (it asks the workers first).
 Must not know what the numbers mean (metrics.py) or how workers are asked (collector.py).
+Must not import what observe/ must not (README "Architecture").
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
 """Processes: the supervisor, worker processes, the socket table, systemd, daemonizing, privileges.
 
-Must not import: epollmux.tools, cli.
+Owns: everything between the command line and one worker's event loop.
+Must not import: `cli`, `sslh`, `tools`.
 """

@@ -5,6 +5,7 @@ running ones where unchanged) and assigning the listening sockets (kept, adopted
 newly bound), all or nothing: on failure `Refused` carries one line per problem and nothing new is
 left open. `ReloadAsks`: who waits for a reload's outcome (the stats socket's `reload`).
 Must not fork, touch the reactor or client connections.
+Must not import what process/ must not (README "Architecture").
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ configuration (`prepare.py`), switching generations or abandoning the new one, a
 reload logs and tells systemd and the stats-socket clients. `Reloading` is a base class of
 `supervisor.Supervisor` and works on its fields.
 Must not touch client connections nor fork by hand.
+Must not import what process/ must not (README "Architecture").
 """
 
 from __future__ import annotations

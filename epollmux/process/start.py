@@ -5,6 +5,7 @@ metrics endpoints and listening sockets bound), RLIMIT_NOFILE raised, optional d
 file, then `Supervisor.run`; the exit code of a start that fails (2, runtime failure: cannot bind,
 cannot drop privileges).
 Must not touch client connections nor fork workers (the supervisor does, through workerproc).
+Must not import what process/ must not (README "Architecture").
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The supervisor's states and the transitions between them (the idiom of epollmux/states.py).
 
+Owns: the supervisor's `State` members and `NEXT` table.
 Must not import anything but the standard library.
 """
 

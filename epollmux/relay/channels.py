@@ -10,6 +10,7 @@ user's pipe-user-pages-soft (64 MiB by default; past it new pipes get 2 pages).
 Rules (HAProxy's pipe pool): get, put, kill; a channel that still holds bytes is never put back.
 Channels move bytes between endpoints (see endpoints.py): pipes use their fds, buffers their
 readinto/write. Must not know about connections, the reactor or protocols.
+Must not import what relay/ must not (README "Architecture").
 """
 
 from __future__ import annotations

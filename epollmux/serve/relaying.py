@@ -9,6 +9,7 @@ is dropped after its pump, its byte counts kept in `sent_up`/`sent_down`/`splice
 next readable edge, so an idle connection holds no relay object. `Relaying` is a base class of
 `connection.Connection`: it works on that connection's fields and returns close reasons like every other handler.
 Must not parse protocols, close the connection (connection.close does) or move bytes itself.
+Must not import what serve/ must not (README "Architecture").
 """
 
 from __future__ import annotations

@@ -64,6 +64,7 @@ def backend_context(route: RouteTLS) -> ssl.SSLContext:
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)     # CERT_REQUIRED and check_hostname by default
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_RENEGOTIATION            # a backend's HelloRequest is refused as a client's hello is
     if route.backend_ca:
         load_ca(ctx, "backend_tls_ca", route.backend_ca)
     else:

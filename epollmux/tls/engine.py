@@ -4,14 +4,14 @@ Owns: the TLS state machine of one connection (HANDSHAKING -> OPEN -> CLOSING ->
 ciphertext buffered in each direction, the classification of every `ssl` error into a short close reason,
 and the per-connection facts used for logs and PROXY headers (version, cipher, ALPN, SNI, peer cert).
 
-Must not import: socket, select, the reactor, the connection, the config module, or `tlsctx`. It takes
+Must not import: socket, select, the reactor, the connection, the config module, or `contexts.py`. It takes
 bytes and returns bytes and reasons; the caller moves bytes to and from sockets and arms deadlines.
 
 Contract for the caller (the connection):
 
-* Construct with a context from `tlsctx`. The engine starts in HANDSHAKING: arm the handshake deadline
+* Construct with a context from `contexts.py`. The engine starts in HANDSHAKING: arm the handshake deadline
   (its expiry is the caller's reason `tls-handshake-timeout`). `on_state_change(old, new)` is called on
-  every transition, so entering CLOSING can arm the shutdown deadline; it must not call back into the engine.
+  every transition; it must not call back into the engine.
 * Socket readable: read at most `ciphertext_room()` bytes, `feed_ciphertext()` them (`feed_eof()` on a
   TCP EOF). When `wants_more_ciphertext()` is False, stop reading the socket until plaintext is consumed.
 * While HANDSHAKING call `step()`: None (go on), `Event.HANDSHAKE_DONE` (once), or a `CloseReason`.
@@ -28,9 +28,12 @@ Contract for the caller (the connection):
   handshake goes straight to CLOSED with `reason` None: the caller owns that reason (e.g. a timeout).
 
 Close reasons (`CloseReason`, a str): tls-handshake-failed, tls-alert, tls-truncated, tls-close-notify,
-tls-not-tls, tls-protocol-error. `detail` holds OpenSSL's reason in lower case (e.g. "unsupported_protocol",
-"tlsv1_alert_unknown_ca") or the certificate verify message, for the log line. `tls-handshake-timeout` and
-`tls-shutdown-timeout` are the caller's, from the deadlines it arms on entering HANDSHAKING and CLOSING.
+tls-not-tls, tls-protocol-error, tls-renegotiation. `detail` holds OpenSSL's reason in lower case (e.g. "unsupported_protocol",
+"tlsv1_alert_unknown_ca") or the certificate verify message, for the log line. `tls-handshake-timeout` is the
+caller's, from the deadline it arms on entering HANDSHAKING. CLOSING has no deadline: it is TLS's half-close
+(RFC 8446 6.1: the peer may go on sending after our close_notify), so it lasts as long as the other direction
+does, bounded as every relayed connection is (idle_timeout, TCP keepalive, a stop's drain_timeout), as
+tests/e2e/test_tls_shutdown.py checks with a client that never answers.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ class CloseReason(str, enum.Enum):
     CLOSE_NOTIFY = Reason.TLS_CLOSE_NOTIFY.value           # clean end of the peer's direction
     NOT_TLS = Reason.TLS_NOT_TLS.value                     # the peer's first byte cannot start a TLS record
     PROTOCOL_ERROR = Reason.TLS_PROTOCOL_ERROR.value       # a bad record or message after the handshake
+    RENEGOTIATION = Reason.TLS_RENEGOTIATION.value         # the peer tried to renegotiate (TLS 1.2): refused
 
     def __str__(self) -> str:
         return self.value
@@ -141,6 +145,7 @@ class TLSEngine:
         self._first_byte_seen = False
         self._handshake_done = False
         self._not_tls = False
+        self._renegotiable = False     # open in TLS 1.2 or older: a read that makes output is a refused renegotiation
         # OpenSSL consumed all the ciphertext it was given and wants more: until feed_ciphertext() or
         # feed_eof(), neither do_handshake nor read can make progress, so neither is called. A server
         # has nothing to say before the ClientHello: it starts out waiting. Read-only outside this class.
@@ -238,6 +243,7 @@ class TLSEngine:
         except ssl.SSLError as exc:
             return self._fail(exc)
         self._handshake_done = True
+        self._renegotiable = self._sslobj.version() != "TLSv1.3"
         # A server's do_handshake has sent everything (TLS 1.3 tickets too); only the peer's data can follow.
         self.starved = not self._incoming.pending and not self._incoming.eof
         self._set_state(TLSState.OPEN)
@@ -292,6 +298,7 @@ class TLSEngine:
         got = 0
         end: CloseReason | None = None
         incoming = self._incoming
+        before = self.outgoing.pending if self._renegotiable else -1
         while True:
             try:
                 count = self._sslobj.read(size - got, view[got:] if got else view)
@@ -314,6 +321,10 @@ class TLSEngine:
             if not incoming.pending and not incoming.eof:
                 self.starved = True
                 break
+        if before >= 0 and end is None and self.outgoing.pending > before:
+            # TLS 1.2 answers nothing to data: output made by a read is the refusal of a renegotiation
+            # (the no_renegotiation alert; OP_NO_RENEGOTIATION), which OpenSSL would otherwise repeat forever
+            end, self.detail = CloseReason.RENEGOTIATION, "renegotiation refused"
         self._deferred = end
         return got
 
@@ -399,7 +410,7 @@ class TLSEngine:
 
     @property
     def route(self) -> str | None:
-        """The route the sni_callback chose (listener contexts from `tlsctx`), else None."""
+        """The route the sni_callback chose (listener contexts from `contexts.py`), else None."""
         return getattr(self._sslobj, _SNI_ATTRIBUTE, (None, None))[1]
 
     @property

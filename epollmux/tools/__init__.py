@@ -1,4 +1,5 @@
-"""Offline tools: --explain over captures and the pcap reader.
+"""Offline tools: --explain over captures, the pcap reader, --reload's client, the man pages.
 
-Must not import: epollmux.serve, process, relay, observe, cli.
+Owns: what runs beside the daemon rather than in it.
+Must not import: `process`, `relay`, `serve`.
 """

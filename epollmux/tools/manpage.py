@@ -1,7 +1,7 @@
 """Man pages and bash completion from the one source of each: epollmux(8) and the completion from the
 argparse parser (cli.parser), epollmux.conf(5) from the configspec (its comments are the meanings).
 
-`python -m epollmux.tools.manpage DIR` writes DIR/epollmux.8, DIR/epollmux.conf.5 and
+Owns: the man page and completion text. `python -m epollmux.tools.manpage DIR` writes DIR/epollmux.8, DIR/epollmux.conf.5 and
 DIR/epollmux.bash-completion; doc/ holds the current ones (a test checks they are up to date).
 Must not import the supervisor or anything that serves connections.
 """
@@ -66,7 +66,10 @@ def epollmux_8() -> str:
                ".TP\nSIGUSR1\nLog the statistics of the supervisor and every worker.\n"
                ".TP\nSIGTERM, SIGINT\nClose the listening sockets at once (new clients are refused), let open "
                "connections finish, cutting them with a reset after \\fBdrain_timeout\\fR (0: never), exit. "
-               "A second one during the drain stops at once: every connection is reset.\n")
+               "A second one during the drain stops at once: every connection is reset. Under systemd the "
+               "unit's \\fBTimeoutStopSec\\fR (45 s as shipped) must exceed \\fBstop_delay\\fR + "
+               "\\fBdrain_timeout\\fR by 10 s or more: systemd kills what is left then "
+               "(\\fBdrain_timeout\\fR = 0 needs \\fBTimeoutStopSec=infinity\\fR).\n")
     out.append(".SH EXIT STATUS\n.TP\n0\nClean stop; a check or reload that succeeded.\n.TP\n1\n"
                "Invalid configuration or arguments; a reload refused.\n.TP\n2\nRuntime failure at start "
                "(cannot bind, cannot drop privileges, workers that cannot start); no answer to \\-\\-reload.\n")
@@ -141,6 +144,20 @@ def _spec_text(spec: str) -> str:
     return out
 
 
+UDP_TEXT = (
+    "A listener whose addresses are all udp:host:port or udp:[v6]:port serves UDP; a listener is all TCP or all "
+    "UDP, so serving both on port 443 takes two listener sections. A route is a UDP route when its backend is "
+    "written udp:host:port, when its probe exists only for UDP (quic, wireguard, dtls, teamspeak), or when a UDP "
+    "listener names it in routes; its backend then needs no udp: prefix. UDP routes take the probes quic (sni, "
+    "alpn), openvpn, wireguard, dtls (sni, alpn), teamspeak, regex and any, plus udp_idle_timeout, allow, deny and "
+    "drain_timeout; the TCP-only keys (TLS termination, send_proxy, transparent, max_connections) are refused. "
+    "A listener without routes takes the routes of its own kind. Each flow (client address and port) is probed on "
+    "its first datagrams (at most 4 datagrams and 8 KiB, until probe_timeout), then relayed datagram by datagram "
+    "through a socket of its own until udp_idle_timeout; max_flows and max_flows_per_source bound the flows of "
+    "each worker (reason flow-limit). A reload keeps established flows in the old workers until they go idle; a "
+    "stop ends them (reason udp-stop).")
+
+
 def epollmux_conf_5() -> str:
     out = [HEADER.format(name="EPOLLMUX.CONF", section=5, version=__version__, title="File Formats"),
            ".SH NAME\nepollmux.conf \\- configuration of \\fBepollmux\\fR(8)\n",
@@ -161,6 +178,7 @@ def epollmux_conf_5() -> str:
             keys, meaning, specs = entry[2], entry[3], entry[4]
             out.append(".TP\n" + ", ".join(f"\\fB{esc(k)}\\fR" for k in keys) + " = " +
                        esc("; ".join(dict.fromkeys(_spec_text(s) for s in specs))) + "\n" + esc(meaning) + "\n")
+    out.append(".SH UDP\n" + esc(UDP_TEXT) + "\n")
     out.append(f".SH FILES\n{esc(CONFIG_FILES)}\n")
     out.append(".SH SEE ALSO\n\\fBepollmux\\fR(8)\n")
     return "".join(out)

@@ -2,7 +2,7 @@
 
 Owns: every probe's byte-level rule, the PROBES registry (probe name -> function + accepted route option
 keys) and prepare_options(), which turns raw config values into what the probes take.  sslh's probe rules
-(shared/research/sslh.md §1) are the reference; DESIGN §4 overrides them where stated below.
+are the reference; where epollmux departs from them it says so below and in the README's "Coming from sslh".
 
 Must not import: socket, select, the reactor, connection or config modules.  No I/O, no state.
 

@@ -4,14 +4,13 @@ workers orphaned by a killed supervisor release the port."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 
 import pytest
 
 from support.daemon import make_config
-from support.net import free_port, listening, wait_until
+from support.net import assert_echoes, free_port, listening, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -21,16 +20,6 @@ def held(port: int) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     assert_echoes(s, b"hello")
     return s
-
-
-def assert_echoes(s: socket.socket, payload: bytes) -> None:
-    s.sendall(payload)
-    got = b""
-    while len(got) < len(payload):
-        data = s.recv(65536)
-        assert data, f"EOF after {got!r}"
-        got += data
-    assert got == payload
 
 
 def refused(port: int) -> bool:

@@ -47,15 +47,6 @@ def active(d, workers: int = 1, timeout: float = 10.0) -> int:
         time.sleep(0.05)
 
 
-def wait_count(d, needle: str, n: int, timeout: float = 10.0) -> str:
-    """Wait until needle occurs n times in the daemon's log; return the log."""
-    deadline = time.monotonic() + timeout
-    while (text := d.log_text()).count(needle) < n:
-        assert time.monotonic() < deadline, f"{needle!r} < {n} times in log:\n{text[-2000:]}"
-        time.sleep(0.05)
-    return text
-
-
 def wait_active(d, want: int, workers: int = 1, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while (n := active(d, workers)) != want:
@@ -174,7 +165,7 @@ def test_ssh_runs_a_command_and_uploads_a_file(daemon, sshd, web, tmp_path):
     assert r.stdout.split()[0] == want                      # the hash sshd's side computed
     assert hashlib.sha256(dst.read_bytes()).hexdigest() == want
 
-    text = wait_count(d, "route=ssh ", 2)
+    text = d.wait_log("route=ssh ", count=2)
     sessions = re.findall(r"route=(\S+) backend=\S+ up=(\d+) .* reason=(\S+)", text)
     assert [(route, reason) for route, _, reason in sessions] == [("ssh", "eof")] * 2, sessions
     assert int(sessions[1][1]) > len(blob)                  # the upload went through the relay
@@ -193,7 +184,7 @@ def test_https_routed_by_sni_and_by_alpn(daemon, web, tls_ca):
     resolve = ["--resolve", f"c.example:{port}:127.0.0.1", *ca]
     assert curl(f"https://c.example:{port}/", "--http2", *resolve) == ("alpn-h2", "2")
     assert curl(f"https://c.example:{port}/", "--http1.1", *resolve) == ("alpn-http1", "1.1")
-    wait_count(d, "route=tls_a ", 2)                      # close lines come after curl has its answer
+    d.wait_log("route=tls_a ", count=2)                      # close lines come after curl has its answer
     for route in ("tls_b", "h2", "h1"):
         d.wait_log(f"route={route} ")
     assert "route=fallback " not in d.log_text()
@@ -226,6 +217,13 @@ def test_openvpn_client_reaches_openvpn_server(daemon, openvpn, web, tmp_path):
 
 
 # --- timeouts, clients that leave, junk: thread backends that name themselves ------------------------
+def start_sniffer(daemon, named_backends, **glob):
+    """A daemon with sniff_config's two listeners in front of named_backends: (daemon, port, other)."""
+    port, other = free_port(), free_port()
+    ports = {name: s.port for name, s in named_backends.items()}
+    return start(daemon, sniff_config(port, other, ports, **glob), port), port, other
+
+
 def sniff_config(port: int, other: int, backends: dict[str, int], **glob) -> str:
     """Listener `port` has ssh, tls, http and an `any` route; listener `other` the same without `any`."""
     return make_config({"with_any": {"address": f"127.0.0.1:{port}", "routes": "ssh, tls, http, any"},
@@ -242,9 +240,7 @@ def named_backends(server):
 
 @pytest.mark.timeout(30)
 def test_silent_client_reaches_on_timeout_route_after_probe_timeout(daemon, named_backends):
-    port, other = free_port(), free_port()
-    ports = {name: s.port for name, s in named_backends.items()}
-    d = start(daemon, sniff_config(port, other, ports, probe_timeout=0.5, on_timeout="ssh"), port)
+    d, port, other = start_sniffer(daemon, named_backends, probe_timeout=0.5, on_timeout="ssh")
     first = connect(port)
     t_first = time.monotonic()
     time.sleep(0.3)
@@ -272,9 +268,7 @@ def test_silent_client_reaches_on_timeout_route_after_probe_timeout(daemon, name
 
 @pytest.mark.timeout(30)
 def test_clients_leaving_before_a_decision_leave_nothing_behind(daemon, named_backends):
-    port, other = free_port(), free_port()
-    ports = {name: s.port for name, s in named_backends.items()}
-    d = start(daemon, sniff_config(port, other, ports, probe_timeout=30, on_timeout="ssh"), port)
+    d, port, other = start_sniffer(daemon, named_backends, probe_timeout=30, on_timeout="ssh")
     worker = [p for p in tree_pids(d.pid) if p != d.pid]
     assert len(worker) == 1
     fds_before = len(os.listdir(f"/proc/{worker[0]}/fd"))
@@ -305,9 +299,7 @@ def test_client_resetting_after_partial_bytes_is_not_routed(daemon, named_backen
 
     (The kernel keeps the peeked bytes readable after the RST, so they look like "all there will be".)
     """
-    port, other = free_port(), free_port()
-    ports = {name: s.port for name, s in named_backends.items()}
-    d = start(daemon, sniff_config(port, other, ports, probe_timeout=30, on_timeout="ssh"), port)
+    d, port, other = start_sniffer(daemon, named_backends, probe_timeout=30, on_timeout="ssh")
     clients = [connect(port) for _ in range(3)]
     for s, data in zip(clients, (b"\x16\x03", b"GE", b"SS"), strict=True):
         s.sendall(data)
@@ -321,9 +313,7 @@ def test_client_resetting_after_partial_bytes_is_not_routed(daemon, named_backen
 
 @pytest.mark.timeout(30)
 def test_junk_goes_to_the_any_route_or_is_closed(daemon, named_backends):
-    port, other = free_port(), free_port()
-    ports = {name: s.port for name, s in named_backends.items()}
-    d = start(daemon, sniff_config(port, other, ports, probe_timeout=10, on_timeout="ssh"), port)
+    d, port, other = start_sniffer(daemon, named_backends, probe_timeout=10, on_timeout="ssh")
     junk = b"hello, this is no protocol\r\n\x00\xff"
     with connect(port) as c:
         c.sendall(junk)
@@ -340,9 +330,7 @@ def test_junk_goes_to_the_any_route_or_is_closed(daemon, named_backends):
 
 @pytest.mark.timeout(30)
 def test_partial_tls_header_then_half_close_is_decided_at_once(daemon, named_backends):
-    port, other = free_port(), free_port()
-    ports = {name: s.port for name, s in named_backends.items()}
-    d = start(daemon, sniff_config(port, other, ports, probe_timeout=10, on_timeout="ssh"), port)
+    d, port, other = start_sniffer(daemon, named_backends, probe_timeout=10, on_timeout="ssh")
     latencies = []
     for p, want in ((port, b"any\n\x16\x03"), (other, b"")):
         with connect(p) as c:
@@ -369,25 +357,10 @@ def test_stalled_sniffers_cost_nothing_and_do_not_delay_others(daemon, nginx):
     web = free_port()
     nginx(text_server_block(web, "served"), [web])
     port, workers = free_port(), 2
-    cfg = f"""
-    [global]
-    workers = {workers}
-    probe_timeout = 30
-    log_level = info
-    [listen]
-      [[main]]
-      address = 127.0.0.1:{port}
-    [routes]
-      [[ssh]]
-      probe = ssh
-      backend = 127.0.0.1:{dead_port()}
-      [[tls]]
-      probe = tls
-      backend = 127.0.0.1:{dead_port()}
-      [[http]]
-      probe = http
-      backend = 127.0.0.1:{web}
-    """
+    cfg = make_config(port, {"ssh": {"probe": "ssh", "backend": f"127.0.0.1:{dead_port()}"},
+                             "tls": {"probe": "tls", "backend": f"127.0.0.1:{dead_port()}"},
+                             "http": {"probe": "http", "backend": f"127.0.0.1:{web}"}},
+                      workers=workers, probe_timeout=30, log_level="info")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 4096:                                        # 1,500 client sockets here, as many in the daemon
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from support.daemon import make_config, REPO
-from support.net import connect, free_port
+from support.net import connect, free_port, recv_upto
 from epollmux import config
 from epollmux.tools import explain, pcap
 from support.probe_fixtures import FIXTURE_DIR, FIXTURES
@@ -64,15 +64,7 @@ def daemon_route(port: int, data: bytes) -> tuple[int, bool]:
     c = connect(port)
     local = c.getsockname()[1]
     c.sendall(data)
-    got = b""
-    try:
-        while len(got) < len(data):
-            chunk = c.recv(65536)
-            if not chunk:
-                break
-            got += chunk
-    except ConnectionResetError:
-        pass
+    got = recv_upto(c, len(data))
     c.close()
     return local, got == data
 

@@ -19,6 +19,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from support.daemon import make_config, metrics_section
 from support.net import connect, free_port, recv_all
 from epollmux.observe import collector, metrics
 from epollmux.tools import control
@@ -97,35 +98,14 @@ def closed_by_daemon(port: int, payload: bytes) -> int:
     return local
 
 
-MIX_CONFIG = """
-[global]
-workers = 2
-probe_timeout = 0.3
-on_timeout = ssh
-log_format = json
-[metrics]
-address = 127.0.0.1:{metrics}
-stats_socket = {sock}
-[listen]
-  [[main]]
-  address = 127.0.0.1:{port}
-[routes]
-  [[ssh]]
-  probe = ssh
-  backend = 127.0.0.1:{backend}
-  [[tls]]
-  probe = tls
-  sni = a.example
-  backend = 127.0.0.1:{backend}
-  [[web]]
-  probe = http
-  host = web.example
-  backend = 127.0.0.1:{backend}
-  [[dead]]
-  probe = http
-  host = dead.example
-  backend = 127.0.0.1:{refused}
-"""
+def mix_config(metrics: int, sock, port: int, backend: int, refused: int) -> str:
+    to = f"127.0.0.1:{backend}"
+    return make_config(port, {"ssh": {"probe": "ssh", "backend": to},
+                              "tls": {"probe": "tls", "sni": "a.example", "backend": to},
+                              "web": {"probe": "http", "host": "web.example", "backend": to},
+                              "dead": {"probe": "http", "host": "dead.example", "backend": f"127.0.0.1:{refused}"}},
+                       workers=2, probe_timeout=0.3, on_timeout="ssh", log_format="json",
+                       sections=metrics_section(metrics, stats_socket=sock))
 
 
 # --- the scripted mix ------------------------------------------------------------------------------
@@ -133,7 +113,7 @@ def test_scripted_mix_access_log_and_prometheus_counters_agree(daemon, server, t
     backend = server()
     port, mport, refused = free_port(), free_port(), free_port()
     sock_path = str(tmp_path / "stats.sock")
-    d = daemon().start(MIX_CONFIG.format(metrics=mport, sock=sock_path, port=port, backend=backend.port,
+    d = daemon().start(mix_config(metrics=mport, sock=sock_path, port=port, backend=backend.port,
                                          refused=refused), wait=port)
     d.wait_log("ready: 2 workers accepting")
     ssh = b"SSH-2.0-OpenSSH_9.2p1 test\r\n"
@@ -245,22 +225,9 @@ def test_tls_handshakes_and_failures_are_counted(daemon, server, tls_ca):
     backend = server()
     port, mport = free_port(), free_port()
     leaf = tls_ca.issue("s.example")
-    d = daemon().start(f"""
-[global]
-workers = 1
-log_format = json
-[metrics]
-address = 127.0.0.1:{mport}
-[listen]
-  [[main]]
-  address = 127.0.0.1:{port}
-[routes]
-  [[secure]]
-  probe = tls
-  tls_cert = {leaf.chain}
-  tls_key = {leaf.key}
-  backend = 127.0.0.1:{backend.port}
-""", wait=port)
+    d = daemon().start(make_config(port, {"secure": {"probe": "tls", "tls_cert": leaf.chain, "tls_key": leaf.key,
+                                                      "backend": f"127.0.0.1:{backend.port}"}},
+                                   workers=1, log_format="json", sections=metrics_section(mport)), wait=port)
     d.wait_log("ready: 1 worker accepting")
     good = ssl.create_default_context(cafile=str(tls_ca.cert))
     with good.wrap_socket(connect(port), server_hostname="s.example") as tls:
@@ -283,26 +250,14 @@ address = 127.0.0.1:{mport}
 
 
 # --- counters never go backwards ------------------------------------------------------------------
-RELOAD_CONFIG = """
-[global]
-workers = 2
-drain_timeout = 5
-[metrics]
-address = 127.0.0.1:{metrics}
-[listen]
-  [[main]]
-  address = 127.0.0.1:{port}
-[routes]
-  [[all]]
-  probe = any
-  backend = 127.0.0.1:{backend}
-"""
+def reload_config(metrics: int, port: int, backend: int) -> str:
+    return make_config(port, f"127.0.0.1:{backend}", workers=2, drain_timeout=5, sections=metrics_section(metrics))
 
 
 def test_counters_survive_reloads_and_worker_deaths(daemon, server):
     backend = server()
     port, mport = free_port(), free_port()
-    d = daemon().start(RELOAD_CONFIG.format(metrics=mport, port=port, backend=backend.port), wait=port)
+    d = daemon().start(reload_config(metrics=mport, port=port, backend=backend.port), wait=port)
     d.wait_log("ready: 2 workers accepting")
 
     def traffic(k: int) -> None:
@@ -354,7 +309,7 @@ def http_raw(port: int, data: bytes) -> bytes:
 def test_hostile_scrapers_cannot_block_the_endpoint(daemon, server, tmp_path):
     backend = server()
     port, mport = free_port(), free_port()
-    d = daemon().start(RELOAD_CONFIG.format(metrics=mport, port=port, backend=backend.port), wait=port)
+    d = daemon().start(reload_config(metrics=mport, port=port, backend=backend.port), wait=port)
     d.wait_log("ready: 2 workers accepting")
     stalled = []
     for i in range(40):              # idle, or a request that never ends

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from support.daemon import make_config, metrics_section
 from support.net import free_port, wait_port, wait_until
 from support.peers import Process, need
 from support.supervision import TaggedBackend
@@ -21,23 +22,9 @@ STOP_DELAY = 5.0        # 25 health-check intervals: the balancer sees 503 long 
 
 
 def epollmux_config(port: int, metrics: int, backend: int) -> str:
-    return f"""
-[global]
-workers = 1
-stop_delay = {STOP_DELAY}
-drain_timeout = 30
-[metrics]
-address = 127.0.0.1:{metrics}
-[listen]
-  [[public]]
-  address = 127.0.0.1:{port}
-  proxy_protocol = v2
-  trusted = 127.0.0.1/32
-[routes]
-  [[all]]
-  probe = any
-  backend = 127.0.0.1:{backend}
-"""
+    return make_config({"public": {"address": f"127.0.0.1:{port}", "proxy_protocol": "v2", "trusted": "127.0.0.1/32"}},
+                       f"127.0.0.1:{backend}", workers=1, stop_delay=STOP_DELAY, drain_timeout=30,
+                       sections=metrics_section(metrics))
 
 
 def through(port: int) -> bytes:

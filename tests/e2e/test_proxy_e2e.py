@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from support.daemon import closed_count, make_config, REPO, stats
-from support.net import echo, free_port, recv_all, wait_until
+from support.net import echo, free_port, recv_all, recv_upto, wait_until
 from epollmux.wire import proxybuild as pb
 from epollmux.wire import proxyproto as pp
 from support.peers import need, wait_text
@@ -119,16 +119,7 @@ def answer(sock: socket.socket, data: bytes = b"ping", timeout: float = 5.0, hea
     except (BrokenPipeError, ConnectionResetError):
         return b""
     sock.settimeout(timeout)
-    got = b""
-    try:
-        while len(got) < len(data):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            got += chunk
-    except ConnectionResetError:
-        pass
-    return got
+    return recv_upto(sock, len(data))
 
 
 def closed_by_daemon(sock: socket.socket, timeout: float = 5.0) -> bool:

@@ -11,23 +11,13 @@ from __future__ import annotations
 import socket
 import time
 
-from support.daemon import closed_count, stats, tree_cpu_seconds
+from support.daemon import closed_count, make_config, stats, tree_cpu_seconds
 from support.net import connect, free_port
 from support.hello_builder import build_client_hello, records
 
-CONFIG = """
-[global]
-workers = 1
-probe_timeout = 60
-max_probe_edges = {edges}
-[listen]
-  [[main]]
-  address = 127.0.0.1:{port}
-[routes]
-  [[tls]]
-  probe = tls
-  backend = 127.0.0.1:{backend}
-"""
+def config(port: int, backend: int, edges: int) -> str:
+    return make_config(port, {"tls": {"probe": "tls", "backend": f"127.0.0.1:{backend}"}},
+                       workers=1, probe_timeout=60, max_probe_edges=edges)
 
 HELLO = build_client_hello(sni="drip.example", alpn=("h2",), pad_to=3000)
 HS = HELLO[5:]                                   # one record: its handshake bytes
@@ -53,7 +43,7 @@ def test_a_drip_fed_hello_costs_about_what_a_whole_one_costs(daemon, server):
     assert len(DRIP) == 6 * len(HS) and len(DRIP) <= 18432
     backend = server()
     port = free_port()
-    d = daemon().start(CONFIG.format(port=port, backend=backend.port, edges=1000000), wait=port)
+    d = daemon().start(config(port=port, backend=backend.port, edges=1000000), wait=port)
     before = tree_cpu_seconds(d.pid)
     costs = []
     for _ in range(3):
@@ -70,7 +60,7 @@ def test_a_drip_fed_hello_costs_about_what_a_whole_one_costs(daemon, server):
 def test_a_client_past_the_edge_budget_is_closed(daemon, server):
     backend = server()
     port = free_port()
-    d = daemon().start(CONFIG.format(port=port, backend=backend.port, edges=20), wait=port)
+    d = daemon().start(config(port=port, backend=backend.port, edges=20), wait=port)
     c = _drip(port, pause=0.01, stop_on_close=True)     # ~3000 segments, 10 ms apart: far more than 20 edges
     c.settimeout(10)
     try:
@@ -84,7 +74,7 @@ def test_a_client_past_the_edge_budget_is_closed(daemon, server):
 def test_a_whole_hello_is_routed_within_a_small_budget(daemon, server):
     backend = server()
     port = free_port()
-    daemon().start(CONFIG.format(port=port, backend=backend.port, edges=1), wait=port)
+    daemon().start(config(port=port, backend=backend.port, edges=1), wait=port)
     c = connect(port)
     c.sendall(HELLO)
     assert c.recv(len(HELLO), socket.MSG_WAITALL) == HELLO

@@ -15,7 +15,7 @@ from collections import Counter
 import pytest
 
 from support.net import free_port, listening
-from support.daemon import Daemon, NotifySocket, tree_pids
+from support.daemon import Daemon, NotifySocket, make_config, tree_pids
 from support.supervision import config, exchange, status_field, TaggedBackend, uid_of
 
 pytestmark = pytest.mark.timeout(60)
@@ -120,17 +120,7 @@ def test_bad_file_on_sighup_changes_nothing(tmp_path, daemon, backends, notify):
     port = free_port()
     d = start(daemon, config(port, a.port), notify=notify)
     workers = d.wait_workers(2)
-    d.write_config(f"""
-        [global]
-        workers = lots
-        [listen]
-          [[main]]
-          address = 127.0.0.1:{port}
-        [routes]
-          [[all]]
-          probe = nosuch
-          backend = 127.0.0.1:{b.port}
-        """)
+    d.write_config(make_config(port, {"all": {"probe": "nosuch", "backend": f"127.0.0.1:{b.port}"}}, workers="lots"))
     reload_and_wait(d, notify)
     text = d.wait_log("reload refused (")
     refused = [line for line in text.splitlines() if "reload refused:" in line]

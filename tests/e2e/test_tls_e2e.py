@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from support.daemon import closed_count, make_config, REPO, stats, tree_rss_kib
-from support.net import connect, echo, free_port, recv_all
+from support.net import assert_echoes, connect, echo, free_port, recv_all
 from support.peers import need, text_server_block, tls_server_block
 
 CLIENT_ENV = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
@@ -52,14 +52,6 @@ def terminating(leaf, backend: int | None, probe: str = "tls", **opts) -> dict:
 
 def start(daemon, cfg: str, port: int):
     return daemon().start(cfg, ready=True)
-
-
-def wait_count(d, needle: str, n: int, timeout: float = 10.0) -> str:
-    deadline = time.monotonic() + timeout
-    while (text := d.log_text()).count(needle) < n:
-        assert time.monotonic() < deadline, f"{needle!r} < {n} times in log:\n{text[-3000:]}"
-        time.sleep(0.05)
-    return text
 
 
 def log_lines(text: str, route: str) -> list[str]:
@@ -102,17 +94,6 @@ def client_context(ca: Path) -> ssl.SSLContext:
 
 def tls_connect(port: int, name: str, ca: Path) -> ssl.SSLSocket:
     return client_context(ca).wrap_socket(connect(port), server_hostname=name)
-
-
-def round_trip(sock, data: bytes) -> None:
-    """Send data to an echo backend and read it back whole."""
-    sock.sendall(data)
-    got = b""
-    while len(got) < len(data):
-        chunk = sock.recv(65536)
-        assert chunk, f"closed after {len(got)} of {len(data)} echoed bytes"
-        got += chunk
-    assert got == data
 
 
 class HandClient:
@@ -247,7 +228,7 @@ def test_curl_and_s_client_through_a_terminating_route_to_plain_nginx(daemon, ng
     assert curl_ok(f"https://h2.example:{port}/", "--http2", *host, *ca) == ("served by h2c nginx", "2")
     assert curl_ok(f"https://h2.example:{port}/", "--http1.1", *host, *ca) == (page.strip(), "1.1")
 
-    text = wait_count(d, " route=mix>", 2)
+    text = d.wait_log(" route=mix>", count=2)
     web_lines = log_lines(text, "web")
     assert len(web_lines) == 4, web_lines
     assert all("alpn=http/1.1" in line and "reason=eof" in line for line in web_lines), web_lines
@@ -321,7 +302,7 @@ def test_ssh_inside_tls_reaches_a_real_sshd(daemon, sshd, leaves, tls_ca, tmp_pa
     # close_notify: those sessions end tls-truncated, or reset when the kernel still held unread bytes
     # for s_client (the client's doing; with a ProxyCommand that survives the SIGHUP they end eof).
     # A client that closes cleanly is checked below.
-    text = wait_count(d, " route=tunnel>ssh_inner ", 2)
+    text = d.wait_log(" route=tunnel>ssh_inner ", count=2)
     lines = log_lines(text, "tunnel>ssh_inner")
     assert all(re.search(r"reason=(eof|tls-truncated|reset) .*tls=TLSv1.3", line) for line in lines), lines
     assert int(re.search(r" up=(\d+)", lines[1]).group(1)) > len(blob)
@@ -333,7 +314,7 @@ def test_ssh_inside_tls_reaches_a_real_sshd(daemon, sshd, leaves, tls_ca, tmp_pa
     client.sock.sendall(client.close_notify())
     client.closed_by_peer()                          # sshd saw EOF and left, so the daemon closes
     client.close()
-    line = log_lines(wait_count(d, " route=tunnel>ssh_inner ", 3), "tunnel>ssh_inner")[2]
+    line = log_lines(d.wait_log(" route=tunnel>ssh_inner ", count=3), "tunnel>ssh_inner")[2]
     assert "reason=eof" in line, line
 
 
@@ -358,13 +339,13 @@ def test_client_certificates_are_required_and_verified(daemon, nginx, leaves, tl
     rogue = make_ca_factory("rogue CA").issue("client.example")  # signed by a CA the route does not trust
     r = curl(url, *args, "--cert", str(rogue.cert), "--key", str(rogue.key))
     assert r.returncode != 0 and "mtls-ok" not in r.stdout, r.stdout
-    text = wait_count(d, " route=mtls ", 2)
+    text = d.wait_log(" route=mtls ", count=2)
     line = log_lines(text, "mtls")[1]
     assert "reason=tls-handshake-failed" in line and 'detail="certificate verify failed' in line, line
 
     client = leaves["client"]
     assert curl_ok(url, *args, "--cert", str(client.cert), "--key", str(client.key)) == ("mtls-ok", "1.1")
-    text = wait_count(d, " route=mtls ", 3)
+    text = d.wait_log(" route=mtls ", count=3)
     line = log_lines(text, "mtls")[2]
     assert "reason=eof" in line and "client_cn=client.example" in line, line
 
@@ -395,7 +376,7 @@ def test_reencrypts_to_a_verified_nginx_and_refuses_an_untrusted_one(daemon, ngi
         r = curl(f"https://{name}:{port}/", *resolve(name, port), *ca)
         assert r.returncode in (52, 56), (name, r.returncode, r.stderr)   # empty reply / connection closed
         assert "backend" not in r.stdout
-    text = wait_count(d, " route=misnamed ", 1)
+    text = d.wait_log(" route=misnamed ", count=1)
     [line] = log_lines(text, "rogue")
     assert re.search(r'reason=backend-tls-\S+ .*detail="certificate verify failed', line), line
     [line] = log_lines(text, "misnamed")
@@ -443,7 +424,7 @@ def test_close_notify_half_close_and_key_update_pass_through(daemon, server, lea
     client.close()
     assert got == blob
     assert clean, "the daemon ended without close_notify"
-    line = log_lines(wait_count(d, " route=echo ", 1), "echo")[0]
+    line = log_lines(d.wait_log(" route=echo ", count=1), "echo")[0]
     assert f" up={len(blob)} down={len(blob)} " in line and " reason=eof " in line, line
 
     # TLS 1.3 KeyUpdate from the client, with and without update_requested (s_client's K and k)
@@ -478,7 +459,7 @@ def test_close_notify_half_close_and_key_update_pass_through(daemon, server, lea
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
-    line = log_lines(wait_count(d, " route=echo ", 2), "echo")[1]
+    line = log_lines(d.wait_log(" route=echo ", count=2), "echo")[1]
     assert " up=23 down=23 " in line and " reason=eof " in line, line
 
 
@@ -500,7 +481,7 @@ def test_a_client_leaving_before_the_inner_decision_is_logged_on_the_outer_route
     silent.sock.sendall(silent.handshake())
     silent.closed_by_peer()
     silent.close()
-    text = wait_count(d, " reason=", 2)
+    text = d.wait_log(" reason=", count=2)
     lines = [line for line in text.splitlines() if " reason=" in line]
     assert [re.search(r" reason=(\S+)", line).group(1) for line in lines] == ["client-eof", "probe-timeout"]
     for line in lines:
@@ -522,7 +503,7 @@ def hello_bytes(ca: Path, name: str = "a.example") -> bytes:
 def good_session(port: int, ca: Path, payload: bytes) -> None:
     """A fresh client: handshake, echo, clean close (close_notify both ways)."""
     with tls_connect(port, "a.example", ca) as tls:
-        round_trip(tls, payload)
+        assert_echoes(tls, payload)
         tls.unwrap()
 
 
@@ -544,7 +525,7 @@ def test_hostile_tls_clients_are_closed_with_a_reason_and_harm_no_one(daemon, se
     d = start(daemon, cfg, port)
     ca = tls_ca.cert
     keeper = tls_connect(port, "a.example", ca)          # a good client open all along
-    round_trip(keeper, b"before")
+    assert_echoes(keeper, b"before")
 
     def plaintext(c):
         c.sock.sendall(b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n")
@@ -580,12 +561,12 @@ def test_hostile_tls_clients_are_closed_with_a_reason_and_harm_no_one(daemon, se
         bad = HandClient(raw, "a.example", ca)
         t0 = time.monotonic()
         act(bad)
-        round_trip(keeper, f"during {act.__name__}".encode())     # others are served meanwhile
+        assert_echoes(keeper, f"during {act.__name__}".encode())     # others are served meanwhile
         good_session(port, ca, act.__name__.encode() * 100)
         bad.closed_by_peer(timeout=10)                           # the daemon closes the bad one
         waited = time.monotonic() - t0
         bad.close()
-        text = wait_count(d, " route=strict ", n)
+        text = d.wait_log(" route=strict ", count=n)
         line = log_lines(text, "strict")[-1]
         assert f" reason={reason}" in line, (act.__name__, line)
         if reason == "tls-handshake-timeout":
@@ -596,7 +577,7 @@ def test_hostile_tls_clients_are_closed_with_a_reason_and_harm_no_one(daemon, se
     stalled = HandClient(raw, "a.example", ca)               # completes the handshake, then stalls
     stalled.sock.sendall(stalled.handshake())
     time.sleep(1.5)                                          # past tls_handshake_timeout: not its business
-    round_trip(keeper, b"beside a stalled client")
+    assert_echoes(keeper, b"beside a stalled client")
     good_session(port, ca, b"beside a stalled client")
     stalled.sock.sendall(stalled.record(b"still here"))      # it was neither closed nor harmed
     assert stalled.read(100) == b"still here"
@@ -604,7 +585,7 @@ def test_hostile_tls_clients_are_closed_with_a_reason_and_harm_no_one(daemon, se
     stalled.closed_by_peer()
     stalled.close()
 
-    round_trip(keeper, b"after")
+    assert_echoes(keeper, b"after")
     keeper.unwrap()
     keeper.close()
     block = stats(d)
@@ -673,7 +654,7 @@ def test_no_memory_growth_over_10000_bad_handshakes(daemon, server, leaves, tls_
     assert rss1 - rss0 < 8 * 1024, (rss0, rss1)
     # and it still serves
     with tls_connect(raw, "a.example", tls_ca.cert) as tls:
-        round_trip(tls, b"still serving")
+        assert_echoes(tls, b"still serving")
 
 
 # --- --check ------------------------------------------------------------------------------------------------
@@ -847,6 +828,6 @@ def test_a_late_client_hello_and_many_small_records_on_a_probe_any_route(daemon,
     rest, clean = read_to_end(client)
     client.close()
     assert rest == b"" and clean
-    line = log_lines(wait_count(d, " route=strict ", 1), "strict")[0]
+    line = log_lines(d.wait_log(" route=strict ", count=1), "strict")[0]
     assert f" up={up + len(expected)} down={up + len(expected)} " in line, line
     assert " reason=eof " in line, line

@@ -1,12 +1,19 @@
 """The kernel relay's contract under randomized load (`make stress`): one daemon with `relay = sockmap` and
 three listeners (IPv4, IPv6, and IPv4 taking a PROXY v1 header, which must stay on splice), a backend that
-streams its own bytes while it reads, and RUNS randomized connections, a few at a time. Each run draws its
-sizes, its write chunking, who half-closes first, whether the client reads slowly, or whether it resets.
+streams its own bytes while it reads, and randomized connections, a few at a time:
+- SHORT short pairs first, many at once (0 to 1000 bytes each way);
+- RUNS mixed runs, each drawing its sizes, its write chunking, who half-closes first, whether the client
+  reads slowly, resets at once, or resets mid-stream after reading part of the download;
+- STALLS clients that read nothing until the worker has ended them with `kernel-backlog` (more than
+  64 MiB of redirected bytes queued for them), then read what reached them;
+- bulk runs (16-48 MiB each way at once) until the planned volume reaches EPOLLMUX_STRESS_GIB GiB
+  (default 1; `make stress STRESS_GIB=4`), shuffled in among the mixed runs.
 
-Checked for every run: the bytes each side received are exactly the bytes the other sent (the offset and
-length of any lost or duplicated range are reported), and for every connection that ended in EOF the access
-log's up= and down= equal what was sent. The figures (runs, GiB, kernel pairs, TCP retransmits and drops
-from nstat) go to one STRESS line. EPOLLMUX_STRESS_SCALE multiplies the runs.
+Checked for every run (tests/support/streamcheck.py): the bytes each side received are exactly the bytes
+the other sent, or for a connection cut on purpose a prefix of them (the offset and length of any lost or
+duplicated range are reported), and for every connection that ended in EOF the access log's up= and down=
+equal what was sent. The figures (runs, GiB, seconds, kernel pairs, TCP retransmits and drops from nstat)
+go to one STRESS line. EPOLLMUX_STRESS_SCALE multiplies the counts.
 """
 
 from __future__ import annotations
@@ -26,10 +33,14 @@ import pytest
 from stress.harness import run_clients
 from support.daemon import kernel_stats, make_config
 from support.net import free_port, wait_until
+from support.streamcheck import check
 from epollmux.relay import sockmap
 
 MiB = 1 << 20
-RUNS = 240 * int(os.environ.get("EPOLLMUX_STRESS_SCALE") or 1)
+SCALE = int(os.environ.get("EPOLLMUX_STRESS_SCALE") or 1)
+RUNS, SHORT, STALLS = 240 * SCALE, 400 * SCALE, 2 * SCALE
+GIB = float(os.environ.get("EPOLLMUX_STRESS_GIB") or 1)
+STALL_DOWN = 160 * MiB          # past 64 MiB of backlog + the client socket's 32 MiB send buffer + its window
 SPEC = struct.Struct("<BQQ")          # order (0: client closes first, 1: backend first), down size, seed
 CHUNKS = (1, 7, 100, 1460, 16384, 65483, 65536, 300_000, MiB)
 NSTAT = ("TcpRetransSegs", "TcpExtTCPRcvQDrop", "TcpExtTCPBacklogDrop", "TcpExtTCPZeroWindowDrop",
@@ -58,12 +69,6 @@ def recv_to_end(sock: socket.socket, slow: bool = False) -> tuple[bytes, str]:
     except ConnectionResetError:
         return bytes(out), "reset"
     return bytes(out), "eof"
-
-
-def where(got: bytes, want: bytes) -> str:
-    """Where two byte strings first differ, and by how much their lengths do: for lost or duplicated ranges."""
-    n = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-    return f"first difference at offset {n}, got {len(got)} bytes for {len(want)} ({len(got) - len(want):+d})"
 
 
 class Backend:
@@ -138,7 +143,43 @@ def nstat() -> dict[str, int]:
     return {f[0]: int(f[1]) for f in (line.split() for line in out.splitlines()) if len(f) >= 2 and f[1].isdigit()}
 
 
-@pytest.mark.timeout(1800)
+def make_plans(master: random.Random, v6: bool) -> tuple[list[dict], list[dict]]:
+    """(short pairs, the rest shuffled: mixed runs, stalls, bulk runs up to GIB)."""
+    def plan(i: int, up: int, down: int, mode: str = "eof", **kw) -> dict:
+        kind = master.choices(("v4", "v6", "pp"), (5, 3 if v6 else 0, 2 if mode == "eof" else 0))[0]
+        return {"seed": (i << 32) | master.getrandbits(31), "up": up, "down": down, "order": master.randint(0, 1),
+                "slow": False, "kind": kind, "mode": mode, **kw}
+
+    short = [plan(i, master.choice((0, 1, 17, 1000)), master.choice((0, 1, 17, 1000))) for i in range(SHORT)]
+    rest, n = [], SHORT
+    for _ in range(RUNS):
+        big = master.random() < 0.12
+        size = lambda: master.choice((0, 1, 17, 1000, 65483, 65484, 300_000, 2 * MiB + 3)) if not big \
+            else master.randint(8 * MiB, 40 * MiB)
+        r = master.random()
+        if r < 0.06:
+            p = plan(n, size(), size(), "reset")                  # reset right after the first write
+        elif r < 0.14:                                            # reset after part of the download
+            down = master.randint(MiB, 16 * MiB)
+            p = plan(n, size(), down, "resetmid", cut=master.randint(0, down), order=1)
+        else:
+            p = plan(n, size(), size(), slow=master.random() < 0.1)
+        rest.append(p)
+        n += 1
+    for _ in range(STALLS):
+        rest.append(plan(n, 1000, STALL_DOWN, "stall", order=1))
+        n += 1
+    planned = sum(p["up"] + p["down"] for p in short + rest if p["mode"] == "eof")
+    while planned < GIB * (1 << 30):
+        p = plan(n, master.randint(16 * MiB, 48 * MiB), master.randint(16 * MiB, 48 * MiB))
+        rest.append(p)
+        planned += p["up"] + p["down"]
+        n += 1
+    master.shuffle(rest)
+    return short, rest
+
+
+@pytest.mark.timeout(1800 + int(GIB * 600))
 def test_kernel_relay_contract_randomized(daemon):
     try:
         sockmap.Sockmap.load(max_entries=2).close()
@@ -158,24 +199,32 @@ def test_kernel_relay_contract_randomized(daemon):
     d = daemon().start(make_config(listeners, f"127.0.0.1:{backend.port}", relay="sockmap", workers=1,
                                    idle_timeout=120), wait=p4)
     before = nstat()
-    master = random.Random(int(os.environ.get("EPOLLMUX_STRESS_SEED") or time.time_ns()))
-    plans = []
-    for i in range(RUNS):
-        big = master.random() < 0.12
-        size = lambda: master.choice((0, 1, 17, 1000, 65483, 65484, 300_000, 2 * MiB + 3)) if not big \
-            else master.randint(8 * MiB, 40 * MiB)
-        kind = master.choices(("v4", "v6", "pp"), (5, 3 if v6 else 0, 2))[0]
-        plans.append({"seed": (i << 32) | master.getrandbits(31), "up": size(), "down": size(),
-                      "order": master.randint(0, 1), "slow": master.random() < 0.1, "kind": kind,
-                      "reset": master.random() < 0.08})
+    seed0 = int(os.environ.get("EPOLLMUX_STRESS_SEED") or time.time_ns())
+    short, rest = make_plans(random.Random(seed0), v6)
     failures: list[str] = []
-    totals = {"bytes": 0, "eof": 0, "reset": 0}
+    totals = {"bytes": 0, "eof": 0, "reset": 0, "resetmid": 0, "stall": 0, "stall_bytes": 0}
     ports: dict[int, dict] = {}
     lock = threading.Lock()
+    started = time.monotonic()
+
+    def cut_short(c: socket.socket, plan: dict, local: int) -> bytes:
+        """resetmid: read `cut` bytes, then RST. stall: read nothing until the worker ended us."""
+        out = bytearray()
+        if plan["mode"] == "stall":
+            wait_until(lambda: re.search(rf"client=\[?[0-9a-f.:]+\]?:{local} .*reason=kernel-backlog", d.log_text()),
+                       120, f"kernel-backlog for client port {local}", 0.1)
+            return recv_to_end(c)[0]
+        try:
+            while len(out) < plan["cut"] and (data := c.recv(MiB)):
+                out += data
+        except ConnectionResetError:
+            pass
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        return bytes(out)
 
     def run(plan: dict) -> None:
         host, port = {"v4": ("127.0.0.1", p4), "v6": ("::1", p6), "pp": ("127.0.0.1", pp)}[plan["kind"]]
-        seed, rng = plan["seed"], random.Random(plan["seed"])
+        seed, rng, mode = plan["seed"], random.Random(plan["seed"]), plan["mode"]
         c = socket.create_connection((host, port), timeout=120)
         try:
             head = SPEC.pack(plan["order"], plan["down"], seed)
@@ -184,11 +233,22 @@ def test_kernel_relay_contract_randomized(daemon):
             proxy = f"PROXY TCP4 192.0.2.1 192.0.2.2 {local} 80\r\n".encode() if plan["kind"] == "pp" else b""
             first = proxy + head + up[:rng.choice(CHUNKS)]
             c.sendall(first)                                # PROXY header and first payload in one write
-            if plan["reset"]:
+            if mode == "reset":
                 time.sleep(rng.random() * 0.01)
                 c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 with lock:
                     totals["reset"] += 1
+                return
+            if mode in ("resetmid", "stall"):
+                data = cut_short(c, plan, local)
+                problem = check(data, stream(seed + 2, plan["down"]), prefix=True)
+                with lock:
+                    totals[mode] += 1
+                    totals["stall_bytes" if mode == "stall" else "bytes"] += len(data)
+                    if mode == "stall":
+                        ports[local] = {"reason": "kernel-backlog", "plan": plan}
+                    if problem:
+                        failures.append(f"{plan}: down ({mode}, {len(data)} bytes): {problem}")
                 return
             got: list = []
             reader = threading.Thread(target=lambda: got.append(recv_to_end(c, plan["slow"])), daemon=True)
@@ -199,26 +259,28 @@ def test_kernel_relay_contract_randomized(daemon):
             c.shutdown(socket.SHUT_WR)
             reader.join(120)
             data, how = got[0] if got else (b"", "hang")
-            want = stream(seed + 2, plan["down"])
             sent = head + up
             wait_until(lambda: seed in backend.seen, 60, "the backend's record", 0.01)
             problems = []
-            if how != "eof" or data != want:
-                problems.append(f"down ({how}): {where(data, want)}")
+            problem = check(data, stream(seed + 2, plan["down"]))
+            if how != "eof" or problem:
+                problems.append(f"down ({how}): {problem}")
             if backend.seen[seed] != (hashlib.sha256(sent).hexdigest(), len(sent)):
                 problems.append(f"up: backend read {backend.seen[seed][1]} bytes for {len(sent)}, digest "
                                 f"{'equal' if backend.seen[seed][0] == hashlib.sha256(sent).hexdigest() else 'differs'}")
             with lock:
                 totals["bytes"] += len(sent) + len(data)
                 totals["eof"] += 1
-                ports[local] = {"up": len(sent), "down": plan["down"], "plan": plan}
+                ports[local] = {"reason": "eof", "up": len(sent), "down": plan["down"], "plan": plan}
                 failures.extend(f"{plan}: {p}" for p in problems)
         finally:
             c.close()
 
-    run_clients(run, plans, workers=4)
+    run_clients(run, short, workers=16)
+    run_clients(run, rest, workers=4)
+    seconds = time.monotonic() - started
     after = nstat()
-    # every connection that ended in EOF: its log line's counts, exactly
+    # every connection that ended in EOF: its log line's counts, exactly; every stall: kernel-backlog
     pattern = re.compile(r"client=\[?[0-9a-f.:]+\]?:(\d+) .*? up=(\d+) down=(\d+) .*?reason=(\S+)")
 
     def logged() -> dict:
@@ -233,13 +295,19 @@ def test_kernel_relay_contract_randomized(daemon):
     miscounted = 0
     for port, m in logged().items():
         want = ports[port]
+        if want["reason"] != "eof":
+            if m.group(4) != want["reason"]:
+                failures.append(f"log: {m.group(0)} for reason={want['reason']}")
+            continue
         if (m.group(4), int(m.group(2)), int(m.group(3))) != ("eof", want["up"], want["down"]):
             miscounted += 1
             failures.append(f"log: {m.group(0)} for up={want['up']} down={want['down']} ({want['plan']['kind']})")
     kernel = kernel_stats(d)
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in NSTAT}
-    line = (f"STRESS kernel-relay runs={RUNS} eof={totals['eof']} resets={totals['reset']} "
-            f"GiB={totals['bytes'] / (1 << 30):.2f} pairs={kernel['pairs']} fallbacks={kernel['fallbacks']} "
+    line = (f"STRESS kernel-relay seed={seed0} runs={len(short) + len(rest)} short={len(short)} "
+            f"eof={totals['eof']} resets={totals['reset']} resets_mid={totals['resetmid']} "
+            f"stalls={totals['stall']} stall_MiB={totals['stall_bytes'] / MiB:.0f} GiB={totals['bytes'] / (1 << 30):.2f} seconds={seconds:.0f} "
+            f"pairs={kernel['pairs']} fallbacks={kernel['fallbacks']} "
             f"overruns={kernel['overruns']} max_backlog={kernel['max_backlog']} "
             f"failures={len(failures)} miscounted={miscounted} "
             + " ".join(f"{k}={v}" for k, v in delta.items()))
@@ -250,4 +318,4 @@ def test_kernel_relay_contract_randomized(daemon):
     backend.close()
     assert not failures, "\n".join(failures[:20])
     assert "Traceback" not in d.log_text()
-    assert kernel["pairs"] > 0 and kernel["overruns"] == 0, kernel
+    assert kernel["pairs"] > 0 and kernel["overruns"] == STALLS, kernel

@@ -80,6 +80,31 @@ def recv_all(sock: socket.socket, limit: int = 1 << 30) -> bytes:
     return b"".join(chunks)
 
 
+def recv_upto(sock: socket.socket, n: int) -> bytes:
+    """Up to n bytes; fewer when the peer ends the connection first (EOF or reset)."""
+    got = b""
+    try:
+        while len(got) < n:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    except ConnectionResetError:
+        pass
+    return got
+
+
+def assert_echoes(sock: socket.socket, payload: bytes) -> None:
+    """Send payload down an echo path and read it back whole (an EOF before that fails)."""
+    sock.sendall(payload)
+    got = b""
+    while len(got) < len(payload):
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {len(got)} of {len(payload)} echoed bytes: {got[-200:]!r}"
+        got += chunk
+    assert got == payload
+
+
 class Server:
     """A backend in a thread: accepts on 127.0.0.1 and runs `handle(sock)` per client in a thread."""
 
@@ -102,7 +127,12 @@ class Server:
         while not self._stop:
             try:
                 client, _ = self.sock.accept()
-            except (socket.timeout, OSError):
+            except socket.timeout:
+                continue
+            except OSError as exc:      # EMFILE: recorded (a client waiting on it would only see a timeout)
+                if not self._stop:
+                    self.errors.append(exc)
+                    time.sleep(0.05)    # bounded retry rate while the test process is out of fds
                 continue
             self.accepted += 1
             client.settimeout(60)

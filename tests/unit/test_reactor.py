@@ -7,14 +7,7 @@ import signal
 import socket
 
 from epollmux.reactor import IN, Reactor
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from support.clock import FakeClock
 
 
 def test_timers_fire_in_deadline_order_on_injected_clock():

@@ -7,14 +7,7 @@ import os
 import socket
 
 from epollmux.reactor import IN, RDHUP, Reactor
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from support.clock import FakeClock
 
 
 def test_stale_event_of_a_closed_fd_never_reaches_the_socket_that_reuses_its_number():

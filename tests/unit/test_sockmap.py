@@ -212,13 +212,18 @@ def test_load_fails_cleanly_without_privileges(maps, mode):
 
 
 # --- what a paired socket does -------------------------------------------------------------------
+def watch(mask: int, *socks) -> select.epoll:
+    """An epoll watching socks for mask: what the worker would be woken by."""
+    ep = select.epoll()
+    for s in socks:
+        ep.register(s.fileno(), mask)
+    return ep
+
 
 def test_bytes_flow_both_ways_without_reading_or_waking(maps, conns):
     cp, c, b, bp = conns()
     pair = maps.add_pair(c, b)
-    ep = select.epoll()
-    ep.register(c.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
-    ep.register(b.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
+    ep = watch(select.EPOLLIN | select.EPOLLRDHUP, c, b)
     up, down = os.urandom(MiB), os.urandom(MiB)
     got_up, got_down = bytearray(), bytearray()
     readers = [read_into(bp, got_up), read_into(cp, got_down)]
@@ -258,9 +263,7 @@ def test_queued_bytes_are_relayed_first(maps, conns):
 def test_fin_reaches_the_source_but_is_not_passed_on(maps, conns):
     cp, c, b, bp = conns()
     pair = maps.add_pair(c, b)
-    ep = select.epoll()
-    ep.register(c.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
-    ep.register(b.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
+    ep = watch(select.EPOLLIN | select.EPOLLRDHUP, c, b)
     cp.sendall(b"request")
     cp.shutdown(socket.SHUT_WR)
     events = dict(ep.poll(2))
@@ -321,9 +324,7 @@ def test_64mib_each_way_at_once_byte_exact(maps, conns):
 def test_reset_is_an_error_on_the_reset_socket(maps, conns):
     cp, c, b, bp = conns()
     maps.add_pair(c, b)
-    ep = select.epoll()
-    ep.register(c.fileno(), select.EPOLLRDHUP)
-    ep.register(b.fileno(), select.EPOLLRDHUP)
+    ep = watch(select.EPOLLRDHUP, c, b)
     bp.sendall(b"x")
     assert cp.recv(1) == b"x"
     reset(cp)
