@@ -18,7 +18,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["epollmux", "epollmux.*"]),
     package_data={"epollmux": ["configspec.ini"]},
-    install_requires=["configobj>=5.0", "python-daemon>=2.3", "sdnotify>=0.3", "libconf>=2.0"],
+    install_requires=["configobj>=5.0", "python-daemon>=2.3", "sdnotify>=0.3", "libconf>=2.0",
+                      "cryptography>=3.4"],
     entry_points={"console_scripts": ["epollmux = epollmux.cli:main"]},
     classifiers=["Operating System :: POSIX :: Linux", "Programming Language :: Python :: 3"],
 )

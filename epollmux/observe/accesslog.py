@@ -26,6 +26,21 @@ from epollmux.observe import logsetup
 log = logging.getLogger("epollmux.access")
 
 
+def record(conn, route: str, reason: str, up: int, down: int, spliced: int) -> dict:
+    """The record of a closing connection (serve/connection.py's), `route` as logs name it."""
+    connected = conn.backend is not None
+    out = {"client": conn.peer, "listener": conn.listener.name, "route": route,
+           "backend": conn.route.backend.text if connected else None, "up": up, "down": down,
+           "spliced": spliced, "duration": round(conn.ctx.reactor.clock() - conn.started, 6),
+           "reason": reason, "verdict": conn.verdict}
+    if conn.names:
+        out.update(conn.names.fields())
+    if conn.tls:
+        out.update(conn.tls)
+    out["detail"] = conn.detail
+    return out
+
+
 def text(record: dict) -> str:
     parts = []
     for key, value in record.items():

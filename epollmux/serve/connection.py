@@ -19,8 +19,10 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from typing import TYPE_CHECKING
 
 from epollmux import errors
+from epollmux.observe import accesslog
 from epollmux.reactor import ERR, HUP, OUT, RDHUP
 from epollmux.relay.endpoints import PlainEndpoint, TLSEndpoint
 from epollmux.serve import backend, sniffing
@@ -32,6 +34,10 @@ from epollmux.serve.phases import (BACKEND_OUT, CLIENT_OUT, EVENTS, NEXT, QUIET,
 from epollmux.tls.engine import Event, TLSEngine
 from epollmux.wire import clienthello, proxyout, sniff
 from epollmux.reasons import Reason
+
+if TYPE_CHECKING:      # the seams' types, for readers and checkers; no import at run time
+    from epollmux.config import Listener, Route
+    from epollmux.serve.worker import Context
 
 __all__ = ["Connection", "Phase", "client_events"]
 
@@ -59,7 +65,7 @@ class Connection(Relaying):
     __slots__ += ("edges", "reader")      # readable edges spent deciding; the ClientHello read so far
     __slots__ += ("local",)               # the backend socket's own address, while in ctx.own_backends
 
-    def __init__(self, ctx, listener, client: socket.socket, sockaddr, events: int = EVENTS):
+    def __init__(self, ctx: Context, listener: Listener, client: socket.socket, sockaddr, events: int = EVENTS):
         self.ctx = ctx
         self.listener = listener
         self.client = client
@@ -138,6 +144,7 @@ class Connection(Relaying):
         elif fd == self.cfd:
             if phase in SNIFFING_PHASES and events & READABLE:
                 self.edges += 1
+                self.ctx.stats.count("sniff_wakeups")
                 if self.edges > self.ctx.settings.max_probe_edges:
                     self.dispatch(_expired, Reason.SNIFF_BUDGET)
                     return
@@ -196,8 +203,11 @@ class Connection(Relaying):
         listener = self.listener
         if not listener.trusted.contains(self.src[0]):
             return Reason.PROXY_UNTRUSTED
-        self._arm(self.ctx.settings.probe_timeout, _expired, Reason.PROXY_TIMEOUT)
-        return self._proxy_header(False)
+        reason = self._proxy_header(False)
+        if not reason and self.phase is Phase.PROXY_HEADER:     # not all there yet: wait, with a deadline
+            delay = sniffing.probe_delay(listener, self.ctx.settings.probe_timeout, self.client, True)
+            self._arm(delay, _expired, Reason.PROXY_TIMEOUT)
+        return reason
 
     def _proxy_header(self, peer_done: bool) -> str | None:
         reason, result = sniffing.take_proxy_header(self.client, self.listener.proxy_protocol, peer_done)
@@ -222,8 +232,12 @@ class Connection(Relaying):
         routes = self.listener.routes
         if routes[0].probe == "any":          # nothing to sniff: no wait, no peek
             return self._choose(routes[0])
-        self._arm(self.ctx.settings.probe_timeout, self._probe_timeout)
-        return self._sniff(False)
+        reason = self._sniff(False)           # the first bytes came with the accept where the listener defers
+        if not reason and self.route is None:     # undecided: wait for more, with a deadline
+            first = self.listener.proxy_protocol == "none"     # else the PROXY header's wait was the first
+            self._arm(sniffing.probe_delay(self.listener, self.ctx.settings.probe_timeout, self.client, first),
+                      self._probe_timeout)
+        return reason
 
     def _sniff(self, peer_done: bool) -> str | None:
         """Peek at what the client sent so far; decide, or wait for the next edge.
@@ -270,7 +284,7 @@ class Connection(Relaying):
         self.verdict = "timeout"
         return self._choose(route)
 
-    def _choose(self, route) -> str | None:
+    def _choose(self, route: Route) -> str | None:
         if self.verdict == "none":
             self.verdict = "match"
         self.route = route
@@ -294,7 +308,7 @@ class Connection(Relaying):
         return self._connect()
 
     # --- terminating TLS -------------------------------------------------------------------
-    def _start_tls(self, route) -> str | None:
+    def _start_tls(self, route: Route) -> str | None:
         self._set_phase(Phase.HANDSHAKING, self.ctx.settings.tls_handshake_timeout, _expired, Reason.TLS_HANDSHAKE_TIMEOUT)
         self.cend = TLSEndpoint(self.client, TLSEngine(route.server_context, server_side=True), fd=self.cfd)
         return self._handshake()
@@ -338,23 +352,27 @@ class Connection(Relaying):
         self._set_phase(Phase.CONNECTING)
         ctx = self.ctx
         self.connect_started = ctx.reactor.clock()
-        sock, reason, done = backend.connect(self.route, self.src[0], ctx.keepalive)
+        sock, reason, done = backend.connect(self.route, self.src[0])
         self.backend = sock
         self.bfd = sock.fileno()
         if reason:
             return reason
-        if self.route.backend.family in TCP_FAMILIES:   # remembered so that this socket, arriving at one of
-            self.local = sock.getsockname()             # our listeners, is seen as a loop
-            ctx.own_backends.add(self.local, self.route.backend.sockaddr)
         if done:
             # done already (on loopback the handshake ran inside connect()): no turn spent waiting for EPOLLOUT.
             # Bytes the backend sends make an edge after the registration (or are seen by it): no pump now.
             ctx.reactor.register(self.bfd, QUIET, self)
-            return self._connected(OUT, pump_down=False)
-        ctx.reactor.register(self.bfd, EVENTS, self)
-        self.writable |= BACKEND_OUT
-        self._arm(ctx.settings.connect_timeout, _expired, Reason.BACKEND_TIMEOUT)
-        return None
+            reason = self._connected(OUT, pump_down=False)
+        else:
+            ctx.reactor.register(self.bfd, EVENTS, self)
+            self.writable |= BACKEND_OUT
+            self._arm(ctx.settings.connect_timeout, _expired, Reason.BACKEND_TIMEOUT)
+        if not reason and self.route.backend.family in TCP_FAMILIES:
+            # after the client's first bytes went to the backend: off the path of a first answer.
+            # The address is remembered so that this socket, arriving at one of our listeners, is seen as a loop
+            # (that accept comes in a later turn than this one).
+            self.local = backend.settle(sock, ctx.backend_keepalive)
+            ctx.own_backends.add(self.local, self.route.backend.sockaddr, sock)
+        return reason
 
     def _connected(self, events: int, pump_down: bool = True) -> str | None:
         """The connect finished: writable without an error means it worked (no SO_ERROR lookup then)."""
@@ -407,7 +425,7 @@ class Connection(Relaying):
         ctx.connections.discard(self)
         ctx.admission.leave(self.grant)
         if self.local is not None:
-            ctx.own_backends.discard(self.local, self.route.backend.sockaddr)
+            ctx.own_backends.discard(self.local, self.route.backend.sockaddr, self.backend)
         abort = reason in ABORTS
         up = down = spliced = 0
         if self.kernel:        # out of the maps before the sockets close; the counts need them open
@@ -422,10 +440,8 @@ class Connection(Relaying):
         for sock, fd in ((self.client, self.cfd), (self.backend, self.bfd)):
             if sock is not None:
                 backend.close_socket(ctx.reactor, sock, fd, abort)
-        if self.up is not None:
-            self.up.discard()
-            self.down.discard()
-            up, down, spliced = self.up.moved, self.down.moved, self.up.spliced + self.down.spliced
+        if phase is Phase.RELAYING and not self.kernel:
+            up, down, spliced = self.relay_counts()
         route = self.route.name if self.route else "-"
         ctx.stats.closed(self.listener.name, route, phase, reason, up, down)   # a StrEnum is its own label
         if self.outer is not None and self.route is not self.outer:    # routed counted it: so does closed
@@ -434,20 +450,6 @@ class Connection(Relaying):
             ctx.exhausted(f"{self.peer}: out of file descriptors or memory")
         if ctx.access.enabled():
             try:
-                ctx.access.write(self._record(route, reason, up, down, spliced))
+                ctx.access.write(accesslog.record(self, self.route_label(route), reason, up, down, spliced))
             except Exception:     # a log line must never take the worker down
                 log.exception("%s: cannot log the connection", self.peer)
-
-    def _record(self, route: str, reason: str, up: int, down: int, spliced: int) -> dict:
-        route = self.route_label(route)
-        connected = self.backend is not None
-        record = {"client": self.peer, "listener": self.listener.name, "route": route,
-                  "backend": self.route.backend.text if connected else None, "up": up, "down": down,
-                  "spliced": spliced, "duration": round(self.ctx.reactor.clock() - self.started, 6),
-                  "reason": reason, "verdict": self.verdict}
-        if self.names:
-            record.update(self.names.fields())
-        if self.tls:
-            record.update(self.tls)
-        record["detail"] = self.detail
-        return record

@@ -32,6 +32,12 @@ def options(settings) -> tuple[tuple[int, int, int], ...]:
     return tuple(opts)
 
 
+def fresh(opts: tuple[tuple[int, int, int], ...]) -> tuple[tuple[int, int, int], ...]:
+    """The options a new socket needs: without those that only restate a new socket's defaults (keepalive
+    off, TCP_USER_TIMEOUT 0), which a listening socket kept over a reload still needs to be reset."""
+    return tuple(o for o in opts if o[2] or o[1] not in (socket.SO_KEEPALIVE, TCP_USER_TIMEOUT))
+
+
 def apply(sock, opts: tuple[tuple[int, int, int], ...]) -> None:
     """Set the options on a TCP socket (a listening one: its accepted sockets inherit them)."""
     for level, option, value in opts:

@@ -333,9 +333,21 @@ def remember(data: bytes, result: HelloResult) -> None:
     _memo[data] = result
 
 
-def _parse(data: bytes) -> HelloResult:
+def parse_handshake(hs: bytes) -> HelloResult:
+    """The ClientHello at the start of a bare handshake stream (no record layer: QUIC CRYPTO frames, a
+    reassembled DTLS hello); `length` counts handshake bytes.  Not remembered (callers keep their own)."""
+    return _parse(hs, records=False)
+
+
+def _parse(data: bytes, records: bool = True) -> HelloResult:
     try:
-        hs, hello_len, end = _reassemble(data)
+        if records:
+            hs, hello_len, end = _reassemble(data)
+        else:
+            hello_len = _hello_length(data) if len(data) >= HANDSHAKE_HEADER_LEN else None
+            if data and data[0] != HANDSHAKE_CLIENT_HELLO:
+                raise _NotTls(f"handshake type {data[0]} is not ClientHello")
+            hs, end = data[:hello_len], hello_len
         if hello_len is None:
             return _NEED_MORE
         sni, server_name, alpn, versions, has_ech = _parse_body(hs, hello_len)

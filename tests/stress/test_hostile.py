@@ -1,5 +1,6 @@
 """The stress suite (`make stress`), hostile clients: random, truncated and bit-flipped first flights with absurd
-lengths in any chunking with early closes and resets, fuzzed PROXY headers, TLS handshake abuse.  Each test prints one line of figures and fails on
+lengths in any chunking with early closes and resets, fuzzed PROXY headers, TLS handshake abuse,
+a TLS 1.2 renegotiation flood.  Each test prints one line of figures and fails on
 a misrouted client (its bytes at another route's backend), a traceback in the daemon's log, a worker death
 the test did not cause, an fd or RSS leak, or a hang (a client waiting past CLIENT_TIMEOUT).  Loops are
 bounded; EPOLLMUX_STRESS_SCALE (default 1) multiplies the client counts.
@@ -21,9 +22,10 @@ from epollmux.wire import proxyproto as pp
 from epollmux.wire import sniff
 from stress.harness import (CLIENT_TIMEOUT, LINGER_RST, Clock, fd_count, healthy, n, one_line, read_until_eof,
                             routed_config, run_clients, tagged, tagged_backends)
-from support.daemon import make_config
+from support.daemon import make_config, proc_cpu_seconds
 from support.hello_builder import build_client_hello
 from support.net import connect, free_port
+from support.renegotiation import NAME, Stream, echo_tls12, renegotiate
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -253,3 +255,33 @@ def real_hello(name: str) -> bytes:
     return outgoing.read()
 
 
+
+
+# --------------------------------------------------------------------------------- TLS renegotiation flood
+def test_tls_renegotiation_flood(daemon, server, tls_ca):
+    """Real TLS 1.2 client-initiated renegotiations (s_client and `R`), eight at a time, beside a TLS 1.2
+    stream through the same worker: each is closed as tls-renegotiation at its first try, the stream stays
+    byte-exact, and the worker spends about a handshake per renegotiating client."""
+    backend = server(echo_tls12, backlog=4096)
+    port = free_port()
+    leaf = tls_ca.issue(NAME)
+    d = daemon().start(make_config(port, {"tls": {"probe": "tls", "tls_cert": leaf.chain, "tls_key": leaf.key,
+                                                   "backend": f"127.0.0.1:{backend.port}"}},
+                                   workers=1, log_level="info"), ready=True)
+    worker = d.wait_workers(1)
+    fds = {worker[0]: fd_count(worker[0])}
+    stream = Stream(port, tls_ca.cert)
+    stream.start()
+    clients = n(300)
+    clock, cpu = Clock(), proc_cpu_seconds(worker[0])
+    outputs = run_clients(lambda _: renegotiate(port, tls_ca.cert), range(clients), workers=8)
+    spent, seconds = proc_cpu_seconds(worker[0]) - cpu, clock()
+    stream.stop()
+    tried = sum("RENEGOTIATING" in out for out in outputs)
+    d.wait_log(" reason=", count=clients + 1, timeout=60)
+    refused = d.log_text().count(" reason=tls-renegotiation ")
+    assert tried == clients and refused == clients, (tried, refused, outputs[0][-1500:])
+    assert spent < 0.05 * clients, f"{spent:.3f} worker CPU-s for {clients} renegotiating clients"
+    one_line("tls-renegotiation", clients=clients, refused=refused, seconds=seconds, worker_cpu_s=spent,
+             cpu_ms_per_client=1000 * spent / clients, stream_bytes=stream.bytes, stream_chunks=stream.chunks,
+             health=healthy(d, worker, fds))

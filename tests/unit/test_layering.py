@@ -38,6 +38,14 @@ MUST_NOT_IMPORT = {
     "config": {"relay", "serve", "process", "observe", "tools", "sslh", "cli", "reactor"},
     "configproblems": {"*"},
 }
+# module -> modules of its own subpackage it must not import (the docstrings' "Must not import" lines).
+MODULE_MUST_NOT_IMPORT = {
+    "serve/flows.py": {"epollmux.serve.udplistener", "epollmux.serve.listener", "epollmux.serve.connection",
+                       "epollmux.wire.probes", "epollmux.wire.udpprobes"},
+    "serve/udplistener.py": {"epollmux.serve.connection", "epollmux.serve.listener", "epollmux.wire"},
+    "serve/listener.py": {"epollmux.serve.flows", "epollmux.serve.udplistener"},
+    "serve/connection.py": {"epollmux.serve.flows", "epollmux.serve.udplistener"},
+}
 # Private names of other modules that may be used, with why.
 PRIVATE_ALLOWED = {
     ("serve/listener.py", "_accept"),          # socket.socket._accept: the one place for private CPython socket calls
@@ -93,6 +101,14 @@ def test_layers(path):
     assert not bad, f"{part} must not import {bad}"
 
 
+@pytest.mark.parametrize("where", sorted(MODULE_MUST_NOT_IMPORT))
+def test_module_rules(where):
+    imported = epollmux_imports(ast.parse((PACKAGE / where).read_text()))
+    bad = sorted(name for name in imported for rule in MODULE_MUST_NOT_IMPORT[where]
+                 if name == rule or name.startswith(rule + "."))
+    assert not bad, f"{where} must not import {bad}"
+
+
 def defined_names(tree: ast.AST) -> set[str]:
     names = set()
     for node in ast.walk(tree):
@@ -144,3 +160,21 @@ def test_each_module_imports_alone():
     with ThreadPoolExecutor(max_workers=4) as pool:
         failed = {name: err for name, err in pool.map(load, names) if err}
     assert not failed
+
+
+# part -> the third-party packages it may import (parts not listed are not checked here).  wire stays
+# free of sockets and I/O: besides the standard library it may use `cryptography`, for QUIC Initials only.
+THIRD_PARTY_ALLOWED = {"wire": {"cryptography"}}
+
+
+@pytest.mark.parametrize("path", [p for p in modules() if part_of(dotted(p)) in THIRD_PARTY_ALLOWED],
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_third_party_imports(path):
+    allowed = THIRD_PARTY_ALLOWED[part_of(dotted(path))] | set(sys.stdlib_module_names) | {"epollmux"}
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            found.add((node.module or "").split(".")[0])
+    assert found <= allowed, f"{path.name} imports {sorted(found - allowed)}"
