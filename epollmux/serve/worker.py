@@ -45,7 +45,7 @@ class Context:
         self.config = config
         self.settings = config.settings
         self.keepalive = keepalive.options(config.settings)     # for every TCP socket, both legs
-        self.backend_keepalive = keepalive.fresh(self.keepalive)  # what a new backend socket needs of them
+        self.settler = keepalive.Settler(reactor, keepalive.fresh(self.keepalive))  # new backend sockets' options
         self.reactor = reactor
         relay = config.settings.relay
         kind = relay if relay in ("splice", "copy") else "splice"   # sockmap, auto: splice where the kernel cannot
