@@ -18,7 +18,7 @@ TESTVENV  = build/test-venv
 DEB_TEST  = python3-venv openssh-server openssh-client nginx-light curl openssl iperf3 openvpn \
             bsdutils procps iproute2 socat haproxy systemd chromium \
             dpkg-dev fakeroot lintian adduser man-db util-linux libcap2-bin \
-            python3-configobj python3-daemon python3-sdnotify python3-libconf python3-cryptography prometheus
+            python3-configobj python3-daemon python3-sdnotify python3-libconf python3-cryptography prometheus nftables
 DEB_BENCH = sslh haproxy stunnel4 socat nginx-light iperf3 wrk strace linux-perf
 
 .PHONY: all install uninstall run test stress test-deps deb-deps deb man bench bench-deps bench-profile clean

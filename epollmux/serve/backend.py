@@ -20,6 +20,7 @@ from epollmux.reasons import Reason
 
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 IPV6_TRANSPARENT = 75
+SO_ORIGINAL_DST = 80                                 # linux/netfilter_ipv4.h (and netfilter_ipv6's IP6T_ one)
 TCP_ESTABLISHED = 1                                  # tcp_info.tcpi_state, its first byte
 TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"   # struct linger {on, 0 s}: close() sends RST
@@ -103,7 +104,8 @@ class OwnBackends:
 
     def looped(self, src, client) -> bool:
         """The client comes from one of these sockets and reached the very address that socket connected
-        to (not merely the same ephemeral port reused for a connect elsewhere)."""
+        to (not merely the same ephemeral port reused for a connect elsewhere), or was sent here from that
+        address by a NAT rule (the address it was sent to, SO_ORIGINAL_DST, is the socket's target)."""
         targets = self.by_local.get(src[:2])
         if targets is None:
             return False
@@ -111,7 +113,20 @@ class OwnBackends:
             here = client.getsockname()
         except OSError:
             return False
-        return here[:2] in targets
+        return here[:2] in targets or original_destination(client) in targets
+
+
+def original_destination(sock) -> tuple | None:
+    """Where the peer sent this connection before a DNAT rule changed it (netfilter's SO_ORIGINAL_DST,
+    IP6T_SO_ORIGINAL_DST: the same number); None without a conntrack entry."""
+    try:
+        if sock.family == socket.AF_INET:
+            raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)          # struct sockaddr_in
+            return socket.inet_ntop(socket.AF_INET, raw[4:8]), int.from_bytes(raw[2:4], "big")
+        raw = sock.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)        # struct sockaddr_in6
+        return socket.inet_ntop(socket.AF_INET6, raw[8:24]), int.from_bytes(raw[2:4], "big")
+    except (OSError, ValueError):
+        return None
 
 
 def close_socket(reactor, sock, fd: int, abort: bool) -> None:

@@ -70,7 +70,7 @@ def probe_teamspeak(datagrams: Datagrams, opts: Mapping[str, object]) -> Verdict
 OPENVPN_RESET_OPCODES = frozenset((7, 10))      # P_CONTROL_HARD_RESET_CLIENT_V2, _V3 (tls-crypt-v2)
 OPENVPN_HMAC_SIZES = (16, 20, 32, 64)           # tls-auth digests: MD5, SHA1, SHA256, SHA512
 OPENVPN_TLS_CRYPT_TAG = 32                      # tls-crypt: HMAC-SHA256 tag, then ciphertext
-OPENVPN_MAX_PACKET_ID = 0xFF                    # the first control packets of a session count from 1
+OPENVPN_EARLY_NEG = 0x0F                        # a 2.6 client's packet id high byte: "I do early negotiation"
 OPENVPN_MAX_DATAGRAM = 2048                     # a tls-crypt-v2 reset carries a wrapped key (<= 1024 B)
 _FOUR_ZEROS = bytes(4)
 
@@ -80,9 +80,9 @@ def probe_openvpn(datagrams: Datagrams, opts: Mapping[str, object]) -> Verdict:
     most OPENVPN_MAX_DATAGRAM bytes, then after the 8-byte session id one of these layouts:
 
     - plain: ack count 0 and message packet id 0 (offsets 9 and 10..13);
-    - tls-auth with an HMAC of 16, 20, 32 or 64 bytes: replay packet id in 1..255, 4 bytes of time, then
-      ack count 0 and message packet id 0;
-    - tls-crypt / tls-crypt-v2: replay packet id in 1..255, 4 bytes of time, and at least a 32-byte tag plus
+    - tls-auth with an HMAC of 16, 20, 32 or 64 bytes: replay packet id in 1..255 (its high byte may be
+      0x0f, OpenVPN 2.6's early-negotiation mark), 4 bytes of time, then ack count 0 and message packet id 0;
+    - tls-crypt / tls-crypt-v2: replay packet id as for tls-auth, 4 bytes of time, and at least a 32-byte tag plus
       5 bytes (the encrypted ack count and packet id).  The tag and the ciphertext are not checked (that
       needs the key), so this layout rests on the opcode, the packet id and the length only.
     The time field is never checked (clocks differ).  Opcode 1 (V1, long obsolete) is not accepted.
@@ -97,12 +97,17 @@ def probe_openvpn(datagrams: Datagrams, opts: Mapping[str, object]) -> Verdict:
         return Verdict.MATCH
     for hmac in OPENVPN_HMAC_SIZES:
         at = 9 + hmac
-        if size >= at + 13 and 0 < int.from_bytes(d[at:at + 4], "big") <= OPENVPN_MAX_PACKET_ID \
+        if size >= at + 13 and _first_packet_id(d, at) \
                 and d[at + 8] == 0 and d[at + 9:at + 13] == _FOUR_ZEROS:
             return Verdict.MATCH
-    if size >= 17 + OPENVPN_TLS_CRYPT_TAG + 5 and 0 < int.from_bytes(d[9:13], "big") <= OPENVPN_MAX_PACKET_ID:
+    if size >= 17 + OPENVPN_TLS_CRYPT_TAG + 5 and _first_packet_id(d, 9):
         return Verdict.MATCH
     return Verdict.NEXT
+
+
+def _first_packet_id(d: bytes, at: int) -> bool:
+    """The replay packet id of a session's first packets: 1..255, its high byte 0 or OPENVPN_EARLY_NEG."""
+    return d[at] in (0, OPENVPN_EARLY_NEG) and d[at + 1] == d[at + 2] == 0 and d[at + 3] != 0
 
 
 # ---------------------------------------------------------------- dtls and quic

@@ -41,4 +41,18 @@ class UdpFixture:
 
 UDP_FIXTURES = {f.name: f for f in (
     UdpFixture("quic_rfc9001_a2", "quic", "example.com", ("alpn",), raw=True),
+    UdpFixture("quic_rfc9369_a2", "quic", "example.com", ("alpn",), raw=True),
+    UdpFixture("quic_aioquic_v1", "quic", "www.example.org", ("h3",)),
+    UdpFixture("quic_aioquic_v2", "quic", "www.example.org", ("h3",)),
+    UdpFixture("quic_aioquic_v1_split", "quic", "www.example.org", ("h3",)),
+    UdpFixture("dtls_openssl_sni", "dtls", "www.example.org", ("h2", "coap")),
+    UdpFixture("dtls_openssl12", "dtls"),
+    UdpFixture("dtls_openssl_fragmented", "dtls", "www.example.org", ("h2", "x" * 200, "y" * 200, "z" * 200)),
+    UdpFixture("openvpn_udp", "openvpn"),
+    UdpFixture("openvpn_udp_tls_auth", "openvpn"),
+    UdpFixture("openvpn_udp_tls_auth_sha512", "openvpn"),
+    UdpFixture("openvpn_udp_tls_crypt", "openvpn"),
+    UdpFixture("openvpn_udp_tls_crypt_v2", "openvpn"),
+    UdpFixture("wireguard_initiation", "wireguard"),
+    UdpFixture("teamspeak_init", "teamspeak"),
 )}

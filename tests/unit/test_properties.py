@@ -162,3 +162,35 @@ def test_any_value_is_taken_or_refused_with_a_config_error(key, value):
         config._build("t", _config(key, value).splitlines())
     except config.ConfigError as exc:
         assert str(exc)
+
+
+# --------------------------------------------------------------------------------- UDP probes
+from epollmux.wire import udpsniff  # noqa: E402
+from epollmux.wire.udpprobes import UDP_PROBES, prepare_udp_options  # noqa: E402
+from support.udp_fixtures import UDP_FIXTURES  # noqa: E402
+
+UDP_SAMPLES = [d for f in UDP_FIXTURES.values() for d in f.datagrams]
+UDP_ROUTES = [(p, prepare_udp_options(p, {"regex": "x"} if p == "regex" else {})) for p in UDP_PROBES] + \
+    [(p, prepare_udp_options(p, {"sni": "*", "alpn": "*"})) for p in ("quic", "dtls")]
+
+
+@st.composite
+def udp_datagrams(draw) -> bytes:
+    """A recorded first datagram, maybe truncated, maybe with bits flipped, maybe with bytes appended."""
+    data = bytearray(draw(st.sampled_from(UDP_SAMPLES)))
+    for _ in range(draw(st.integers(0, 3))):
+        if data:
+            i = draw(st.integers(0, len(data) - 1))
+            data[i] ^= 1 << draw(st.integers(0, 7))
+    if draw(st.booleans()):
+        data = data[:draw(st.integers(0, len(data)))]
+    return bytes(data) + draw(st.binary(max_size=4))
+
+
+@FAST
+@given(st.lists(st.binary(max_size=1400) | udp_datagrams(), max_size=5))
+def test_udp_probes_never_raise(datagrams):
+    flow = tuple(datagrams)
+    for probe, opts in UDP_ROUTES:
+        assert isinstance(UDP_PROBES[probe].func(flow, opts), Verdict)
+    assert isinstance(udpsniff.flow_names(flow), udpsniff.Names)

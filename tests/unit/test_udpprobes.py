@@ -167,3 +167,47 @@ def test_decide_flow_strict_order():
     assert udpsniff.decide_flow(wg, routes) == udpsniff.Decision(1, True, (Verdict.NEXT, Verdict.MATCH))
     assert udpsniff.decide_flow((), routes) == udpsniff.Decision(None, False, (Verdict.AGAIN,))
     assert udpsniff.decide_flow((), routes, full=True).route == 2
+
+
+def test_rfc9369_v2_initial_keys_and_packet():
+    key, iv, hp = quic.initial_keys(RFC9001_DCID, quic.VERSION_2)
+    assert (key.hex(), iv.hex(), hp.hex()) == (
+        "8b1a0bc121284290a29e0971b5cd045d", "91f73e2351d8fa91660e909f", "45b95e15235d6f45a6b19cbcb0294ba9")
+    packet = UDP_FIXTURES["quic_rfc9369_a2"].datagrams[0]
+    assert quic.client_hello((packet,)).sni == "example.com"
+    # a v2 Initial has type bits 01: the same first byte under version 1 is a 0-RTT packet, not an Initial
+    v1_header = packet[:1] + b"\x00\x00\x00\x01" + packet[5:]
+    assert not quic.is_initial(v1_header)
+
+
+@pytest.mark.parametrize("name, probe, count", [
+    ("quic_aioquic_v1_split", "quic", 2), ("dtls_openssl_fragmented", "dtls", 3)])
+def test_a_hello_over_several_datagrams_waits_for_them(name, probe, count):
+    data = UDP_FIXTURES[name].datagrams
+    assert len(data) == count
+    route = [(probe, prepare_udp_options(probe, {"sni": "www.example.org"}))]
+    for n in range(1, count):
+        assert udpsniff.decide_flow(data[:n], route) == udpsniff.Decision(None, False, (Verdict.AGAIN,))
+        assert udpsniff.decide_flow(data[:n], route, full=True).route is None
+        assert udpsniff.flow_names(data[:n]) is udpsniff.NO_NAMES
+    assert udpsniff.decide_flow(data, route).route == 0
+    # later datagrams may arrive first: the stream is collected by offset
+    if probe == "quic":
+        assert udpsniff.decide_flow(data[::-1], route).route == 0
+
+
+def test_quic_without_names_is_the_header_shape_only():
+    v1 = UDP_FIXTURES["quic_aioquic_v1"].datagrams[0]
+    tag_end = quic.LongHeader(v1, 0).end         # aioquic pads the datagram with zeros after its packets
+    assert verdict("quic", (flipped(v1, tag_end - 1),)) is Verdict.MATCH       # not decrypted
+    assert verdict("quic", (v1[:1199],)) is Verdict.NEXT                         # under 1200 bytes
+    assert verdict("quic", (flipped(v1, tag_end - 1),), sni="*") is Verdict.NEXT
+    assert verdict("quic", (flipped(v1, len(v1) - 1),), sni="*") is Verdict.MATCH   # padding is not read
+
+
+def test_quic_gives_up_after_a_few_datagrams():
+    first = UDP_FIXTURES["quic_aioquic_v1_split"].datagrams[0]
+    route = [("quic", prepare_udp_options("quic", {"sni": "*"}))]
+    assert udpsniff.decide_flow((first,) * (quic.MAX_DATAGRAMS - 1), route).done is False
+    assert udpsniff.decide_flow((first,) * quic.MAX_DATAGRAMS, route) == \
+        udpsniff.Decision(None, True, (Verdict.NEXT,))
