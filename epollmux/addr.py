@@ -1,6 +1,7 @@
-"""Parses the address forms of the config and command line: `host:port`, `[v6]:port`, `unix:/path`.
+"""Parses the address forms of the config and command line: `host:port`, `[v6]:port`, `unix:/path`, and
+the UDP forms `udp:host:port`, `udp:[v6]:port`.
 
-Owns: turning such a string into (family, sockaddr) and back into text for logs.
+Owns: turning such a string into (family, sockaddr, udp) and back into text for logs.
 Must not import anything of epollmux, and opens no sockets.
 """
 
@@ -16,15 +17,21 @@ class Address:
     family: int
     sockaddr: tuple | str
     text: str
+    udp: bool = False          # written `udp:host:port`: a datagram address
 
     def __str__(self) -> str:
         return self.text
 
 
-def parse(text: str, *, resolve: bool = True) -> Address:
+def parse(text: str, *, resolve: bool = True, _udp: bool = False) -> Address:
     """Parse one address; raises ValueError with a user-facing message."""
     text = text.strip()
+    if text.startswith("udp:"):
+        inner = parse(text[4:], resolve=resolve, _udp=True)
+        return Address(inner.family, inner.sockaddr, text, udp=True)
     if text.startswith("unix:"):
+        if _udp:
+            raise ValueError(f"'udp:{text}': a UDP address is host:port or [v6]:port")
         path = text[5:]
         if not path.startswith("/"):
             raise ValueError(f"'{text}': unix socket path must be absolute")
@@ -52,7 +59,7 @@ def parse(text: str, *, resolve: bool = True) -> Address:
     if not resolve:
         return Address(socket.AF_INET, (host, portnum), text)
     try:
-        infos = socket.getaddrinfo(host, portnum, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(host, portnum, type=socket.SOCK_DGRAM if _udp else socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise ValueError(f"'{text}': cannot resolve '{host}': {exc.strerror}") from None
     family, _, _, _, sockaddr = infos[0]

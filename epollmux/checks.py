@@ -80,10 +80,11 @@ class Bound:
     text: str
     ip: Ip
     port: int
+    udp: bool = False     # a UDP port: never in the way of the TCP port of the same number
 
     def overlaps(self, other: "Bound") -> bool:
-        """Both cannot be bound: same port and version, and the same address or a wildcard."""
-        if self.port != other.port or self.ip.version != other.ip.version:
+        """Both cannot be bound: same protocol, port and version, and the same address or a wildcard."""
+        if self.port != other.port or self.ip.version != other.ip.version or self.udp != other.udp:
             return False
         return self.ip == other.ip or self.ip.is_unspecified or other.ip.is_unspecified
 
@@ -107,7 +108,7 @@ def _listen_addresses(cfg, found: Findings) -> list[Bound]:
             parsed = _ip_port(address)
             if parsed is None or parsed[1] == 0:       # port 0: the kernel picks a free one each time
                 continue
-            new = Bound(f"listen.{lst.name}", address.text, *parsed)
+            new = Bound(f"listen.{lst.name}", address.text, *parsed, getattr(address, "udp", False))
             for old in bound:
                 if not new.overlaps(old):
                     continue
@@ -179,7 +180,7 @@ def _self_backends(cfg, bound: list[Bound], local: set[Ip], found: Findings) -> 
         if parsed is None:
             continue
         for listen in bound:
-            if reaches(listen, *parsed, local):
+            if listen.udp == getattr(route.backend, "udp", False) and reaches(listen, *parsed, local):
                 via = "" if parsed[0] == listen.ip else " (a wildcard listener takes every local address)"
                 found.error(f"routes.{route.name}", "backend",
                             f"'{route.backend.text}' is the daemon's own listener [{listen.owner}] "
@@ -212,7 +213,7 @@ def _filters(route) -> str:
 
 
 def _keys(route) -> tuple[str, ...]:
-    return {"tls": ("sni", "alpn"), "http": ("host",)}.get(route.probe, ())
+    return {"tls": ("sni", "alpn"), "quic": ("sni", "alpn"), "dtls": ("sni", "alpn"), "http": ("host",)}.get(route.probe, ())
 
 
 def _unreachable_routes(cfg, found: Findings) -> None:

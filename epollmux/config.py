@@ -20,7 +20,7 @@ from validate import Validator
 
 from epollmux import acl, addr
 from epollmux.configproblems import Problems, syntax_problems, value_message
-from epollmux.wire import probes
+from epollmux.wire import probes, udpprobes, udpsniff
 from epollmux.tls import checks as tlschecks
 from epollmux.tls import contexts as tlsctx
 
@@ -64,6 +64,8 @@ class Settings:
     log_level: str
     log_target: str
     log_format: str
+    max_flows: int
+    max_flows_per_source: int
 
 
 @dataclass(eq=False)
@@ -84,6 +86,8 @@ class Route:
     inner_names: tuple[str, ...] = ()
     inner_routes: tuple["Route", ...] = ()                # sniffed inside the decrypted stream
     inner_on_timeout: "Route | None" = None
+    udp: bool = False                                      # a UDP route: its flows go to a UDP backend
+    udp_idle_timeout: float = 0.0                          # UDP: seconds without a datagram either way
 
     @cached_property
     def inner_table(self) -> tuple[tuple[str, dict], ...]:
@@ -100,6 +104,7 @@ class Listener:
     trusted: acl.CIDRList | None = None
     access: acl.Access | None = None
     max_connections: int = 0
+    udp: bool = False                      # every address is udp:host:port
 
     @cached_property
     def probe_table(self) -> tuple[tuple[str, dict], ...]:
@@ -178,9 +183,11 @@ def _build(source: str, data) -> Config:
 
 def _typed(source: str, cfg, problems: Problems) -> Config:
     settings = _settings(cfg["global"], problems)
+    udp_named = {name for section in cfg["listen"].values() if _all_udp(section["address"])
+                 for name in section["routes"]}
     routes = {}
     for name, section in cfg["routes"].items():
-        route = _route(name, section, problems)
+        route = _route(name, section, problems, name in udp_named)
         if route is not None:
             routes[name] = route
     if not cfg["routes"]:
@@ -227,7 +234,7 @@ def _settings(section, problems: Problems) -> Settings:
     workers = values["workers"].strip().lower()
     if workers == "auto":
         values["workers"] = os.cpu_count() or 1
-    elif workers.isdigit() and 1 <= int(workers) <= 256:
+    elif workers.isascii() and workers.isdigit() and 1 <= int(workers) <= 256:      # not "²" (isdigit, not int)
         values["workers"] = int(workers)
     else:
         problems.add(["global"], "workers", f"'{workers}' is not 'auto' or a number from 1 to 256")
@@ -235,9 +242,16 @@ def _settings(section, problems: Problems) -> Settings:
     return Settings(**values)
 
 
-def _route(name: str, section, problems: Problems) -> Route | None:
+def _all_udp(addresses) -> bool:
+    return bool(addresses) and all(a.strip().startswith("udp:") for a in addresses)
+
+
+def _route(name: str, section, problems: Problems, udp_named: bool) -> Route | None:
     where = ["routes", name]
     probe = section["probe"]
+    backend_text = (section["backend"] or "").strip()
+    if backend_text.startswith("udp:") or probe in udpsniff.UDP_ONLY or udp_named:
+        return _udp_route(name, section, problems)
     spec = probes.PROBES.get(probe)
     if spec is None:
         problems.add(where, "probe", f"unknown probe '{probe}' (known: {', '.join(sorted(probes.PROBES))})")
@@ -245,7 +259,8 @@ def _route(name: str, section, problems: Problems) -> Route | None:
     written = {k: v for k, v in section.items() if k not in section.defaults and k not in ("probe", "backend")}
     allowed = spec.keys | ROUTE_KEYS | BACKEND_TLS_KEYS | (TERMINATING_KEYS if probe in TERMINATING_PROBES else frozenset())
     for key in sorted(set(written) - allowed):
-        problems.add(where, key, f"does not apply to probe '{probe}'")
+        what = "applies to UDP routes only" if key in UDP_ROUTE_KEYS else f"does not apply to probe '{probe}'"
+        problems.add(where, key, what)
     opts = {}
     try:
         opts = probes.prepare_options(probe, {k: v for k, v in written.items() if k in spec.keys})
@@ -274,6 +289,52 @@ def _route(name: str, section, problems: Problems) -> Route | None:
         problems.add(where, "transparent", "needs a TCP backend")
     _route_tls(route, {k: v for k, v in section.items() if k in allowed or k == "backend"}, problems)
     return route
+
+
+UDP_ROUTE_KEYS = frozenset({"udp_idle_timeout"})
+UDP_COMMON_KEYS = frozenset({"allow", "deny", "drain_timeout"})
+UDP_IDLE_DEFAULT = 60.0
+UDP_IDLE_DEFAULTS = {"quic": 30.0}          # QUIC's own idle timeout is usually 30 s
+
+
+def _udp_route(name: str, section, problems: Problems) -> Route | None:
+    """A route whose flows are datagrams: its probe must be a UDP probe, its backend a UDP address, and
+    the TCP-only keys (TLS termination, PROXY headers, transparent, ...) are refused."""
+    where = ["routes", name]
+    probe = section["probe"]
+    spec = udpprobes.UDP_PROBES.get(probe)
+    why = "its backend is udp:" if (section["backend"] or "").strip().startswith("udp:") else \
+        "a UDP listener names it"
+    if spec is None:
+        problems.add(where, "probe", f"'{probe}' is a TCP probe, and this is a UDP route ({why}): "
+                                     f"UDP routes take {', '.join(sorted(udpprobes.UDP_PROBES))}")
+        return None
+    written = {k: v for k, v in section.items() if k not in section.defaults and k not in ("probe", "backend")}
+    allowed = spec.keys | UDP_ROUTE_KEYS | UDP_COMMON_KEYS
+    for key in sorted(set(written) - allowed):
+        problems.add(where, key, f"does not apply to a UDP route (probe '{probe}')")
+    opts = {}
+    try:
+        opts = udpprobes.prepare_udp_options(probe, {k: v for k, v in written.items() if k in spec.keys})
+    except ValueError as exc:
+        key, message = exc.args if len(exc.args) == 2 else ("probe", str(exc))
+        problems.add(where, key, message)
+    backend = None
+    text = (section["backend"] or "").strip()
+    if not text:
+        problems.add(where, "backend", "is required")
+    else:
+        try:
+            backend = addr.parse(text if text.startswith("udp:") else "udp:" + text)
+        except ValueError as exc:
+            problems.add(where, "backend", str(exc).replace("'udp:" + text + "'", f"'{text}'"))
+            return None
+    idle = written.get("udp_idle_timeout")
+    if idle is None:
+        idle = UDP_IDLE_DEFAULTS.get(probe, UDP_IDLE_DEFAULT)
+    return Route(name, probe, backend, opts, udp=True, udp_idle_timeout=idle,
+                 drain_timeout=written.get("drain_timeout"),
+                 access=_access(where, written.get("allow"), written.get("deny"), problems))
 
 
 ROUTE_KEYS = frozenset({"send_proxy", "send_proxy_crc", "transparent", "allow", "deny", "max_connections",
@@ -344,6 +405,10 @@ def _check_any_last(where, key: str, chosen: list[Route], problems: Problems) ->
 
 def _listener(name, section, routes, raw_routes, settings, problems: Problems) -> Listener:
     where = ["listen", name]
+    udp = _all_udp(section["address"])
+    if not udp and any(a.strip().startswith("udp:") for a in section["address"]):
+        problems.add(where, "address", "mixes TCP and udp: addresses; a listener is all TCP or all UDP "
+                                       "(write two listener sections to serve both on one port)")
     addresses = []
     for text in section["address"]:
         try:
@@ -354,13 +419,20 @@ def _listener(name, section, routes, raw_routes, settings, problems: Problems) -
         if address.family == addr.socket.AF_UNIX:
             problems.add(where, "address", f"'{text}': listeners take host:port or [v6]:port")
         addresses.append(address)
-    names = section["routes"] or list(raw_routes)
+    explicit = bool(section["routes"])
+    names = section["routes"] or [n for n in raw_routes if n not in routes or routes[n].udp == udp]
     chosen = []
     for route_name in names:
         if route_name not in raw_routes:
             problems.add(where, "routes", f"no route named '{route_name}'")
         elif route_name in routes:
-            chosen.append(routes[route_name])
+            route = routes[route_name]
+            if explicit and route.udp != udp:
+                problems.add(where, "routes", f"route '{route_name}' is a UDP route (probe {route.probe}, "
+                                              f"backend {route.backend}) and this listener is TCP: a UDP "
+                                              "route needs a listener of udp: addresses")
+                continue
+            chosen.append(route)
     if len(set(names)) != len(names):
         problems.add(where, "routes", "a route is named twice")
     _check_any_last(where, "routes", chosen, problems)
@@ -373,9 +445,11 @@ def _listener(name, section, routes, raw_routes, settings, problems: Problems) -
             trusted = acl.CIDRList.parse(section["trusted"])
         except ValueError as exc:
             problems.add(where, "trusted", str(exc))
-    if section["proxy_protocol"] != "none" and not section["trusted"]:
+    if udp and section["proxy_protocol"] != "none":
+        problems.add(where, "proxy_protocol", "a UDP listener takes no PROXY header (TCP only)")
+    elif section["proxy_protocol"] != "none" and not section["trusted"]:
         problems.add(where, "trusted", "required with proxy_protocol: the sources allowed to send a header")
-    if section["trusted"] and section["proxy_protocol"] == "none":
+    if section["trusted"] and section["proxy_protocol"] == "none" and not udp:
         problems.add(where, "trusted", "only means something with proxy_protocol")
     return Listener(name, tuple(addresses), tuple(chosen), on_timeout, section["proxy_protocol"], trusted,
-                    _access(where, section["allow"], section["deny"], problems), section["max_connections"])
+                    _access(where, section["allow"], section["deny"], problems), section["max_connections"], udp)

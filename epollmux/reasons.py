@@ -1,4 +1,4 @@
-"""Every reason a connection can end with: the `reason` of its access-log line and the `reason` label of
+"""Every reason a connection (or a UDP flow) can end with: the `reason` of its access-log line and the `reason` label of
 `epollmux_connections_closed_total` (and of `epollmux_tls_handshake_failures_total` for the TLS ones).
 
 Owns: the one vocabulary (`Reason`, a StrEnum: a member is the string operators see) and its one-line
@@ -62,6 +62,10 @@ class Reason(enum.StrEnum):
     BACKEND_TLS_NOT_TLS = "backend-tls-not-tls"
     BACKEND_TLS_PROTOCOL_ERROR = "backend-tls-protocol-error"
     BACKEND_TLS_RENEGOTIATION = "backend-tls-renegotiation"
+    UDP_IDLE = "udp-idle"
+    UDP_STOP = "udp-stop"
+    FLOW_LIMIT = "flow-limit"
+    CLIENT_UNREACHABLE = "client-unreachable"
 
 
 MEANING: dict[Reason, str] = {
@@ -114,4 +118,8 @@ MEANING: dict[Reason, str] = {
     Reason.BACKEND_TLS_NOT_TLS: "the backend does not speak TLS",
     Reason.BACKEND_TLS_PROTOCOL_ERROR: "a bad TLS record or message from the backend after the handshake",
     Reason.BACKEND_TLS_RENEGOTIATION: "the backend asked to renegotiate its TLS 1.2 session: refused, and closed",
+    Reason.UDP_IDLE: "UDP: no datagram either way for the route's udp_idle_timeout",
+    Reason.UDP_STOP: "UDP: the worker stopped; a flow has no end of its own to wait for, so it ends at once",
+    Reason.FLOW_LIMIT: "UDP: max_flows or max_flows_per_source reached; the new flow's datagram was dropped",
+    Reason.CLIENT_UNREACHABLE: "UDP: the client's host or port answered with an ICMP error (nobody listens there)",
 }

@@ -24,7 +24,7 @@ if _soft != resource.RLIM_INFINITY and _soft < FD_HEADROOM:
 from support.certs import make_ca_factory, tls_ca  # noqa: E402,F401  (fixtures)
 from support.daemon import Daemon, NotifySocket  # noqa: E402
 from support.net import Server, each_started, echo  # noqa: E402
-from support.peers import haproxy, iperf3_server, nginx, openvpn, sshd  # noqa: E402,F401  (fixtures)
+from support.peers import h3server, haproxy, iperf3_server, nginx, openvpn, sshd  # noqa: E402,F401  (fixtures)
 
 
 @pytest.fixture

@@ -11,7 +11,13 @@ first), `clienthello.parse_client_hello()` alone, and `sniff.names()` (the acces
 names, once routed). Every connection brings new bytes, so the parser's memo (keyed by the bytes) is
 emptied before each timed `decide`/`parse` call: those cases pay a first parse, as a connection does. The
 `names` case keeps the memo, since a routed connection finds its hello there.
-Imports epollmux's pure modules only (probes, sniff, clienthello); runs nothing else.
+UDP cases (`udp` in the JSON): `udpsniff.decide_flow()` on recorded first datagrams (tests/fixtures/udp/)
+over a UDP table (wireguard, openvpn, quic with `sni`, any), and the same QUIC Initial over a table whose
+`quic` route has no names (header shape only).  A new flow has a new DCID, so the QUIC key and result memos
+are emptied before each call.  The UDP cases are timed interleaved (one run of each case per round,
+`repeat` rounds) and `quic_decrypt_over_header` is the ratio of their medians, so a busy machine weighs on
+both alike.
+Imports epollmux's pure modules only (probes, sniff, clienthello, udpprobes, udpsniff, quic); runs nothing else.
 """
 
 from __future__ import annotations
@@ -72,6 +78,61 @@ def _callable(kind: str, data: bytes, table):
     return (lambda: (forget(), sniff.decide(data, table))), outcome
 
 
+UDP_FIXTURES = os.path.join(REPO, "tests", "fixtures", "udp")
+UDP_TABLE = (("wireguard", {}), ("openvpn", {}), ("quic", {"sni": [SNI]}), ("any", {}))
+UDP_HEADER_TABLE = (("wireguard", {}), ("openvpn", {}), ("quic", {}), ("any", {}))
+# (case id, what it shows, fixture, table)
+UDP_CASES = [
+    ("quic-sni", "QUIC v1 Initial (aioquic, 1200 B) decrypted, SNI matched → quic route (3rd)",
+     "quic_aioquic_v1.bin", UDP_TABLE),
+    ("quic-header", "the same Initial, quic route without names: header shape only", "quic_aioquic_v1.bin",
+     UDP_HEADER_TABLE),
+    ("quic-split", "ClientHello over two Initial datagrams, both decrypted → quic route", "quic_aioquic_v1_split.bin",
+     UDP_TABLE),
+    ("quic-v2", "QUIC v2 Initial decrypted → quic route", "quic_aioquic_v2.bin", UDP_TABLE),
+    ("openvpn-udp", "OpenVPN UDP hard reset with tls-auth → openvpn route (2nd)", "openvpn_udp_tls_auth.bin",
+     UDP_TABLE),
+    ("wireguard", "WireGuard handshake initiation → wireguard route (1st)", "wireguard_initiation.bin", UDP_TABLE),
+]
+
+
+def _udp_callable(datagrams, routes):
+    from epollmux.wire import quic, udpsniff
+
+    def fresh():
+        quic._openers.clear()
+        quic._results.clear()
+        return udpsniff.decide_flow(datagrams, routes, full=True)
+    decision = fresh()
+    outcome = routes[decision.route][0] if decision.route is not None else "close"
+    return fresh, outcome
+
+
+def measure_udp(repeat: int, seconds: float) -> dict:
+    from epollmux.wire.udpprobes import prepare_udp_options
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from support.udp_fixtures import unpack
+    timers = []
+    for case_id, what, fixture, routes in UDP_CASES:
+        with open(os.path.join(UDP_FIXTURES, fixture), "rb") as f:
+            datagrams = unpack(f.read())
+        prepared = tuple((p, prepare_udp_options(p, o)) for p, o in routes)
+        fn, outcome = _udp_callable(datagrams, prepared)
+        timer = timeit.Timer(fn)
+        number, _ = timer.autorange()
+        number = max(1, int(number * seconds / 0.2))
+        timers.append((case_id, what, fixture, datagrams, outcome, timer, number))
+    runs: dict[str, list[float]] = {t[0]: [] for t in timers}
+    for _ in range(repeat):                         # interleaved: one run of every case per round
+        for case_id, *_, timer, number in timers:
+            runs[case_id].append(timer.timeit(number) / number * 1e6)
+    cases = [{"case": c, "what": w, "fixture": f, "datagrams": [len(d) for d in dg], "outcome": o,
+              "calls_per_run": n, "us": runs[c]} for c, w, f, dg, o, _, n in timers]
+    median = {c: sorted(r)[len(r) // 2] for c, r in runs.items()}
+    return {"table": [[p, o] for p, o in UDP_TABLE], "cases": cases,
+            "quic_decrypt_over_header": round(median["quic-sni"] / median["quic-header"], 1)}
+
+
 def table():
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
@@ -93,7 +154,7 @@ def measure(repeat: int, seconds: float) -> dict:
         cases.append({"case": case_id, "what": what, "fixture": fixture, "bytes": len(data), "function": kind,
                       "outcome": outcome, "calls_per_run": number, "us": runs})
     return {"table": [[p, {k: v for k, v in o.items()}] for p, o in TABLE], "python": sys.version.split()[0],
-            "cases": cases}
+            "cases": cases, "udp": measure_udp(repeat, seconds)}
 
 
 def main(argv=None) -> int:

@@ -51,9 +51,12 @@ class Rate:
         return self.value
 
 
-def status_text(workers: int, connections: int, rate: float, draining: int, draining_open: int) -> str:
-    """The line systemd shows (STATUS=) and the supervisor logs."""
+def status_text(workers: int, connections: int, rate: float, draining: int, draining_open: int,
+                flows: int = 0) -> str:
+    """The line systemd shows (STATUS=) and the supervisor logs (UDP flows only when there are some)."""
     text = f"{plural(workers, 'worker')}, {plural(connections, 'open connection')}, {rate:.1f} connections/s"
+    if flows:
+        text += f", {plural(flows, 'UDP flow')}"
     if draining:
         text += f", {draining} draining ({plural(draining_open, 'connection')})"
     return text

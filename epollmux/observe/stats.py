@@ -30,6 +30,7 @@ class Stats:
         self.connect: dict[str, Histogram] = {}                   # route -> time to connect
         self.tls: Counter[tuple[str, str]] = Counter()            # (route, side) -> handshakes done
         self.tls_failures: Counter[tuple[str, str, str]] = Counter()   # (route, side, reason) -> n
+        self.datagrams: dict[str, list[int]] = {}                 # route -> [up, down, dropped] of ended flows
 
     # --- hot-path counting -----------------------------------------------------------------------
     def count(self, what: str, route: str = "-") -> None:
@@ -74,12 +75,21 @@ class Stats:
         moved[0] += up
         moved[1] += down
 
+    def flow_closed(self, route: str, up: int, down: int, dropped: int) -> None:
+        """A UDP flow ended having relayed up/down datagrams and dropped `dropped` (bytes go through closed())."""
+        counts = self.datagrams.get(route)
+        if counts is None:
+            counts = self.datagrams[route] = [0, 0, 0]
+        counts[0] += up
+        counts[1] += down
+        counts[2] += dropped
+
     def closed_outer(self, listener: str, route: str, reason: str) -> None:
         """The terminating route around a route chosen inside TLS: its routed count has a close too."""
         self.closes[listener, route, reason] += 1
 
     # --- snapshot ---------------------------------------------------------------------------------
-    def snapshot(self, connections, pool) -> Snapshot:
+    def snapshot(self, connections, pool, flows=()) -> Snapshot:
         """The metrics.py families this worker reports; open connections' bytes count as they are now."""
         events, routed, timeouts = {}, {}, {}
         for (what, route), n in self.counters.items():
@@ -101,6 +111,18 @@ class Stats:
                     pair = moved[route] = [0, 0]
                 pair[0] += counts[0]
                 pair[1] += counts[1]
+        flows_active: Counter = Counter()
+        grams = {route: list(c) for route, c in self.datagrams.items()}
+        for flow in flows:
+            route = flow.route.name if flow.route is not None else "-"
+            flows_active[flow.listener.name, route, "relaying" if flow.route is not None else "pending"] += 1
+            pair = moved.setdefault(route, [0, 0])
+            pair[0] += flow.up
+            pair[1] += flow.down
+            counts = grams.setdefault(route, [0, 0, 0])
+            counts[0] += flow.dgrams_up
+            counts[1] += flow.dgrams_down
+            counts[2] += flow.dropped
         fds = open_fds()
         idle = pool.idle_pipes
         return {
@@ -118,15 +140,22 @@ class Stats:
             "epollmux_tls_handshake_failures_total": dict(self.tls_failures),
             "epollmux_pipes": {("in_use",): pool.pipes - idle, ("idle",): idle},
             "epollmux_pipe_fallbacks_total": {(): pool.fallbacks},
+            "epollmux_relay_bytes_total": {("splice",): pool.spliced, ("copy",): pool.copied},
+            "epollmux_relay_switches_total": {("splice",): pool.to_splice, ("copy",): pool.to_copy},
             "epollmux_open_fds": {("workers",): fds},
             "epollmux_worker_open_fds_max": {(): fds},
             "epollmux_fd_limit": {(): resource.getrlimit(resource.RLIMIT_NOFILE)[0]},
+            "epollmux_udp_flows_active": dict(flows_active),
+            "epollmux_udp_datagrams_total": {k: v for route, (up, down, _) in grams.items()
+                                             for k, v in (((route, "up"), up), ((route, "down"), down))},
+            "epollmux_udp_dropped_total": {(route,): c[2] for route, c in grams.items()},
         }
 
-    def render(self, active: int, pool) -> str:
-        lines = [f"accepted={self.accepted} active={active} bytes_up={self.bytes_up} "
+    def render(self, active: int, pool, flows: int = 0) -> str:
+        lines = [f"accepted={self.accepted} active={active} flows={flows} bytes_up={self.bytes_up} "
                  f"bytes_down={self.bytes_down} pipes={pool.pipes} channels_lent={pool.lent} "
-                 f"pipe_fallbacks={pool.fallbacks}"]
+                 f"pipe_fallbacks={pool.fallbacks} spliced={pool.spliced} copied={pool.copied} "
+                 f"to_splice={pool.to_splice} to_copy={pool.to_copy}"]
         lines += [f"{what} route={route} {n}" for (what, route), n in sorted(self.counters.items())]
         reasons: Counter = Counter()
         for (_, route, reason), n in self.closes.items():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 
 from epollmux.process import workerproc
 
@@ -35,9 +36,15 @@ class Generation:
         self.creds = creds
         self.wanted = cfg.settings.workers
         self.workers: dict = {}         # pid -> workerproc.WorkerProc
+        self.slots: dict[int, int] = {}  # pid -> worker slot (which socket of each UDP group it reads)
         self.start_failures = 0
         self.quick_deaths = 0
         self.announced = False          # every worker accepted once
+
+    def free_slot(self) -> int:
+        """The lowest slot no live worker of this generation holds (a replaced worker's slot comes back)."""
+        held = {self.slots[pid] for pid in self.workers if pid in self.slots}
+        return next(i for i in range(len(held) + 1) if i not in held)
 
     def all_ready(self) -> bool:
         return len(self.workers) >= self.wanted and all(p.ready for p in self.workers.values())
@@ -95,7 +102,7 @@ def describe_status(status: int) -> str:
 def describe_socket(lst, sock) -> str:
     host, port = sock.getsockname()[:2]
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return f"{where} ({lst.name})"
+    return f"{'udp:' if sock.type == socket.SOCK_DGRAM else ''}{where} ({lst.name})"
 
 
 def log_missing(table) -> None:

@@ -2,7 +2,10 @@
 
 Owns: resolving `user`/`group` to ids (so a bad name fails at start, exit 2, not in a worker), telling
 whether this process can take them, and the drop itself: supplementary groups cleared, then gid, then
-uid, then a check that root cannot be regained.
+uid, then a check that root cannot be regained. One capability may survive the drop: a worker that serves
+a UDP listener on a privileged port (below net.ipv4.ip_unprivileged_port_start) keeps
+CAP_NET_BIND_SERVICE and nothing else, because each UDP flow binds its own socket to that port
+(README "UDP"); the capability lets it bind low ports, never regain root or read others' files.
 Must not open sockets or import the reactor, the configuration or the workers.
 Must not import what process/ must not (README "Architecture").
 """
@@ -100,15 +103,59 @@ def check(creds: Credentials | None) -> None:
         raise PrivilegeError(f"cannot drop privileges to {creds.describe()}: not started as root")
 
 
-def drop(creds: Credentials | None) -> None:
-    """Take the configured group and user for good; supplementary groups are cleared."""
+UNPRIVILEGED_PORT_START = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
+CAP_NET_BIND_SERVICE = 10
+PR_SET_KEEPCAPS = 8
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def needs_bind_service(ports: list[int]) -> bool:
+    """Some port needs CAP_NET_BIND_SERVICE to be bound by an unprivileged process."""
+    try:
+        with open(UNPRIVILEGED_PORT_START) as f:
+            start = int(f.read())
+    except (OSError, ValueError):
+        start = 1024
+    return any(0 < port < start for port in ports)
+
+
+def _libc():
+    import ctypes
+    return ctypes, ctypes.CDLL(None, use_errno=True)
+
+
+def _keep_caps(on: bool) -> None:
+    ctypes, libc = _libc()
+    if libc.prctl(PR_SET_KEEPCAPS, int(on), 0, 0, 0) != 0:
+        raise PrivilegeError(f"cannot keep CAP_NET_BIND_SERVICE: prctl: {os.strerror(ctypes.get_errno())}")
+
+
+def _only_bind_service() -> None:
+    """capset(2): permitted = effective = {CAP_NET_BIND_SERVICE}, inheritable = {} (a worker execs nothing)."""
+    ctypes, libc = _libc()
+    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    bit = 1 << CAP_NET_BIND_SERVICE
+    data = (ctypes.c_uint32 * 6)(bit, bit, 0, 0, 0, 0)     # two {effective, permitted, inheritable}
+    if libc.capset(header, data) != 0:
+        raise PrivilegeError(f"cannot keep CAP_NET_BIND_SERVICE: capset: {os.strerror(ctypes.get_errno())}")
+
+
+def drop(creds: Credentials | None, keep_bind: bool = False) -> None:
+    """Take the configured group and user for good; supplementary groups are cleared. keep_bind: keep
+    CAP_NET_BIND_SERVICE (only that) across the change of user."""
     if creds is None or _already(creds):
         return
+    keep_bind = keep_bind and creds.uid not in (None, 0) and os.geteuid() == 0
     try:
         os.setgroups([])
         os.setgid(creds.gid)
         if creds.uid is not None:
+            if keep_bind:
+                _keep_caps(True)
             os.setuid(creds.uid)
+            if keep_bind:
+                _only_bind_service()
+                _keep_caps(False)
     except OSError as exc:
         raise PrivilegeError(f"cannot drop privileges to {creds.describe()}: {exc.strerror}") from None
     if creds.uid is not None and creds.uid != 0:

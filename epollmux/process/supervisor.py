@@ -145,25 +145,28 @@ class Supervisor(Reloading):
     def _spawn(self, gen: Generation) -> None:
         if self.state is State.STOPPING or gen not in (self.current, self.pending):
             return
+        slot = gen.free_slot()
+        sockets = self.table.for_slot(gen.sockets, slot)
         try:
-            proc = workerproc.spawn(gen.cfg, gen.sockets, gen.creds, self.report_interval,
-                                    lambda: self._in_child(gen), gen)
+            proc = workerproc.spawn(gen.cfg, sockets, gen.creds, self.report_interval,
+                                    lambda: self._in_child(sockets), gen)
         except OSError as exc:
             log.error("cannot fork a worker: %s", exc.strerror)
             self._start_failed(gen, f"cannot fork: {exc.strerror}")
             return
         gen.workers[proc.pid] = proc
+        gen.slots[proc.pid] = slot
         self.reactor.register(proc.report_fd, IN, _Reports(self, proc))
         log.info("worker %d started (generation %d)", proc.pid, gen.number)
 
-    def _in_child(self, gen: Generation) -> None:
+    def _in_child(self, sockets: list) -> None:
         """In a new worker: close what only the supervisor may hold."""
         self.reactor.close_after_fork()
         self.exporter.close_in_child()
         self.notifier.close()
         for proc in self._live():
             proc.close_channel()
-        keep = {id(sock) for _, sock in gen.sockets}
+        keep = {id(sock) for _, sock in sockets}
         for sock in self.table.sockets():
             if id(sock) not in keep:
                 sock.close()
@@ -220,6 +223,7 @@ class Supervisor(Reloading):
         if proc.report_fd >= 0:
             self._close_reports(proc)
         gen.workers.pop(proc.pid, None)
+        gen.slots.pop(proc.pid, None)
         self.accepted_gone += proc.accepted
         self.collector.worker_gone(proc)
         how = describe_status(status)
@@ -384,7 +388,7 @@ class Supervisor(Reloading):
         draining = [p for p in self._live() if p.stopping]
         return report.status_text(len(self.current.workers) if self.current else 0,
                                   sum(p.open for p in self._live()), self.rate.value,
-                                  len(draining), sum(p.open for p in draining))
+                                  len(draining), sum(p.open for p in draining), sum(p.flows for p in self._live()))
 
     def _tick_status(self) -> None:
         self.rate.sample(time.monotonic(), self.accepted_gone + sum(p.accepted for p in self._live()))

@@ -8,7 +8,7 @@ SOCK_SEQPACKET socketpair: each message is one datagram (one line), delivered wh
 MAX_MESSAGE bytes, so a snapshot of any size below that is never torn; a message that finds the
 channel full is dropped and replaced by the next one. Worker to supervisor:
   "ready"                          its listeners are in its epoll set
-  "stats <accepted> <open>"        every interval
+  "stats <accepted> <open> <flows>"   every interval (flows: UDP flows held)
   "snap <id> <json>"               its metrics snapshot (metrics.encode): every SNAPSHOT_EVERY intervals
                                    and at exit with id 0, or in answer to "snap <id>"
   "conns <id> <json rows>"         in answer to "conns <id>": its open connections, in parts,
@@ -92,14 +92,14 @@ class ManagedWorker(Worker):
         self._report()
 
     def _report(self) -> None:
-        self._send(f"stats {self.ctx.stats.accepted} {len(self.ctx.connections)}\n")
+        self._send(f"stats {self.ctx.stats.accepted} {len(self.ctx.connections)} {len(self.ctx.flows)}\n")
         self.reports += 1
         if self.reports % SNAPSHOT_EVERY == 0:
             self._send(f"snap 0 {self._snapshot()}\n")
         self.reactor.call_later(self.interval, self._report)
 
     def _snapshot(self) -> str:
-        return metrics.encode(self.ctx.stats.snapshot(self.ctx.connections, self.ctx.pool))
+        return metrics.encode(self.ctx.stats.snapshot(self.ctx.connections, self.ctx.pool, self.ctx.flows))
 
     def answer(self, request: str) -> None:
         kind, _, qid = request.partition(" ")
@@ -162,6 +162,7 @@ class WorkerProc:
     told: int = 0                   # the last of RETIRE, STOP, HARD_STOP sent to it
     accepted: int = 0
     open: int = 0
+    flows: int = 0                  # UDP flows held
     last_report: float = field(default_factory=time.monotonic)
     snapshot: dict = field(default_factory=dict)       # the last metrics snapshot it sent
 
@@ -179,8 +180,9 @@ class WorkerProc:
             return kind, 0, ""
         if kind == "stats":
             words = rest.split()
-            if len(words) == 2 and words[0].isdigit() and words[1].isdigit():
+            if len(words) in (2, 3) and all(w.isdigit() for w in words):
                 self.accepted, self.open = int(words[0]), int(words[1])
+                self.flows = int(words[2]) if len(words) == 3 else 0
             return None
         qid, _, payload = rest.partition(" ")
         if kind not in ("snap", "conns", "conns-end") or not qid.isdigit():
@@ -194,6 +196,7 @@ class WorkerProc:
             if accepted is not None:     # fresher than the last count report: show stat asks for this one
                 self.accepted = max(self.accepted, int(sum(accepted.values())))
                 self.open = int(sum(self.snapshot.get("epollmux_connections_active", {}).values()))
+                self.flows = int(sum(self.snapshot.get("epollmux_udp_flows_active", {}).values()))
         return kind, int(qid), payload
 
     def receive(self, limit: int) -> tuple[list[tuple[str, int, str]], bool]:
@@ -285,13 +288,18 @@ def _reset_signals() -> None:
 
 def _child(config, sockets, creds, report_fd: int, interval: float, parent: int) -> int:
     try:
-        privileges.drop(creds)
+        privileges.drop(creds, keep_bind=privileges.needs_bind_service(_udp_ports(config)))
     except privileges.PrivilegeError as exc:
         log.error("%s", exc)
         return EXIT_PRIVILEGES
     _die_with(parent)       # after the drop: a change of credentials clears the parent-death signal
     os.set_blocking(report_fd, False)
     return ManagedWorker(config, sockets, report_fd, interval).run()
+
+
+def _udp_ports(config) -> list[int]:
+    """The ports of the UDP listeners: each UDP flow's socket binds its listener's address again."""
+    return [a.sockaddr[1] for lst in config.listeners if lst.udp for a in lst.addresses]
 
 
 def _die_with(parent: int) -> None:

@@ -10,13 +10,17 @@ exactly what was granted. Must not import sockets or the reactor.
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
 from epollmux.serve.limits import Limits
 from epollmux.reasons import Reason
 
+if TYPE_CHECKING:      # the seams' types, for readers and checkers; no import at run time
+    from epollmux.config import Listener, Route, Settings
+
 
 class Admission:
-    def __init__(self, settings):
+    def __init__(self, settings: Settings):
         self.limits = Limits(settings.max_connections_per_source, settings.max_sniffing_per_source,
                              settings.rate_per_source, ipv6_prefix=settings.source_ipv6_prefix)
         self.per_source = self.limits.enabled
@@ -24,7 +28,7 @@ class Admission:
         self.listeners: Counter[str] = Counter()
         self.routes: Counter[str] = Counter()
 
-    def enter(self, grant: "Grant", listener, ip: str, now: float, open_connections: int) -> str | None:
+    def enter(self, grant: "Grant", listener: Listener, ip: str, now: float, open_connections: int) -> str | None:
         if self.max_connections and open_connections > self.max_connections:
             return Reason.LIMIT_GLOBAL
         if listener.access is not None and not listener.access.permits(ip):
@@ -52,7 +56,7 @@ class Admission:
             grant.sniffing = False
             self.limits.sniff_ended(grant.source)
 
-    def route(self, grant: "Grant", route, ip: str) -> str | None:
+    def route(self, grant: "Grant", route: Route, ip: str) -> str | None:
         if route.access is not None and not route.access.permits(ip):
             return Reason.DENIED
         if route.max_connections and self.routes[route.name] >= route.max_connections:

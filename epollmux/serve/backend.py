@@ -13,20 +13,25 @@ from __future__ import annotations
 import _socket
 import errno
 import socket
+from typing import TYPE_CHECKING
 
 from epollmux import errors
 from epollmux.wire import proxyout
 from epollmux.reasons import Reason
 
+if TYPE_CHECKING:      # the seams' types, for readers and checkers; no import at run time
+    from epollmux.config import Route
+
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 IPV6_TRANSPARENT = 75
 SO_ORIGINAL_DST = 80                                 # linux/netfilter_ipv4.h (and netfilter_ipv6's IP6T_ one)
 TCP_ESTABLISHED = 1                                  # tcp_info.tcpi_state, its first byte
+TCP_CLOSE = 7
 TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"   # struct linger {on, 0 s}: close() sends RST
 
 
-def connect(route, client_ip: str) -> tuple[object, str | None, bool]:
+def connect(route: Route, client_ip: str) -> tuple[object, str | None, bool]:
     """Start connecting to route.backend: (socket, close reason or None, connected already).
     A connect done by the time connect() returns (loopback, a unix socket) needs no EPOLLOUT wait.
     Only TCP_NODELAY is set here: the keepalive options wait for keepalive.Settler."""
@@ -78,34 +83,35 @@ def facts(src, dst, unique_id: bytes, engine, names) -> proxyout.Facts:
 
 class OwnBackends:
     """The worker's own TCP backend sockets, to tell a client that is one of them (a loop): local address
-    -> {address it connected to: how many}. One local address can serve several at once (the kernel
-    keeps only the 4-tuple unique: an ephemeral port is reused for connects to other addresses, and a
-    connect that failed gives its port back while its socket is still open), so each keeps its own entry
-    and closing one leaves the others' in place."""
+    -> {address it connected to: [its sockets]}. One local address can serve several at once (the kernel
+    keeps only the 4-tuple unique: an ephemeral port is reused for connects to other addresses), and a
+    socket that was reset (or failed to connect) gives its port back while it is still open here, so a
+    new connection may come from the same address to the same place: only a socket still alive in the
+    kernel (not TCP_CLOSE) makes a client a loop, since no live socket can share its 4-tuple."""
 
     __slots__ = ("by_local",)
 
     def __init__(self):
-        self.by_local: dict[tuple, dict[tuple, int]] = {}
+        self.by_local: dict[tuple, dict[tuple, list]] = {}
 
-    def add(self, local, target) -> None:
-        targets = self.by_local.setdefault(local[:2], {})
-        targets[target[:2]] = targets.get(target[:2], 0) + 1
+    def add(self, local, target, sock) -> None:
+        self.by_local.setdefault(local[:2], {}).setdefault(target[:2], []).append(sock)
 
-    def discard(self, local, target) -> None:
+    def discard(self, local, target, sock) -> None:
         targets = self.by_local.get(local[:2])
-        if targets is None or target[:2] not in targets:
+        socks = targets.get(target[:2]) if targets is not None else None
+        if socks is None or sock not in socks:
             return
-        targets[target[:2]] -= 1
-        if not targets[target[:2]]:
+        socks.remove(sock)
+        if not socks:
             del targets[target[:2]]
             if not targets:
                 del self.by_local[local[:2]]
 
     def looped(self, src, client) -> bool:
-        """The client comes from one of these sockets and reached the very address that socket connected
-        to (not merely the same ephemeral port reused for a connect elsewhere), or was sent here from that
-        address by a NAT rule (the address it was sent to, SO_ORIGINAL_DST, is the socket's target)."""
+        """The client comes from one of these sockets, still alive, and reached the very address that
+        socket connected to (not merely the same ephemeral port reused for a connect elsewhere), or was sent
+        here from that address by a NAT rule (the address it was sent to, SO_ORIGINAL_DST, is its target)."""
         targets = self.by_local.get(src[:2])
         if targets is None:
             return False
@@ -113,7 +119,16 @@ class OwnBackends:
             here = client.getsockname()
         except OSError:
             return False
-        return here[:2] in targets or original_destination(client) in targets
+        socks = targets.get(here[:2]) or targets.get(original_destination(client), ())
+        return any(_alive(sock) for sock in socks)
+
+
+def _alive(sock) -> bool:
+    """The socket still holds its 4-tuple: any TCP state but TCP_CLOSE (after a reset or a failed connect)."""
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != TCP_CLOSE
+    except OSError:
+        return False
 
 
 def original_destination(sock) -> tuple | None:

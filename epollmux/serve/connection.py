@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from typing import TYPE_CHECKING
 
 from epollmux import errors
 from epollmux.observe import accesslog
@@ -33,6 +34,10 @@ from epollmux.serve.phases import (BACKEND_OUT, CLIENT_OUT, EVENTS, NEXT, QUIET,
 from epollmux.tls.engine import Event, TLSEngine
 from epollmux.wire import clienthello, proxyout, sniff
 from epollmux.reasons import Reason
+
+if TYPE_CHECKING:      # the seams' types, for readers and checkers; no import at run time
+    from epollmux.config import Listener, Route
+    from epollmux.serve.worker import Context
 
 __all__ = ["Connection", "Phase", "client_events"]
 
@@ -60,7 +65,7 @@ class Connection(Relaying):
     __slots__ += ("edges", "reader")      # readable edges spent deciding; the ClientHello read so far
     __slots__ += ("local",)               # the backend socket's own address, while in ctx.own_backends
 
-    def __init__(self, ctx, listener, client: socket.socket, sockaddr, events: int = EVENTS):
+    def __init__(self, ctx: Context, listener: Listener, client: socket.socket, sockaddr, events: int = EVENTS):
         self.ctx = ctx
         self.listener = listener
         self.client = client
@@ -279,7 +284,7 @@ class Connection(Relaying):
         self.verdict = "timeout"
         return self._choose(route)
 
-    def _choose(self, route) -> str | None:
+    def _choose(self, route: Route) -> str | None:
         if self.verdict == "none":
             self.verdict = "match"
         self.route = route
@@ -303,7 +308,7 @@ class Connection(Relaying):
         return self._connect()
 
     # --- terminating TLS -------------------------------------------------------------------
-    def _start_tls(self, route) -> str | None:
+    def _start_tls(self, route: Route) -> str | None:
         self._set_phase(Phase.HANDSHAKING, self.ctx.settings.tls_handshake_timeout, _expired, Reason.TLS_HANDSHAKE_TIMEOUT)
         self.cend = TLSEndpoint(self.client, TLSEngine(route.server_context, server_side=True), fd=self.cfd)
         return self._handshake()
@@ -363,11 +368,12 @@ class Connection(Relaying):
             self._arm(ctx.settings.connect_timeout, _expired, Reason.BACKEND_TIMEOUT)
         if not reason and self.route.backend.family in TCP_FAMILIES:
             # after the client's first bytes went to the backend: off the path of a first answer; the keepalive
-            # options a second later, if the connection still lives (keepalive.Settler). The address is remembered so that this socket, arriving at one of our listeners, is seen as a loop
-            # (that accept comes in a later turn than this one).
+            # options a second later, if the connection still lives (keepalive.Settler). The address is
+            # remembered so that this socket, arriving at one of our listeners, is seen as a loop (that accept
+            # comes in a later turn than this one).
             self.local = sock.getsockname()
             ctx.settler.add(sock)
-            ctx.own_backends.add(self.local, self.route.backend.sockaddr)
+            ctx.own_backends.add(self.local, self.route.backend.sockaddr, sock)
         return reason
 
     def _connected(self, events: int, pump_down: bool = True) -> str | None:
@@ -421,7 +427,7 @@ class Connection(Relaying):
         ctx.connections.discard(self)
         ctx.admission.leave(self.grant)
         if self.local is not None:
-            ctx.own_backends.discard(self.local, self.route.backend.sockaddr)
+            ctx.own_backends.discard(self.local, self.route.backend.sockaddr, self.backend)
         abort = reason in ABORTS
         up = down = spliced = 0
         if self.kernel:        # out of the maps before the sockets close; the counts need them open
@@ -436,10 +442,8 @@ class Connection(Relaying):
         for sock, fd in ((self.client, self.cfd), (self.backend, self.bfd)):
             if sock is not None:
                 backend.close_socket(ctx.reactor, sock, fd, abort)
-        if self.up is not None:
-            self.up.discard()
-            self.down.discard()
-            up, down, spliced = self.up.moved, self.down.moved, self.up.spliced + self.down.spliced
+        if phase is Phase.RELAYING and not self.kernel:
+            up, down, spliced = self.relay_counts()
         route = self.route.name if self.route else "-"
         ctx.stats.closed(self.listener.name, route, phase, reason, up, down)   # a StrEnum is its own label
         if self.outer is not None and self.route is not self.outer:    # routed counted it: so does closed

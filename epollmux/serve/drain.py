@@ -8,6 +8,9 @@ or its route's own `drain_timeout` when the route sets one; 0 means never cut. A
 a reset (reason `drain-cut`): a clean FIN would make a truncated transfer look complete. A stop during a
 retirement re-plans with the stop's timeouts. A hard stop ends every connection at once with a reset
 (reason `hard-stop`). The worker exits once its last connection is gone.
+UDP flows: a stop ends them at once (reason `udp-stop`: a flow has no end of its own to wait for, only
+its idle timeout); a retirement keeps them, each relaying through its own socket until it goes idle
+(`udp-idle`) or its drain timeout cuts it, so a reload does not break an established flow.
 Must not know about signals or processes (the worker and the supervisor do).
 Must not import what serve/ must not (README "Architecture").
 """
@@ -15,10 +18,14 @@ Must not import what serve/ must not (README "Architecture").
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from epollmux.observe.words import plural
 from epollmux.reasons import Reason
+
+if TYPE_CHECKING:      # the seams' types, for readers and checkers; no import at run time
+    from epollmux.config import Route, Settings
+    from epollmux.serve.worker import Context
 
 log = logging.getLogger("epollmux.worker")
 
@@ -27,7 +34,7 @@ CHECK_EVERY = 0.05          # seconds between looks at whether the last connecti
 CUT, HARD_STOP = Reason.DRAIN_CUT, Reason.HARD_STOP
 
 
-def timeout_for(settings, route, kind: str) -> float:
+def timeout_for(settings: Settings, route: Route | None, kind: str) -> float:
     """Seconds a connection on `route` (None: not routed yet) may go on after a drain of this kind; 0 = never cut."""
     if route is not None and route.drain_timeout is not None:
         return route.drain_timeout
@@ -41,7 +48,7 @@ def stop_deadline(cfg) -> float:
 
 
 class Drain:
-    def __init__(self, ctx, done: Callable[[], None]):
+    def __init__(self, ctx: Context, done: Callable[[], None]):
         self.ctx = ctx
         self.done = done            # called once no connection is left
         self.kind = ""              # "", RETIRE or STOP
@@ -65,6 +72,8 @@ class Drain:
         routes = [None, *ctx.config.routes.values()]
         deadlines = sorted({timeout_for(ctx.settings, route, kind) for route in routes} - {0})
         self.timers = [reactor.call_later(seconds, self._cut, seconds) for seconds in deadlines]
+        if kind == STOP and len(ctx.flows):
+            log.info("stopping: %s ended", plural(ctx.flows.close_all(Reason.UDP_STOP), "UDP flow"))
         never = 0 in {timeout_for(ctx.settings, route, kind) for route in routes}
         log.info("draining %s, %s (%s)", plural(len(ctx.connections), "connection"),
                  "stopping" if kind == STOP else "retired by a reload", _describe(deadlines, never))
@@ -76,6 +85,7 @@ class Drain:
         """Reset the connections whose timeout is `seconds` (their route's, or the global one)."""
         ctx = self.ctx
         cut = [c for c in ctx.connections if timeout_for(ctx.settings, c.route, self.kind) == seconds]
+        cut += [f for f in ctx.flows if timeout_for(ctx.settings, f.route, self.kind) == seconds]
         for conn in cut:
             conn.close(CUT)
         if cut:
@@ -91,10 +101,11 @@ class Drain:
         log.warning("hard stop: %s reset", plural(len(conns), "connection"))
         for conn in conns:
             conn.close(HARD_STOP)
+        ctx.flows.close_all(HARD_STOP)
         self.done()
 
     def _check(self) -> None:
-        if not self.ctx.connections:
+        if not self.ctx.connections and not len(self.ctx.flows):
             self.done()
         else:
             self.ctx.reactor.call_later(CHECK_EVERY, self._check)

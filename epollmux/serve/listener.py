@@ -14,12 +14,17 @@ import errno
 import logging
 import os
 import socket
+from typing import TYPE_CHECKING
 
 from epollmux import addr, errors
 from epollmux.serve import keepalive
 from epollmux.serve.connection import Connection, client_events
 from epollmux.serve.sniffing import DEFER_SECONDS, defers
 from epollmux.reactor import EXCLUSIVE, IN
+
+if TYPE_CHECKING:      # the seams' types, for readers and checkers; no import at run time
+    from epollmux.config import Listener
+    from epollmux.serve.worker import Context
 
 log = logging.getLogger("epollmux.listen")
 
@@ -78,7 +83,7 @@ class Acceptor:
     `_socket.socket`: socket.accept() would read the listener's `.family` and `.type` as enums and run
     socket.socket's Python __init__ (~2 us), and the Python close() wrapper would run again at close."""
 
-    def __init__(self, ctx, listener, sock: socket.socket):
+    def __init__(self, ctx: Context, listener: Listener, sock: socket.socket):
         self.ctx = ctx
         self.listener = listener
         self.sock = sock

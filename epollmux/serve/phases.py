@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import enum
 import socket
+from typing import TYPE_CHECKING
 
 from epollmux.reactor import ERR, ET, HUP, IN, OUT, RDHUP
+
+if TYPE_CHECKING:      # the seams' types, for readers and checkers; no import at run time
+    from epollmux.config import Listener
 
 EVENTS = IN | OUT | RDHUP | ET
 QUIET = IN | RDHUP | ET     # a plain socket's events until a direction waits for it to drain (saves an edge
@@ -46,7 +50,7 @@ NEXT: dict[Phase, tuple[Phase, ...]] = {
 }
 
 
-def client_events(listener) -> int:
+def client_events(listener: Listener) -> int:
     """Events a listener's clients are registered with: QUIET unless a route may terminate TLS (a TLS
     endpoint flushes ciphertext on writable edges, in the handshake too)."""
     routes = [*listener.routes, listener.on_timeout]

@@ -13,9 +13,13 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+from typing import TYPE_CHECKING
 
 from epollmux.wire import proxyproto, why
 from epollmux.reasons import Reason
+
+if TYPE_CHECKING:      # the seams' types, for readers and checkers; no import at run time
+    from epollmux.config import Listener
 
 probe_log = logging.getLogger("epollmux.probe")
 
@@ -24,7 +28,7 @@ DEFER_SECONDS = 1       # TCP_DEFER_ACCEPT on listeners whose clients speak firs
 TCPI_TOTAL_RETRANS = 100        # offset of tcpi_total_retrans (u32) in struct tcp_info
 
 
-def defers(listener, probe_timeout: float) -> bool:
+def defers(listener: Listener, probe_timeout: float) -> bool:
     """Whether the listener's socket defers accept (TCP_DEFER_ACCEPT, DEFER_SECONDS) until a client's first
     bytes arrive, so that accept and the sniff of those bytes take one wake-up: only where nothing can
     happen before the client speaks (a PROXY header is required, or the first route sniffs; an `any` first
@@ -33,7 +37,7 @@ def defers(listener, probe_timeout: float) -> bool:
             and (listener.proxy_protocol != "none" or listener.routes[0].probe != "any"))
 
 
-def probe_delay(listener, probe_timeout: float, sock: socket.socket, first: bool) -> float:
+def probe_delay(listener: Listener, probe_timeout: float, sock: socket.socket, first: bool) -> float:
     """The deadline of a client's wait for bytes, so that probe_timeout counts from its connect: for the first
     wait of a connection (`first`) on a listener that defers accept, less the second the kernel held back a
     client that stayed silent that long. The kernel retransmitted the SYN-ACK then, and a new socket starts

@@ -1,4 +1,5 @@
-"""One event-loop process: acceptors over the shared listening sockets and their connections.
+"""One event-loop process: acceptors over the shared listening sockets and their connections, and the UDP
+listeners with their flows.
 
 Owns: the worker context (reactor, settings, channel pool, stats, open connections) and the signals
 a worker obeys: SIGTERM/SIGINT stop (drain with `drain_timeout`; also what the parent-death signal
@@ -27,6 +28,8 @@ from epollmux.config import Config, Listener
 from epollmux.relay.kernel import KernelRelay
 from epollmux.serve.drain import RETIRE, STOP, Drain
 from epollmux.serve.listener import PAUSE_ON_EXHAUSTION, Acceptor, Reserve
+from epollmux.serve.flows import FlowTable
+from epollmux.serve.udplistener import UdpListener
 from epollmux.reactor import Reactor
 from epollmux.observe.stats import Stats
 from epollmux.reasons import Reason
@@ -48,7 +51,7 @@ class Context:
         self.settler = keepalive.Settler(reactor, keepalive.fresh(self.keepalive))  # new backend sockets' options
         self.reactor = reactor
         relay = config.settings.relay
-        kind = relay if relay in ("splice", "copy") else "splice"   # sockmap, auto: splice where the kernel cannot
+        kind = relay if relay in ("adaptive", "splice", "copy") else "adaptive"   # sockmap, auto: where the kernel cannot
         self.pool = ChannelPool(kind, config.settings.pipe_size, config.settings.max_pipes)
         self.kernel = KernelRelay(reactor, relay) if relay in ("sockmap", "auto") else None   # loads on first use
         self.stats = Stats()
@@ -57,7 +60,8 @@ class Context:
         self.loop_warned = False
         self.reserve = Reserve()
         self.draining = False
-        self.acceptors: list[Acceptor] = []
+        self.acceptors: list = []         # listener.Acceptor and udplistener.UdpListener
+        self.flows = FlowTable(self)
         self.admission = Admission(config.settings)
         self.access = accesslog.Writer(config.settings.log_format, config.settings.log_target)
         reactor.after_turn(self.access.flush)
@@ -81,7 +85,8 @@ class Worker:
                  reactor: Reactor | None = None):
         self.reactor = reactor or Reactor()
         self.ctx = Context(config, self.reactor)
-        self.acceptors = [Acceptor(self.ctx, listener, sock) for listener, sock in sockets]
+        self.acceptors = [(UdpListener if listener.udp else Acceptor)(self.ctx, listener, sock)
+                          for listener, sock in sockets]
         self.ctx.acceptors = self.acceptors
         self.drain = Drain(self.ctx, self.reactor.stop)
 
@@ -113,7 +118,7 @@ class Worker:
         self.drain.start(RETIRE)
 
     def dump_stats(self) -> None:
-        text = self.ctx.stats.render(len(self.ctx.connections), self.ctx.pool)
+        text = self.ctx.stats.render(len(self.ctx.connections), self.ctx.pool, len(self.ctx.flows))
         if self.ctx.kernel is not None:
             text = f"{text.rstrip()}\n{self.ctx.kernel.describe()}\n"
         log.info("stats:\n%s", text)
@@ -123,6 +128,7 @@ class Worker:
             acceptor.close()
         for conn in list(self.ctx.connections):
             conn.close(Reason.SHUTDOWN)
+        self.ctx.flows.close_all(Reason.SHUTDOWN)
         self.ctx.access.flush()
         self.ctx.pool.close()
         if self.ctx.kernel is not None:

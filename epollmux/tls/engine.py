@@ -4,14 +4,14 @@ Owns: the TLS state machine of one connection (HANDSHAKING -> OPEN -> CLOSING ->
 ciphertext buffered in each direction, the classification of every `ssl` error into a short close reason,
 and the per-connection facts used for logs and PROXY headers (version, cipher, ALPN, SNI, peer cert).
 
-Must not import: socket, select, the reactor, the connection, the config module, or `tlsctx`. It takes
+Must not import: socket, select, the reactor, the connection, the config module, or `contexts.py`. It takes
 bytes and returns bytes and reasons; the caller moves bytes to and from sockets and arms deadlines.
 
 Contract for the caller (the connection):
 
-* Construct with a context from `tlsctx`. The engine starts in HANDSHAKING: arm the handshake deadline
+* Construct with a context from `contexts.py`. The engine starts in HANDSHAKING: arm the handshake deadline
   (its expiry is the caller's reason `tls-handshake-timeout`). `on_state_change(old, new)` is called on
-  every transition, so entering CLOSING can arm the shutdown deadline; it must not call back into the engine.
+  every transition; it must not call back into the engine.
 * Socket readable: read at most `ciphertext_room()` bytes, `feed_ciphertext()` them (`feed_eof()` on a
   TCP EOF). When `wants_more_ciphertext()` is False, stop reading the socket until plaintext is consumed.
 * While HANDSHAKING call `step()`: None (go on), `Event.HANDSHAKE_DONE` (once), or a `CloseReason`.
@@ -29,8 +29,11 @@ Contract for the caller (the connection):
 
 Close reasons (`CloseReason`, a str): tls-handshake-failed, tls-alert, tls-truncated, tls-close-notify,
 tls-not-tls, tls-protocol-error, tls-renegotiation. `detail` holds OpenSSL's reason in lower case (e.g. "unsupported_protocol",
-"tlsv1_alert_unknown_ca") or the certificate verify message, for the log line. `tls-handshake-timeout` and
-`tls-shutdown-timeout` are the caller's, from the deadlines it arms on entering HANDSHAKING and CLOSING.
+"tlsv1_alert_unknown_ca") or the certificate verify message, for the log line. `tls-handshake-timeout` is the
+caller's, from the deadline it arms on entering HANDSHAKING. CLOSING has no deadline: it is TLS's half-close
+(RFC 8446 6.1: the peer may go on sending after our close_notify), so it lasts as long as the other direction
+does, bounded as every relayed connection is (idle_timeout, TCP keepalive, a stop's drain_timeout), as
+tests/e2e/test_tls_shutdown.py checks with a client that never answers.
 """
 
 from __future__ import annotations
@@ -407,7 +410,7 @@ class TLSEngine:
 
     @property
     def route(self) -> str | None:
-        """The route the sni_callback chose (listener contexts from `tlsctx`), else None."""
+        """The route the sni_callback chose (listener contexts from `contexts.py`), else None."""
         return getattr(self._sslobj, _SNI_ATTRIBUTE, (None, None))[1]
 
     @property

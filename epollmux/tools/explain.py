@@ -5,7 +5,8 @@ pcap.py extracts), replaying the routing decision (README "How a connection is r
 (proxyproto.parse, sniff.decide, the probes, sniff.names, proxyout.header), and the report:
 each route's probe verdict, the route chosen and why, SNI/ALPN/Host seen, the backend and the PROXY header
 the route would send. A pcap's packets are replayed one by one (the daemon decides on what it has peeked
-so far); a file of bytes is one peek. Must not open sockets or start anything.
+so far); a file of bytes is one peek. A pcap's UDP flows are explained by explainudp. Must not open sockets
+or start anything.
 Must not import what tools/ must not (README "Architecture").
 """
 
@@ -16,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 
 from epollmux.wire import clienthello, proxyout, proxyproto, sniff, why
-from epollmux.tools import pcap
+from epollmux.tools import explainudp, pcap
 from epollmux.wire.probes import PROBES, Verdict
 
 EXAMPLE_SRC = {4: ("192.0.2.1", 50000), 6: ("2001:db8::1", 50000)}     # documentation addresses
@@ -56,14 +57,31 @@ def main(cfg, paths: list[str], out=None) -> int:
     out = out or sys.stdout
     code = 0
     for path in paths:
+        flows = []
         try:
+            flows = _udp_flows(path)
+            if flows:
+                out.write(explainudp.explain_flows(cfg, path, flows))
             capture = load(path, cfg.settings.max_probe_bytes)
-        except (OSError, pcap.CaptureError) as exc:
+        except pcap.CaptureError as exc:
+            if flows:                   # a UDP-only capture: no TCP connection to explain
+                continue
+            print(f"{path}: {exc}", file=sys.stderr)
+            code = 1
+            continue
+        except OSError as exc:
             print(f"{path}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
             code = 1
             continue
         out.write(explain(cfg, capture))
     return code
+
+
+def _udp_flows(path: str) -> list:
+    """The UDP flows of a pcap file ([] for a file of bytes or a capture without UDP)."""
+    with open(path, "rb") as f:
+        raw = f.read(64 << 20)
+    return pcap.udp_flows(raw) if pcap.is_capture(raw) else []
 
 
 def explain(cfg, capture: Capture) -> str:
@@ -75,6 +93,8 @@ def explain(cfg, capture: Capture) -> str:
     lines.append(f"  first bytes: {_preview(capture.data)}")
     lines += [f"  note: {n}" for n in capture.notes]
     for listener in cfg.listeners:
+        if getattr(listener, "udp", False):         # its routes take datagrams (explainudp), not a stream
+            continue
         lines.append("")
         lines += _listener(cfg, listener, capture)
     return "\n".join(lines) + "\n\n"

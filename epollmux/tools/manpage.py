@@ -144,6 +144,20 @@ def _spec_text(spec: str) -> str:
     return out
 
 
+UDP_TEXT = (
+    "A listener whose addresses are all udp:host:port or udp:[v6]:port serves UDP; a listener is all TCP or all "
+    "UDP, so serving both on port 443 takes two listener sections. A route is a UDP route when its backend is "
+    "written udp:host:port, when its probe exists only for UDP (quic, wireguard, dtls, teamspeak), or when a UDP "
+    "listener names it in routes; its backend then needs no udp: prefix. UDP routes take the probes quic (sni, "
+    "alpn), openvpn, wireguard, dtls (sni, alpn), teamspeak, regex and any, plus udp_idle_timeout, allow, deny and "
+    "drain_timeout; the TCP-only keys (TLS termination, send_proxy, transparent, max_connections) are refused. "
+    "A listener without routes takes the routes of its own kind. Each flow (client address and port) is probed on "
+    "its first datagrams (at most 4 datagrams and 8 KiB, until probe_timeout), then relayed datagram by datagram "
+    "through a socket of its own until udp_idle_timeout; max_flows and max_flows_per_source bound the flows of "
+    "each worker (reason flow-limit). A reload keeps established flows in the old workers until they go idle; a "
+    "stop ends them (reason udp-stop).")
+
+
 def epollmux_conf_5() -> str:
     out = [HEADER.format(name="EPOLLMUX.CONF", section=5, version=__version__, title="File Formats"),
            ".SH NAME\nepollmux.conf \\- configuration of \\fBepollmux\\fR(8)\n",
@@ -164,6 +178,7 @@ def epollmux_conf_5() -> str:
             keys, meaning, specs = entry[2], entry[3], entry[4]
             out.append(".TP\n" + ", ".join(f"\\fB{esc(k)}\\fR" for k in keys) + " = " +
                        esc("; ".join(dict.fromkeys(_spec_text(s) for s in specs))) + "\n" + esc(meaning) + "\n")
+    out.append(".SH UDP\n" + esc(UDP_TEXT) + "\n")
     out.append(f".SH FILES\n{esc(CONFIG_FILES)}\n")
     out.append(".SH SEE ALSO\n\\fBepollmux\\fR(8)\n")
     return "".join(out)

@@ -1,9 +1,10 @@
-"""Sans-I/O reader of packet captures: the first TCP connection's client payload, as the server received it.
+"""Sans-I/O reader of packet captures: the first TCP connection's client payload, as the server received it,
+and the first datagrams of each UDP flow.
 
 Owns: classic pcap (microsecond and nanosecond, either byte order) and pcapng (section, interface, enhanced,
 simple and obsolete packet blocks), the link types Ethernet (with 802.1Q/802.1ad tags), Linux cooked v1
 and v2, BSD loopback (NULL, LOOP) and raw IP; IPv4 (fragments skipped) and IPv6 (extension headers walked,
-fragments skipped); TCP. It takes bytes and returns a value; CaptureError says why a file cannot be used.
+fragments skipped); TCP and UDP. It takes bytes and returns a value; CaptureError says why a file cannot be used.
 Must not import sockets, the reactor or the configuration.
 
 The connection is the first one whose SYN (without ACK) is in the capture; without a SYN, the first TCP
@@ -11,6 +12,10 @@ packet with payload names the client. Its client-to-server payload is reassemble
 (retransmissions and overlaps dropped, out-of-order segments placed, reading stops at a gap), and `steps`
 records how long the in-order prefix was after each packet that grew it: what a server could have
 peeked, packet by packet.
+
+A UDP flow is keyed by its client address and port (as the daemon's flow table is): the first datagram of
+an address pair names the client, and datagrams the other way are its replies.  Each flow keeps its first
+MAX_FLOW_DATAGRAMS client datagrams in capture order.
 """
 
 from __future__ import annotations
@@ -33,8 +38,10 @@ ETH_IPV4, ETH_IPV6, ETH_VLAN_TAGS = 0x0800, 0x86DD, (0x8100, 0x88A8, 0x9100)
 AF_INET6_VALUES = {10, 24, 28, 30}          # Linux, BSDs, FreeBSD, Darwin
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 IPV6_EXTENSIONS = {0, 43, 60}               # hop-by-hop, routing, destination options: (len + 1) * 8
-IPV6_FRAGMENT, IPV6_AH, PROTO_TCP = 44, 51, 6
+IPV6_FRAGMENT, IPV6_AH, PROTO_TCP, PROTO_UDP = 44, 51, 6, 17
 MAX_PAYLOAD = 1 << 20
+MAX_FLOW_DATAGRAMS = 8
+MAX_FLOWS = 1000
 
 
 class CaptureError(ValueError):
@@ -60,6 +67,15 @@ class Segment:
     seq: int
     flags: int
     payload: bytes
+
+
+@dataclass
+class UdpFlow:
+    client: tuple[str, int]
+    server: tuple[str, int]
+    datagrams: list[bytes] = field(default_factory=list)   # the client's first datagrams, in capture order
+    replies: int = 0                                        # datagrams from the server seen (not kept)
+    link: str = ""
 
 
 def is_capture(data: bytes) -> bool:
@@ -90,6 +106,31 @@ def first_client_payload(data: bytes, limit: int = 1 << 16) -> Flow:
     if not flow.data:
         raise CaptureError(f"the connection {_text(client)} -> {_text(server)} carries no client payload")
     return flow
+
+
+def udp_flows(data: bytes) -> list[UdpFlow]:
+    """The UDP flows of a capture (at most MAX_FLOWS), in the order their first datagram came."""
+    flows: dict[tuple, UdpFlow] = {}
+    for linktype, frame in frames(data):
+        parsed = _transport(linktype, frame, PROTO_UDP)
+        if parsed is None or len(parsed[2]) < 8:
+            continue
+        src_ip, dst_ip, udp = parsed
+        sport, dport, length = struct.unpack_from("!HHH", udp, 0)
+        src, dst = (src_ip, sport), (dst_ip, dport)
+        payload = bytes(udp[8:length]) if 8 <= length <= len(udp) else bytes(udp[8:])
+        reply = flows.get((dst, src))
+        if reply is not None:
+            reply.replies += 1
+            continue
+        flow = flows.get((src, dst))
+        if flow is None:
+            if len(flows) >= MAX_FLOWS:
+                continue
+            flow = flows[(src, dst)] = UdpFlow(src, dst, link=LINK_NAMES.get(linktype, str(linktype)))
+        if len(flow.datagrams) < MAX_FLOW_DATAGRAMS:
+            flow.datagrams.append(payload)
+    return list(flows.values())
 
 
 def _reassemble(flow: Flow, segments: list[Segment], isn: int, limit: int) -> None:
@@ -197,11 +238,7 @@ def _pcapng(data: bytes):
 # --- link, network, transport ----------------------------------------------------------------------
 def tcp_segment(linktype: int, frame: bytes) -> Segment | None:
     """The TCP segment in one frame, or None (not IP, not TCP, a fragment, truncated headers)."""
-    packet = _network(linktype, frame)
-    if packet is None:
-        return None
-    version, ip = packet
-    parsed = _ipv4(ip) if version == 4 else _ipv6(ip)
+    parsed = _transport(linktype, frame, PROTO_TCP)
     if parsed is None:
         return None
     src, dst, tcp = parsed
@@ -212,6 +249,15 @@ def tcp_segment(linktype: int, frame: bytes) -> Segment | None:
     if offset < 20 or offset > len(tcp):
         return None
     return Segment((src, sport), (dst, dport), seq, tcp[13], bytes(tcp[offset:]))
+
+
+def _transport(linktype: int, frame: bytes, proto: int):
+    """(source IP, destination IP, transport bytes) of a frame carrying `proto`, else None."""
+    packet = _network(linktype, frame)
+    if packet is None:
+        return None
+    version, ip = packet
+    return _ipv4(ip, proto) if version == 4 else _ipv6(ip, proto)
 
 
 def _network(linktype: int, frame: bytes) -> tuple[int, bytes] | None:
@@ -247,25 +293,25 @@ def _by_ethertype(ethertype: int, payload: bytes) -> tuple[int, bytes] | None:
     return None
 
 
-def _ipv4(ip: bytes):
+def _ipv4(ip: bytes, proto: int):
     if len(ip) < 20 or ip[0] >> 4 != 4:
         return None
     header = (ip[0] & 0x0F) * 4
     total, frag = struct.unpack_from("!H2xH", ip, 2)
-    if ip[9] != PROTO_TCP or frag & 0x3FFF or header < 20 or len(ip) < header:
-        return None                     # not TCP, or a fragment (MF set or an offset)
+    if ip[9] != proto or frag & 0x3FFF or header < 20 or len(ip) < header:
+        return None                     # not `proto`, or a fragment (MF set or an offset)
     end = min(total, len(ip)) if total >= header else len(ip)     # Ethernet padding is not payload
     return str(ipaddress.IPv4Address(ip[12:16])), str(ipaddress.IPv4Address(ip[16:20])), ip[header:end]
 
 
-def _ipv6(ip: bytes):
+def _ipv6(ip: bytes, proto: int):
     if len(ip) < 40 or ip[0] >> 4 != 6:
         return None
     length = struct.unpack_from("!H", ip, 4)[0]
     nxt, pos = ip[6], 40
     end = min(40 + length, len(ip)) if length else len(ip)         # 0: a jumbogram; take what is there
     for _ in range(8):
-        if nxt == PROTO_TCP:
+        if nxt == proto:
             return (str(ipaddress.IPv6Address(ip[8:24])), str(ipaddress.IPv6Address(ip[24:40])), ip[pos:end])
         if nxt in IPV6_EXTENSIONS and pos + 2 <= end:
             nxt, pos = ip[pos], pos + (ip[pos + 1] + 1) * 8

@@ -9,7 +9,8 @@ by offset across coalesced packets and across datagrams, handed to clienthello.p
 
 Never raises on any input.  Cost: the keys of a (version, DCID) are derived once and remembered (a few),
 each Initial is decrypted once per call, and the result for the same datagrams is remembered (a few), so
-every `quic` route of a listener and then the flow's names cost one decryption.
+every `quic` route of a listener and then the flow's names cost one decryption.  At most MAX_INITIALS
+packets are opened per call, whatever the datagrams hold.
 
 Must not import: socket, select, the reactor, connection or config modules.  Uses `cryptography` (AES);
 HKDF over SHA-256 is two HMACs from the standard library.
@@ -38,6 +39,9 @@ INITIAL_TYPE = {VERSION_1: 0, VERSION_2: 1}       # long-header type bits of an 
 MIN_INITIAL_DATAGRAM = 1200                        # RFC 9000 §14.1: a client pads its Initial datagrams
 MIN_DCID, MAX_CID = 8, 20                          # RFC 9000 §7.2 (client's first DCID), §17.2
 MAX_DATAGRAMS = 4                                  # a ClientHello not whole in this many datagrams: give up
+MAX_INITIALS = 8                                   # Initial packets opened per call (keys are public: a sender
+                                                   # can pack many tiny valid ones; each costs an AES-GCM open)
+MEMO_MAX_BYTES = 16 << 10                          # results of larger flights are not remembered
 SAMPLE_LEN = 16
 TAG_LEN = 16
 
@@ -109,13 +113,17 @@ class LongHeader:
 def is_initial(datagram: bytes) -> bool:
     """The shape of a client's first datagram: it starts with a long-header Initial of version 1 or 2 whose
     DCID has 8..20 bytes and whose length fits, and the datagram has at least 1200 bytes."""
+    return _first_initial(datagram) is not None
+
+
+def _first_initial(datagram: bytes) -> LongHeader | None:
     if len(datagram) < MIN_INITIAL_DATAGRAM:
-        return False
+        return None
     try:
         header = LongHeader(datagram, 0)
     except _Bad:
-        return False
-    return header.is_initial() and len(header.dcid) >= MIN_DCID
+        return None
+    return header if header.is_initial() and len(header.dcid) >= MIN_DCID else None
 
 
 # ---------------------------------------------------------------- keys
@@ -235,26 +243,30 @@ def client_hello(datagrams: tuple[bytes, ...]) -> HelloResult:
             result = _invalid(str(e))
         except Exception as e:              # never raise on any input (a defect here must not kill a worker)
             result = _invalid(f"unexpected {type(e).__name__}")
-        _remember(_results, key, result)
+        if sum(map(len, key)) <= MEMO_MAX_BYTES:
+            _remember(_results, key, result)
     return result
 
 
 def _client_hello(datagrams: tuple[bytes, ...]) -> HelloResult:
-    first = datagrams[0] if datagrams else b""
-    if not is_initial(first):
+    lead = _first_initial(datagrams[0]) if datagrams else None
+    if lead is None:
         return _not_quic("not a QUIC v1/v2 client Initial")
-    lead = LongHeader(first, 0)
     opener = _opener(lead.dcid, lead.version)
     pieces: list[tuple[int, bytes]] = []
+    opened = 0
     for d in datagrams:
         pos = 0
         while pos < len(d) and d[pos] & 0x80:              # long-header packets; a short one ends the walk
-            h = LongHeader(d, pos)
+            h = lead if pos == 0 and d is datagrams[0] else LongHeader(d, pos)
             if h.version != lead.version:
                 raise _Bad("coalesced packet of another version")
             if h.is_initial():
                 if h.dcid != lead.dcid:
                     raise _Bad("Initial with another destination connection id")
+                opened += 1
+                if opened > MAX_INITIALS:
+                    raise _Bad(f"more than {MAX_INITIALS} Initial packets")
                 pieces += crypto_frames(opener.open(d, h))
             pos = h.end
     stream = fragments.prefix(pieces)

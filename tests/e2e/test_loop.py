@@ -6,18 +6,9 @@ import re
 import signal
 import socket
 
-from support.daemon import closed_count, make_config, stats
+from support.daemon import UNCHECKED, closed_count, make_config, stats
 from support.net import free_port
 
-# Runs the supervisor on a loaded config without the command line's checks: what a config that reaches
-# the daemon anyway (a NAT rule, a name that resolves differently later) looks like at run time.
-UNCHECKED = """
-import sys, types
-from epollmux import config
-from epollmux.process import start
-cfg = config.load_file(sys.argv[-1])
-sys.exit(start.run(cfg, types.SimpleNamespace(verbose=False, listen=None, daemon=False, pidfile=None)))
-"""
 
 
 def test_a_route_to_its_own_listener_costs_one_extra_connection(daemon):

@@ -72,6 +72,17 @@ def metrics_section(port: int, **options) -> str:
     return "[metrics]\n" + "".join(f"{k} = {v}\n" for k, v in {"address": f"127.0.0.1:{port}", **options}.items())
 
 
+# Runs the supervisor on a loaded config without the command line's checks (Daemon.start(python_code=...)):
+# what a config that reaches the daemon anyway (a NAT rule, a name that resolves differently later) does.
+UNCHECKED = """
+import sys, types
+from epollmux import config
+from epollmux.process import start
+cfg = config.load_file(sys.argv[-1])
+sys.exit(start.run(cfg, types.SimpleNamespace(verbose=False, listen=None, daemon=False, pidfile=None)))
+"""
+
+
 class NotifySocket:
     """The test's NOTIFY_SOCKET: a datagram unix socket collecting what the daemon tells systemd.
     With no path it binds an abstract address ("@..."), free of the 108-byte path limit."""

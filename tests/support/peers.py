@@ -210,27 +210,31 @@ class OpenVPN(Process):
     """OpenVPN in TCP mode with `--dev null` (no tun device, no privileges), TLS with throwaway keys.
 
     role "server": `--proto tcp-server` on 127.0.0.1:port; role "client": `--proto tcp-client` to 127.0.0.1:port.
-    Both log "Initialization Sequence Completed" once the TLS handshake and the data channel are up.
+    proto "udp": `--proto udp` both ways instead (the server binds 127.0.0.1:port). Both log "Initialization Sequence Completed" once the TLS handshake and the data channel are up.
     """
 
     READY = "Initialization Sequence Completed"
 
-    def __init__(self, tmp: Path, role: str, port: int, keys: dict[str, Path]):
+    def __init__(self, tmp: Path, role: str, port: int, keys: dict[str, Path], proto: str = "tcp"):
         tmp.mkdir(parents=True, exist_ok=True)
         common = ["--dev", "null", "--verb", "3", "--ca", str(keys["cert"]), "--cert", str(keys["cert"]),
                   "--key", str(keys["key"]), "--verify-x509-name", "epollmux-openvpn", "name"]
+        if proto == "udp":
+            common += ["--proto", "udp"]
         if role == "server":
-            cmd = ["--proto", "tcp-server", "--local", "127.0.0.1", "--lport", str(port), "--tls-server",
-                   "--dh", "none"]
+            cmd = ["--proto", "tcp-server"] if proto == "tcp" else []
+            cmd += ["--local", "127.0.0.1", "--lport", str(port), "--tls-server", "--dh", "none"]
         elif role == "client":
-            cmd = ["--proto", "tcp-client", "--remote", "127.0.0.1", str(port), "--nobind", "--tls-client",
-                   "--connect-retry-max", "3"]
+            cmd = ["--proto", "tcp-client"] if proto == "tcp" else []
+            cmd += ["--remote", "127.0.0.1", str(port), "--nobind", "--tls-client", "--connect-retry-max", "3"]
         else:
             raise ValueError(role)
         self.log_path = tmp / f"openvpn-{role}.log"
         super().__init__([need("openvpn"), *cmd, *common], self.log_path)
-        if role == "server":
+        if role == "server" and proto == "tcp":
             wait_port(port, proc=self.proc)
+        elif role == "server":
+            wait_text(self.log_path, "link local (bound)", 20.0, self.proc)
 
     def wait_ready(self, timeout: float = 20.0) -> str:
         return wait_text(self.log_path, self.READY, timeout, self.proc)
@@ -239,4 +243,26 @@ class OpenVPN(Process):
 @pytest.fixture
 def openvpn(tmp_path):
     """openvpn(role, port, keys) -> a started OpenVPN; ended by PID afterwards (last first)."""
-    yield from each_started(lambda n, role, port, keys: OpenVPN(tmp_path / f"openvpn{n}", role, port, keys))
+    yield from each_started(lambda n, role, port, keys, proto="tcp": OpenVPN(tmp_path / f"openvpn{n}", role, port,
+                                                                          keys, proto))
+
+
+class H3Server(Process):
+    """An aioquic HTTP/3 server (support/h3.py) on udp 127.0.0.1:port answering every request with `body`."""
+
+    def __init__(self, tmp: Path, cert: Path, key: Path, body: bytes):
+        import sys
+        from support import h3
+        from support.udp import free_udp_port
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.port = free_udp_port()
+        self.log_path = tmp / "h3.log"
+        super().__init__([sys.executable, h3.__file__, str(cert), str(key), str(self.port), body.decode()],
+                         self.log_path)
+        wait_text(self.log_path, "serving", 20.0, self.proc)
+
+
+@pytest.fixture
+def h3server(tmp_path):
+    """h3server(cert, key, body) -> a started aioquic HTTP/3 server; ended by PID afterwards."""
+    yield from each_started(lambda n, cert, key, body: H3Server(tmp_path / f"h3-{n}", cert, key, body))

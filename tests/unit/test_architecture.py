@@ -26,7 +26,7 @@ def test_the_tree_names_every_subpackage_and_module():
         assert folder.is_dir(), part
         words = set(re.findall(r"\w+", tree_line(part)))
         stems = {p.stem for p in folder.glob("*.py")} - {"__init__", "__main__"}
-        assert stems <= words, f"the tree line of {part} misses {sorted(stems - words)}"
+        assert stems <= words, f"README \"Architecture\": the tree line of {part} misses {sorted(stems - words)}"
     assert {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()} == set(SUBPACKAGES)
 
 

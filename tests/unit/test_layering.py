@@ -38,6 +38,14 @@ MUST_NOT_IMPORT = {
     "config": {"relay", "serve", "process", "observe", "tools", "sslh", "cli", "reactor"},
     "configproblems": {"*"},
 }
+# module -> modules of its own subpackage it must not import (the docstrings' "Must not import" lines).
+MODULE_MUST_NOT_IMPORT = {
+    "serve/flows.py": {"epollmux.serve.udplistener", "epollmux.serve.listener", "epollmux.serve.connection",
+                       "epollmux.wire.probes", "epollmux.wire.udpprobes"},
+    "serve/udplistener.py": {"epollmux.serve.connection", "epollmux.serve.listener", "epollmux.wire"},
+    "serve/listener.py": {"epollmux.serve.flows", "epollmux.serve.udplistener"},
+    "serve/connection.py": {"epollmux.serve.flows", "epollmux.serve.udplistener"},
+}
 # Private names of other modules that may be used, with why.
 PRIVATE_ALLOWED = {
     ("serve/listener.py", "_accept"),          # socket.socket._accept: the one place for private CPython socket calls
@@ -91,6 +99,14 @@ def test_layers(path):
     bad = sorted(name for name in epollmux_imports(ast.parse(path.read_text()))
                  if part_of(name) in forbidden and part_of(name) != part)
     assert not bad, f"{part} must not import {bad}"
+
+
+@pytest.mark.parametrize("where", sorted(MODULE_MUST_NOT_IMPORT))
+def test_module_rules(where):
+    imported = epollmux_imports(ast.parse((PACKAGE / where).read_text()))
+    bad = sorted(name for name in imported for rule in MODULE_MUST_NOT_IMPORT[where]
+                 if name == rule or name.startswith(rule + "."))
+    assert not bad, f"{where} must not import {bad}"
 
 
 def defined_names(tree: ast.AST) -> set[str]:

@@ -1,22 +1,27 @@
 """The run-time loop guard (serve.backend.OwnBackends): a client that is one of the worker's own backend
 sockets is told apart even when several backend sockets share one local address (the kernel keeps only
-the 4-tuple unique), and closing one of them leaves the others guarded."""
+the 4-tuple unique), closing one of them leaves the others guarded, and a backend socket that was reset
+(its 4-tuple given back while the worker still holds it) makes no loop of a newcomer."""
 
 from __future__ import annotations
 
 import socket
+import struct
+import time
+from types import SimpleNamespace
 
 import pytest
 
 from epollmux.serve.backend import OwnBackends
 
 pytestmark = pytest.mark.timeout(30)
+TCP_CLOSE = 7
 
 
 @pytest.fixture
 def colliding():
     """Two backend sockets on ONE local address: `other` connected to an ordinary backend, `loop` to a
-    listener of "the daemon"; `arrived` is the daemon's accepted end of `loop`."""
+    listener of "the daemon" (`daemon`); `arrived` is the daemon's accepted end of `loop`, from `src`."""
     opened = []
 
     def sock():
@@ -38,46 +43,62 @@ def colliding():
     assert other.getsockname() == loop.getsockname()
     arrived, src = daemon.accept()
     opened.append(arrived)
-    yield other, loop, arrived, src
+    yield SimpleNamespace(other=other, loop=loop, arrived=arrived, src=src, daemon=daemon, opened=opened)
     for s in opened:
         s.close()
 
 
+def add(own: OwnBackends, sock) -> None:
+    own.add(sock.getsockname(), sock.getpeername(), sock)
+
+
 @pytest.mark.parametrize("order", ["loop first", "other first"])
 def test_a_loop_is_seen_whichever_socket_on_its_address_came_last(colliding, order):
-    other, loop, arrived, src = colliding
+    c = colliding
     own = OwnBackends()
-    pair = [(loop.getsockname(), loop.getpeername()), (other.getsockname(), other.getpeername())]
-    for local, target in pair if order == "loop first" else pair[::-1]:
-        own.add(local, target)
-    assert own.looped(src, arrived)
+    for sock in [c.loop, c.other] if order == "loop first" else [c.other, c.loop]:
+        add(own, sock)
+    assert own.looped(c.src, c.arrived)
 
 
 def test_closing_one_socket_on_an_address_keeps_the_others_guarded(colliding):
-    other, loop, arrived, src = colliding
+    c = colliding
     own = OwnBackends()
-    own.add(loop.getsockname(), loop.getpeername())
-    own.add(other.getsockname(), other.getpeername())
-    own.discard(other.getsockname(), other.getpeername())
-    assert own.looped(src, arrived)
-    own.discard(loop.getsockname(), loop.getpeername())
-    assert not own.looped(src, arrived)
+    add(own, c.loop)
+    add(own, c.other)
+    own.discard(c.other.getsockname(), c.other.getpeername(), c.other)
+    assert own.looped(c.src, c.arrived)
+    own.discard(c.loop.getsockname(), c.loop.getpeername(), c.loop)
+    assert not own.looped(c.src, c.arrived)
     assert own.by_local == {}
 
 
 def test_a_reused_port_connected_elsewhere_is_not_a_loop(colliding):
-    other, loop, arrived, src = colliding
+    c = colliding
     own = OwnBackends()
-    own.add(other.getsockname(), other.getpeername())
-    assert not own.looped(src, arrived)
+    add(own, c.other)
+    assert not own.looped(c.src, c.arrived)
 
 
-def test_the_same_four_tuple_twice_is_counted(colliding):
-    """A connect that failed gives its port back while its socket is still open, so a second socket can
-    get the same 4-tuple: closing the first keeps the second's entry."""
-    _, loop, arrived, src = colliding
+def test_a_reset_socket_still_held_makes_no_loop_of_a_newcomer(colliding):
+    """Seen in the stress suite (loop-collisions): right after a real loop was cut with RST, ordinary
+    clients that got the freed port towards the listener were closed as `loop`."""
+    c = colliding
     own = OwnBackends()
-    own.add(loop.getsockname(), loop.getpeername())
-    own.add(loop.getsockname(), loop.getpeername())
-    own.discard(loop.getsockname(), loop.getpeername())
-    assert own.looped(src, arrived)
+    add(own, c.loop)
+    listener_address = c.loop.getpeername()
+    c.arrived.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.arrived.close()                                # the loop is cut with RST, as the worker does
+    deadline = time.monotonic() + 10
+    while c.loop.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != TCP_CLOSE:
+        assert time.monotonic() < deadline, "the RST never arrived"
+        time.sleep(0.01)
+    newcomer = socket.socket()
+    c.opened.append(newcomer)
+    newcomer.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    newcomer.bind(c.src)
+    newcomer.connect(listener_address)               # the same 4-tuple as the reset socket's, alive again
+    accepted, src = c.daemon.accept()
+    c.opened.append(accepted)
+    assert src == c.src
+    assert not own.looped(src, accepted)

@@ -157,6 +157,7 @@ def test_integer_settings_take_exactly_their_range(key, value):
                         "relay", "workers", "log_format"]),
        st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=20))
 @example("workers", ",")                 # a list where a string is expected: was an AttributeError
+@example("workers", "²")                 # a digit to str.isdigit, not to int(): was a ValueError
 def test_any_value_is_taken_or_refused_with_a_config_error(key, value):
     try:
         config._build("t", _config(key, value).splitlines())

@@ -8,7 +8,7 @@ import pytest
 from epollmux.wire import quic, udpsniff
 from epollmux.wire.probes import Verdict
 from epollmux.wire.udpprobes import UDP_PROBES, prepare_udp_options
-from support.udp_fixtures import UDP_FIXTURES, UdpFixture
+from support.udp_fixtures import UDP_FIXTURES, UdpFixture, crypto_frame, seal_initial
 
 RFC9001_DCID = bytes.fromhex("8394c8f03e515708")
 
@@ -211,3 +211,47 @@ def test_quic_gives_up_after_a_few_datagrams():
     assert udpsniff.decide_flow((first,) * (quic.MAX_DATAGRAMS - 1), route).done is False
     assert udpsniff.decide_flow((first,) * quic.MAX_DATAGRAMS, route) == \
         udpsniff.Decision(None, True, (Verdict.NEXT,))
+
+
+# ----------------------------------------------------------------------------- built Initials (edge cases)
+def hello_of(fixture: str) -> bytes:
+    """The bare ClientHello inside a recorded Initial (decrypted by the module under test, then re-sealed)."""
+    datagram = UDP_FIXTURES[fixture].datagrams[0]
+    h = quic.LongHeader(datagram, 0)
+    pieces = quic.crypto_frames(quic._opener(h.dcid, h.version).open(datagram, h))
+    return b"".join(data for _, data in sorted(pieces))
+
+
+DCID = bytes(range(8))
+
+
+def test_built_initials_coalesced_out_of_order_with_ack_and_ping():
+    hello = hello_of("quic_rfc9001_a2")
+    half = len(hello) // 2
+    second = seal_initial(DCID, 1, b"\x01" + b"\x02\x00\x00\x00\x00" + crypto_frame(half, hello[half:]))
+    first = seal_initial(DCID, 0, crypto_frame(0, hello[:half]), pad_to=1200 - len(second))
+    datagram = first + second
+    assert len(datagram) >= 1200
+    assert quic.client_hello((datagram,)).sni == "example.com"
+    swapped = seal_initial(DCID, 0, crypto_frame(half, hello[half:]), pad_to=1200)
+    assert quic.client_hello((swapped, seal_initial(DCID, 1, crypto_frame(0, hello[:half]), pad_to=1200))).sni \
+        == "example.com"
+
+
+def test_a_frame_an_initial_may_not_carry_is_next():
+    hello = hello_of("quic_rfc9001_a2")
+    stream_frame = b"\x08\x00\x01x"
+    datagram = seal_initial(DCID, 0, crypto_frame(0, hello) + stream_frame, pad_to=1200)
+    assert verdict("quic", (datagram,), sni="*") is Verdict.NEXT
+
+
+def test_many_tiny_initials_are_bounded():
+    hello = hello_of("quic_rfc9001_a2")
+    step = 20
+    packets = [seal_initial(DCID, i, crypto_frame(off, hello[off:off + step]))
+               for i, off in enumerate(range(0, len(hello), step))]
+    assert len(packets) > quic.MAX_INITIALS
+    datagram = b"".join(packets)
+    datagram += seal_initial(DCID, 99, b"", pad_to=max(0, 1200 - len(datagram))) if len(datagram) < 1200 else b""
+    result = quic.client_hello((datagram,))
+    assert result.status.value == "invalid" and "more than" in result.reason
