@@ -63,6 +63,12 @@ FAMILIES = {f.name: f for f in (
     Family("epollmux_pipes", "gauge", "Relay pipes alive in the workers' pools: lent to a direction or idle.",
            ("state",)),
     Family("epollmux_pipe_fallbacks_total", "counter", "Times a copy buffer stood in for a pipe (pool cap, EMFILE)."),
+    Family("epollmux_relay_bytes_total", "counter",
+           "Bytes the workers relayed (closed and open connections, not the kernel relay), per channel: splice or copy.",
+           ("channel",)),
+    Family("epollmux_relay_switches_total", "counter",
+           "Times an adaptive relay direction switched to splice (a large stream) or back to copy (small exchanges).",
+           ("to",)),
     Family("epollmux_open_fds", "gauge", "File descriptors open, in all workers or in the supervisor.", ("process",)),
     Family("epollmux_worker_open_fds_max", "gauge", "File descriptors open in the worker that has the most.",
            merge="max"),
@@ -300,6 +306,10 @@ def stat_text(snapshot: Snapshot, head: list[str]) -> str:
     fds = snapshot.get("epollmux_open_fds", {})
     lines.append(f"pipes: {pipes.get(('in_use',), 0)} in use, {pipes.get(('idle',), 0)} idle, "
                  f"{total(snapshot, 'epollmux_pipe_fallbacks_total')} fallbacks to copy")
+    relayed = snapshot.get("epollmux_relay_bytes_total", {})
+    switches = snapshot.get("epollmux_relay_switches_total", {})
+    lines.append(f"relay: {relayed.get(('splice',), 0)} bytes spliced, {relayed.get(('copy',), 0)} copied; "
+                 f"adaptive switches {switches.get(('splice',), 0)} to splice, {switches.get(('copy',), 0)} to copy")
     lines.append(f"fds: workers {fds.get(('workers',), 0)} (at most "
                  f"{total(snapshot, 'epollmux_worker_open_fds_max')} in one, limit "
                  f"{total(snapshot, 'epollmux_fd_limit')}), supervisor {fds.get(('supervisor',), 0)}")

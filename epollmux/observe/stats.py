@@ -140,6 +140,8 @@ class Stats:
             "epollmux_tls_handshake_failures_total": dict(self.tls_failures),
             "epollmux_pipes": {("in_use",): pool.pipes - idle, ("idle",): idle},
             "epollmux_pipe_fallbacks_total": {(): pool.fallbacks},
+            "epollmux_relay_bytes_total": {("splice",): pool.spliced, ("copy",): pool.copied},
+            "epollmux_relay_switches_total": {("splice",): pool.to_splice, ("copy",): pool.to_copy},
             "epollmux_open_fds": {("workers",): fds},
             "epollmux_worker_open_fds_max": {(): fds},
             "epollmux_fd_limit": {(): resource.getrlimit(resource.RLIMIT_NOFILE)[0]},
@@ -152,7 +154,8 @@ class Stats:
     def render(self, active: int, pool, flows: int = 0) -> str:
         lines = [f"accepted={self.accepted} active={active} flows={flows} bytes_up={self.bytes_up} "
                  f"bytes_down={self.bytes_down} pipes={pool.pipes} channels_lent={pool.lent} "
-                 f"pipe_fallbacks={pool.fallbacks}"]
+                 f"pipe_fallbacks={pool.fallbacks} spliced={pool.spliced} copied={pool.copied} "
+                 f"to_splice={pool.to_splice} to_copy={pool.to_copy}"]
         lines += [f"{what} route={route} {n}" for (what, route), n in sorted(self.counters.items())]
         reasons: Counter = Counter()
         for (_, route, reason), n in self.closes.items():

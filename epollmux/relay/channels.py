@@ -73,7 +73,9 @@ class ChannelPool:
     """Lends channels; keeps a few idle ones for reuse; never more than `max_pipes` pipes alive."""
 
     def __init__(self, kind: str, size: int, max_pipes: int, keep_idle: int | None = None):
-        self.splice = kind == "splice"
+        """kind: splice, copy, or adaptive (pipes only for the directions that stream, see direction.py)."""
+        self.adaptive = kind == "adaptive"
+        self.splice = kind in ("splice", "adaptive")
         self.size = size
         self.buffer_size = min(size, BUFFER_MAX)
         self.max_pipes = max_pipes if self.splice else 0
@@ -84,6 +86,8 @@ class ChannelPool:
         self.pipes = 0          # pipes alive (lent or idle)
         self.lent = 0           # channels lent out now
         self.fallbacks = 0      # times a buffer stood in for a pipe
+        self.spliced = self.copied = 0      # bytes the directions moved through pipes, through buffers
+        self.to_splice = self.to_copy = 0   # adaptive switches of a direction (relay/direction.py)
 
     @property
     def idle_pipes(self) -> int:

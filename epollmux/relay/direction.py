@@ -1,7 +1,10 @@
 """Moves bytes one way between two sockets and says why it stopped; knows no protocol.
 
 Owns: `Direction`, the pump from one endpoint to another (endpoints.py) through a channel borrowed from a `ChannelPool`
-(a pipe for splice, a buffer for copy: one loop serves both), end-of-file passed on as
+(a pipe for splice, a buffer for copy: one loop serves both), the adaptive choice between the two (a pool of kind
+"adaptive": copy while a pump moves little, splice once one moves `BIG` bytes, copy again after `SMALL_PUMPS`
+pumps in a row under `SMALL`; the switch happens only when the channel is empty, so bytes keep their order),
+whether a direction may be dropped while idle (`idle`), end-of-file passed on as
 shutdown(SHUT_WR), backpressure (a direction with bytes in flight does not read), and the
 per-direction byte count. A pump runs until the source is empty, the destination is full, EOF has
 been passed on, or its budget is spent (`BUSY`: the caller must run it again soon).
@@ -37,10 +40,16 @@ BUDGET = 4 << 20   # bytes one pump call may move before it yields (BUSY), so on
 # slots (one per skb fragment), long before its byte capacity. So a pipe is filled until EAGAIN.
 # A short copy read does prove it, on a clean edge (see `Direction.pump`), when its endpoint says so (`drained`).
 
+# Adaptive relay: a small exchange costs one read and one write by copy, against two splices, the splice that
+# only raises EAGAIN, and a pipe by splice; a large stream costs less by splice (no copy into Python).
+BIG = 32 << 10       # a pump that moves this much switches its direction to splice (half a loopback segment)
+SMALL = 16 << 10     # SMALL_PUMPS pumps in a row under this switch it back to copy (hysteresis)
+SMALL_PUMPS = 4
+
 
 class Direction:
     __slots__ = ("src", "dst", "zero_copy", "pool", "channel", "pending", "eof", "state", "moved", "spliced", "detail",
-                 "other")
+                 "other", "big", "smalls")
 
     def __init__(self, src, dst, pool: ChannelPool):
         self.src = src           # endpoints (endpoints.py)
@@ -55,6 +64,14 @@ class Direction:
         self.spliced = 0         # of moved, the bytes that went through a pipe
         self.detail = None       # what an endpoint said about the error that stopped this direction
         self.other = None        # the opposite direction of the same connection
+        self.big = False         # the last pumps moved a lot: an adaptive pool lends a pipe
+        self.smalls = 0          # small pumps in a row while big
+
+    @property
+    def idle(self) -> bool:
+        """Waits for its source holding nothing, not done, not streaming: the caller may drop it (only its
+        byte counts matter) and make a new one at the next edge."""
+        return self.state is State.WAIT_SRC and self.channel is None and not self.big
 
     def pump(self, clean: bool = False) -> str | None:
         """Move what can be moved now; return a close reason on error, else None.
@@ -67,6 +84,9 @@ class Direction:
         happen now), nor in a pump that resumes after WAIT_DST or BUSY (an edge may have passed unheard).
         """
         channel, pending, moved = self.channel, self.pending, 0
+        adaptive = self.pool.adaptive
+        want = self.zero_copy and (self.big or not adaptive)      # a pipe
+        counted = 0              # of moved, the bytes counted already (through a channel left mid-pump)
         drained = False          # the last fill emptied the source (clean edges only)
         try:                     # one frame, no inner helper: this runs for every readable edge
             while True:
@@ -89,8 +109,16 @@ class Direction:
                 if moved >= BUDGET:
                     self._set_state(State.BUSY)
                     return
+                if adaptive:     # switch only here, with the channel empty: the bytes keep their order
+                    if not want and moved >= BIG and self.zero_copy:
+                        want = True
+                    if channel is not None and channel.zero_copy is not want:
+                        self._count(channel, moved - counted)
+                        counted = moved
+                        self._release()
+                        channel = None
                 if channel is None:
-                    channel = self.channel = self.pool.get(self.zero_copy)
+                    channel = self.channel = self.pool.get(want)
                 try:
                     pending = channel.fill(self.src)
                 except BlockingIOError:
@@ -108,10 +136,26 @@ class Direction:
             return exc.reason
         finally:     # also when an endpoint raised: discard() must see what the channel still holds
             self.pending = pending
-            if moved:
-                self.moved += moved
-                if channel.zero_copy:
-                    self.spliced += moved
+            if moved > counted:
+                self._count(channel, moved - counted)
+            if moved >= BIG:
+                self.smalls = 0
+                if not self.big:
+                    self.big = True
+                    self.pool.to_splice += self.pool.adaptive
+            elif self.big and moved < SMALL and self.state is not State.WAIT_DST:
+                self.smalls += 1
+                if self.smalls >= SMALL_PUMPS:
+                    self.big, self.smalls = False, 0
+                    self.pool.to_copy += self.pool.adaptive
+
+    def _count(self, channel, n: int) -> None:
+        self.moved += n
+        if channel.zero_copy:
+            self.spliced += n
+            self.pool.spliced += n
+        else:
+            self.pool.copied += n
 
     def _set_state(self, state: State) -> None:
         if state not in NEXT[self.state]:

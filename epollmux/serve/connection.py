@@ -367,10 +367,12 @@ class Connection(Relaying):
             self.writable |= BACKEND_OUT
             self._arm(ctx.settings.connect_timeout, _expired, Reason.BACKEND_TIMEOUT)
         if not reason and self.route.backend.family in TCP_FAMILIES:
-            # after the client's first bytes went to the backend: off the path of a first answer.
-            # The address is remembered so that this socket, arriving at one of our listeners, is seen as a loop
-            # (that accept comes in a later turn than this one).
-            self.local = backend.settle(sock, ctx.backend_keepalive)
+            # after the client's first bytes went to the backend: off the path of a first answer; the keepalive
+            # options a second later, if the connection still lives (keepalive.Settler). The address is
+            # remembered so that this socket, arriving at one of our listeners, is seen as a loop (that accept
+            # comes in a later turn than this one).
+            self.local = sock.getsockname()
+            ctx.settler.add(sock)
             ctx.own_backends.add(self.local, self.route.backend.sockaddr, sock)
         return reason
 
@@ -440,10 +442,8 @@ class Connection(Relaying):
         for sock, fd in ((self.client, self.cfd), (self.backend, self.bfd)):
             if sock is not None:
                 backend.close_socket(ctx.reactor, sock, fd, abort)
-        if self.up is not None:
-            self.up.discard()
-            self.down.discard()
-            up, down, spliced = self.up.moved, self.down.moved, self.up.spliced + self.down.spliced
+        if phase is Phase.RELAYING and not self.kernel:
+            up, down, spliced = self.relay_counts()
         route = self.route.name if self.route else "-"
         ctx.stats.closed(self.listener.name, route, phase, reason, up, down)   # a StrEnum is its own label
         if self.outer is not None and self.route is not self.outer:    # routed counted it: so does closed

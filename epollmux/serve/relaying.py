@@ -3,8 +3,11 @@
 Owns: starting the relay (Directions over the two endpoints, or the kernel relay for passthrough
 between two TCP sockets), turning socket edges into pumps, asking for writable edges only while a
 direction waits for its destination to drain, the busy-direction resume, the end of both directions,
-and the idle deadline. `Relaying` is a base class of `connection.Connection`: it works on that
-connection's fields and returns close reasons like every other handler.
+and the idle deadline. A Direction exists only while it has something to hold (bytes in flight, a
+pending EOF, a stream going by splice): one that waits for its source with nothing held (`Direction.idle`)
+is dropped after its pump, its byte counts kept in `sent_up`/`sent_down`/`spliced`, and made again at the
+next readable edge, so an idle connection holds no relay object. `Relaying` is a base class of
+`connection.Connection`: it works on that connection's fields and returns close reasons like every other handler.
 Must not parse protocols, close the connection (connection.close does) or move bytes itself.
 Must not import what serve/ must not (README "Architecture").
 """
@@ -18,9 +21,11 @@ from epollmux.relay.endpoints import PlainEndpoint
 from epollmux.serve.phases import BACKEND_OUT, CLIENT_OUT, EVENTS, READABLE, TCP_FAMILIES, WRITABLE, Phase
 from epollmux.reasons import Reason
 
+WAIT_SRC, WAIT_DST, BUSY, DONE = State.WAIT_SRC, State.WAIT_DST, State.BUSY, State.DONE
+
 
 class Relaying:
-    __slots__ = ()
+    __slots__ = ("sent_up", "sent_down", "spliced")    # bytes of the directions dropped while idle (set at relay start)
 
     def touch(self, now: float) -> None:
         """Bytes moved (seen by a collaborator: the kernel relay): the idle deadline starts again."""
@@ -29,10 +34,28 @@ class Relaying:
     def moved(self) -> tuple[int, int] | None:
         """Bytes relayed so far by the process (client->backend, backend->client); None before the
         process relays (and when the kernel does)."""
-        return (self.up.moved, self.down.moved) if self.up is not None else None
+        if self.phase is not Phase.RELAYING or self.kernel:
+            return None
+        up, down = self.up, self.down
+        return (self.sent_up + (up.moved if up is not None else 0),
+                self.sent_down + (down.moved if down is not None else 0))
+
+    def relay_counts(self) -> tuple[int, int, int]:
+        """At close: (up, down, spliced) bytes; gives back the directions' channels."""
+        up, down, spliced = self.sent_up, self.sent_down, self.spliced
+        for d in (self.up, self.down):
+            if d is not None:
+                d.discard()
+                spliced += d.spliced
+        if self.up is not None:
+            up += self.up.moved
+        if self.down is not None:
+            down += self.down.moved
+        return up, down, spliced
 
     def _start_relay(self, pump_down: bool = True) -> str | None:
         """pump_down=False: the backend was registered this turn, so its first bytes will raise an edge."""
+        self.sent_up = self.sent_down = self.spliced = 0
         self._set_phase(Phase.RELAYING)
         ctx = self.ctx
         if ctx.kernel is not None and self._kernel_relayable() and ctx.kernel.take(self, self.client, self.backend):
@@ -40,13 +63,41 @@ class Relaying:
             if ctx.settings.idle_timeout:
                 self._arm(ctx.settings.idle_timeout, self._idle_check)
             return None
-        pool = ctx.pool
-        up = self.up = Direction(self.cend, self.bend, pool)
-        down = self.down = Direction(self.bend, self.cend, pool)
-        up.other, down.other = down, up
         if ctx.settings.idle_timeout:
             self._arm(ctx.settings.idle_timeout, self._idle_check)
-        return self._pump(up) or (pump_down and self._pump(down)) or self._after_pump()
+        return (self._pump(self._direction(True)) or (pump_down and self._pump(self._direction(False)))
+                or self._after_pump())
+
+    def _direction(self, up: bool) -> Direction:
+        """The direction client->backend (up) or back, made if it was dropped while idle."""
+        if up:
+            d = self.up
+            if d is None:
+                d = self.up = Direction(self.cend, self.bend, self.ctx.pool)
+                d.other = other = self.down
+                if other is not None:
+                    other.other = d
+        else:
+            d = self.down
+            if d is None:
+                d = self.down = Direction(self.bend, self.cend, self.ctx.pool)
+                d.other = other = self.up
+                if other is not None:
+                    other.other = d
+        return d
+
+    def _drop(self, d: Direction) -> None:
+        """An idle direction goes; its counts stay."""
+        if d.other is not None:
+            d.other.other = None
+            d.other = None
+        self.spliced += d.spliced
+        if d is self.up:
+            self.sent_up += d.moved
+            self.up = None
+        else:
+            self.sent_down += d.moved
+            self.down = None
 
     def _kernel_relayable(self) -> bool:
         """Passthrough between two TCP sockets, with a kernel relay in this worker, on a listener that
@@ -58,7 +109,8 @@ class Relaying:
     def _relay_event(self, fd: int, events: int) -> str | None:
         if self.kernel:
             return self.ctx.kernel.socket_event(self, fd, events)
-        if fd == self.cfd:
+        up = fd == self.cfd
+        if up:
             sock, end, src, dst = self.client, self.cend, self.up, self.down
         else:
             sock, end, src, dst = self.backend, self.bend, self.down, self.up
@@ -70,12 +122,13 @@ class Relaying:
         if events & WRITABLE and end.holds_output and end.pending_output():
             end.flush()
             moved = True
-        if events & READABLE and src.state is State.WAIT_SRC:
-            reason = self._pump(src, not events & (RDHUP | HUP | ERR))     # clean edge: see Direction.pump
+        if events & READABLE and (src is None or src.state is WAIT_SRC):
+            clean = not events & (RDHUP | HUP | ERR)         # see Direction.pump
+            reason = self._pump(src or self._direction(up), clean)
             if reason:
                 return reason
             moved = True
-        if events & WRITABLE and dst.state is State.WAIT_DST:
+        if events & WRITABLE and dst is not None and dst.state is WAIT_DST:
             reason = self._pump(dst)
             if reason:
                 return reason
@@ -89,8 +142,11 @@ class Relaying:
             if direction.detail:
                 self.detail = direction.detail
             return reason
-        if direction.state is State.WAIT_DST:
+        state = direction.state
+        if state is WAIT_DST:
             self._want_writable(direction)
+        elif state is WAIT_SRC and direction.idle:
+            self._drop(direction)
         return None
 
     def _want_writable(self, direction: Direction) -> None:
@@ -101,13 +157,19 @@ class Relaying:
             self.writable |= bit
 
     def _after_pump(self) -> str | None:
-        up, down = self.up.state, self.down.state
-        if up is State.DONE and down is State.DONE:
+        up, down = self.up, self.down
+        if up is None or down is None:
+            if (up is not None and up.state is BUSY or down is not None and down.state is BUSY) and not self._soon:
+                self._soon = True
+                self.ctx.reactor.call_soon(self.dispatch, self._resume)
+            return None
+        up, down = up.state, down.state
+        if up is DONE and down is DONE:
             cend, bend = self.cend, self.bend
             if cend.holds_output and cend.pending_output() or bend.holds_output and bend.pending_output():
                 return None        # a close_notify still on its way: the next writable edge sends it
             return Reason.EOF
-        if (up is State.BUSY or down is State.BUSY) and not self._soon:
+        if (up is BUSY or down is BUSY) and not self._soon:
             self._soon = True
             self.ctx.reactor.call_soon(self.dispatch, self._resume)
         return None
@@ -115,7 +177,7 @@ class Relaying:
     def _resume(self) -> str | None:
         self._soon = False
         for direction in (self.up, self.down):
-            if direction.state is State.BUSY:
+            if direction is not None and direction.state is BUSY:
                 reason = self._pump(direction)
                 if reason:
                     return reason

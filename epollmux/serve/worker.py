@@ -48,10 +48,10 @@ class Context:
         self.config = config
         self.settings = config.settings
         self.keepalive = keepalive.options(config.settings)     # for every TCP socket, both legs
-        self.backend_keepalive = keepalive.fresh(self.keepalive)  # what a new backend socket needs of them
+        self.settler = keepalive.Settler(reactor, keepalive.fresh(self.keepalive))  # new backend sockets' options
         self.reactor = reactor
         relay = config.settings.relay
-        kind = relay if relay in ("splice", "copy") else "splice"   # sockmap, auto: splice where the kernel cannot
+        kind = relay if relay in ("adaptive", "splice", "copy") else "adaptive"   # sockmap, auto: where the kernel cannot
         self.pool = ChannelPool(kind, config.settings.pipe_size, config.settings.max_pipes)
         self.kernel = KernelRelay(reactor, relay) if relay in ("sockmap", "auto") else None   # loads on first use
         self.stats = Stats()

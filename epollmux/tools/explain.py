@@ -93,6 +93,8 @@ def explain(cfg, capture: Capture) -> str:
     lines.append(f"  first bytes: {_preview(capture.data)}")
     lines += [f"  note: {n}" for n in capture.notes]
     for listener in cfg.listeners:
+        if getattr(listener, "udp", False):         # its routes take datagrams (explainudp), not a stream
+            continue
         lines.append("")
         lines += _listener(cfg, listener, capture)
     return "\n".join(lines) + "\n\n"

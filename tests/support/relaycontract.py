@@ -31,10 +31,11 @@ def sockmap_unavailable() -> str | None:
     return None
 
 
-VARIANTS = ["splice", "copy", "tls",
+VARIANTS = ["adaptive", "splice", "copy", "tls",
             pytest.param("sockmap", marks=pytest.mark.skipif(bool(sockmap_unavailable()),
                                                              reason=sockmap_unavailable() or ""))]
-RELAY_OPTIONS = {"splice": {"relay": "splice", "pipe_size": 65536}, "copy": {"relay": "copy"},
+RELAY_OPTIONS = {"adaptive": {"relay": "adaptive", "pipe_size": 65536},
+                 "splice": {"relay": "splice", "pipe_size": 65536}, "copy": {"relay": "copy"},
                  "tls": {"relay": "splice", "pipe_size": 65536}, "sockmap": {"relay": "sockmap"}}
 
 

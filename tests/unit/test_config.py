@@ -47,7 +47,7 @@ def problems(tmp_path, text) -> list[str]:
 def test_good_config_typed(tmp_path):
     cfg, _ = load(tmp_path, GOOD)
     assert cfg.settings.probe_timeout == 1.5
-    assert cfg.settings.relay == "splice"
+    assert cfg.settings.relay == "adaptive"      # the default
     (lst,) = cfg.listeners
     assert [str(a) for a in lst.addresses] == ["127.0.0.1:4443", "[::1]:4443"]
     assert [r.name for r in lst.routes] == ["ssh", "web", "sock"]      # file order by default

@@ -114,3 +114,76 @@ def test_explain_says_why_a_named_route_said_next():
     text = explainudp.explain_flows(cfg, "x", pcap.udp_flows(capture()))
     assert "(sni 'www.example.org' not in [other.example.net])" in text
     assert chosen(text)["10.1.2.3:40001"] == "route h3"
+
+
+def test_explain_with_a_config_of_udp_and_tcp_listeners(tmp_path):
+    """A real config (udp: addresses): the UDP flows go to the UDP listener's routes, never to the TCP one."""
+    from epollmux import config as configmod
+    conf = tmp_path / "epollmux.conf"
+    conf.write_text("""
+[listen]
+  [[tcp]]
+  address = 127.0.0.1:4443
+  routes = ssh
+  [[edge]]
+  address = udp:127.0.0.1:443
+  routes = other, h3, vpn, wg
+[routes]
+  [[ssh]]
+  probe = ssh
+  backend = 127.0.0.1:22
+  [[other]]
+  probe = quic
+  sni = other.example.net
+  backend = udp:127.0.0.1:9443
+  [[h3]]
+  probe = quic
+  sni = *.example.org
+  alpn = h3
+  backend = udp:127.0.0.1:8443
+  [[vpn]]
+  probe = openvpn
+  backend = udp:127.0.0.1:1194
+  [[wg]]
+  probe = wireguard
+  backend = udp:127.0.0.1:51820
+""")
+    cfg = configmod.load_file(str(conf))
+    path = tmp_path / "udp.pcap"
+    path.write_bytes(capture())
+    out = io.StringIO()
+    assert explain.main(cfg, [str(path)], out) == 0
+    text = out.getvalue()
+    assert chosen(text) == {"10.1.2.3:40001": "route h3", "10.1.2.3:40002": "route vpn",
+                            "[2001:db8::3]:40003": "route wg", "10.1.2.4:40004": "none, drop the flow"}
+    assert "listener tcp" not in text and "note:" not in text
+    assert "backend: udp:127.0.0.1:8443" in text
+    assert "(sni 'www.example.org' not in [other.example.net])" in text
+
+
+def test_a_tcp_capture_skips_the_udp_listeners(tmp_path):
+    """A file of TCP first bytes with a config holding a UDP listener: only the TCP listeners are explained
+    (the UDP routes' probes are not TCP probes: replaying them as a stream raised KeyError)."""
+    from epollmux import config as configmod
+    conf = tmp_path / "epollmux.conf"
+    conf.write_text("""
+[listen]
+  [[tcp]]
+  address = 127.0.0.1:4443
+  routes = ssh
+  [[edge]]
+  address = udp:127.0.0.1:443
+  routes = h3
+[routes]
+  [[ssh]]
+  probe = ssh
+  backend = 127.0.0.1:22
+  [[h3]]
+  probe = quic
+  backend = udp:127.0.0.1:8443
+""")
+    first = tmp_path / "ssh.bin"
+    first.write_bytes(b"SSH-2.0-OpenSSH_9.2\r\n")
+    out = io.StringIO()
+    assert explain.main(configmod.load_file(str(conf)), [str(first)], out) == 0
+    assert "chosen: route ssh" in out.getvalue() and "listener edge" not in out.getvalue()

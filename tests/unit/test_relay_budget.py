@@ -46,7 +46,7 @@ def pairs():
         s.close()
 
 
-@pytest.mark.parametrize("kind", ["splice", "copy"])
+@pytest.mark.parametrize("kind", ["splice", "copy", "adaptive"])
 def test_a_pump_stops_at_its_byte_budget_with_the_channel_empty(pairs, kind, monkeypatch):
     """A source with more queued than the budget: the pump moves its budget (plus at most one channel's
     worth) and says BUSY with nothing in flight; pumped again until EOF, every byte arrives once, in order.
@@ -88,6 +88,8 @@ def test_a_pump_stops_at_its_byte_budget_with_the_channel_empty(pairs, kind, mon
             t.join(30)
     assert busy >= 1
     assert d.moved == total and (d.spliced == total) == (kind == "splice")
+    if kind == "adaptive":             # the first pump copies, moves its budget (> BIG): splice from then on
+        assert 0 < d.spliced < total and pool.to_splice == 1 and pool.copied + pool.spliced == total
     assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
     assert pool.lent == 0
 
@@ -138,3 +140,57 @@ def test_pipes_take_the_pipe_size_and_buffers_at_most_256_kib():
     pool.put(pipe)
     pool.put(buffer)
     pool.close()
+
+
+def test_adaptive_switches_only_with_the_channel_empty_and_back_after_small_pumps(pairs):
+    """relay = adaptive mid-stream: a copy pump that moved BIG bytes and stopped on a full destination keeps
+    its buffer (bytes in flight) until it is drained, then splices; small pumps later switch it back to copy
+    after SMALL_PUMPS of them, and it is then idle (droppable) between exchanges. Byte-exact throughout."""
+    src_peer, src, dst, dst_peer = pairs()
+    dst_peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    dst.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)     # full after ~200 KB: the pump meets WAIT_DST
+    pool = ChannelPool("adaptive", SIZE, 4)
+    d = Direction(PlainEndpoint(src), PlainEndpoint(dst), pool)
+    data = os.urandom(1 << 20)
+    got = bytearray()
+    writer = threading.Thread(target=src_peer.sendall, args=(data,))
+    writer.start()
+    try:
+        for _ in range(2000):                         # the destination's reader is not reading yet
+            assert d.pump() is None
+            if d.state is State.WAIT_DST:
+                break
+            time.sleep(0.001)
+        assert d.state is State.WAIT_DST and d.big and d.pending > 0
+        assert pool.to_splice == 1 and pool.copied >= relay.BIG      # copied until BIG, then (buffer empty) spliced
+        for _ in range(200000):
+            try:
+                got.extend(dst_peer.recv(1 << 20, socket.MSG_DONTWAIT))
+            except BlockingIOError:
+                time.sleep(0.0002)
+            if len(got) == len(data):
+                break
+            assert d.pump() is None
+    finally:
+        writer.join(30)
+    assert got == data and d.spliced > 0 and pool.copied > 0
+    big, to_copy = d.big, pool.to_copy     # the stream's trickling tail may have switched it back already
+    for i in range(relay.SMALL_PUMPS + 2):           # lock-step small exchanges
+        msg = b"small %d" % i
+        src_peer.sendall(msg)
+        for _ in range(1000):
+            if queued(src) >= len(msg):
+                break
+            time.sleep(0.001)
+        assert d.pump(clean=True) is None and d.state is State.WAIT_SRC
+        assert dst_peer.recv(100) == msg
+        if i >= relay.SMALL_PUMPS - 1:
+            assert not d.big, i
+    assert pool.to_copy == to_copy + big and d.idle and d.channel is None
+    copied = pool.copied
+    src_peer.sendall(b"z")
+    for _ in range(1000):
+        if queued(src):
+            break
+        time.sleep(0.001)
+    assert d.pump(clean=True) is None and pool.copied == copied + 1 and dst_peer.recv(10) == b"z"
