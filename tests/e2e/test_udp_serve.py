@@ -140,8 +140,8 @@ def test_idle_flow_expires(daemon, echo):
     c = UdpClient(port)
     for _ in range(3):
         assert c.ask(b"ping") == b"ping"
-    d.wait_log("reason=udp-idle")
-    line = access_lines(d, c.port)[0]
+    line = wait_until(lambda: access_lines(d, c.port), timeout=20)[0]
+    assert field(line, "reason") == "udp-idle"
     assert field(line, "dgrams_up") == "3" and float(field(line, "duration").rstrip("s")) >= 0.5
     assert c.ask(b"back") == b"back"            # a new flow for the same client port
 
@@ -163,9 +163,8 @@ def test_reload_keeps_an_established_flow(daemon, echo):
         assert c.ask(b"%d" % i) == b"old:%d" % i        # still the old worker's flow, same backend
     fresh = UdpClient(port)
     assert fresh.ask(b"b") == b"new:b"                   # new flows: the new configuration
-    d.wait_log("reason=udp-idle", timeout=15)
-    line = access_lines(d, c.port)[0]
-    assert field(line, "dgrams_up") == "6"
+    line = wait_until(lambda: access_lines(d, c.port), timeout=20)[0]      # the old worker's line, once idle
+    assert field(line, "dgrams_up") == "6" and field(line, "reason") == "udp-idle"
 
 
 def test_two_workers_one_flow_one_worker(daemon, echo):
