@@ -278,3 +278,34 @@ def test_wildcard_listeners_reply_from_the_address_the_client_wrote_to(daemon, e
         c = UdpClient(port, host=host)
         assert c.ask(b"one") == b"E:one"
         assert c.ask(b"two") == b"E:two"
+
+
+def test_flows_in_status_and_metrics(daemon, echo):
+    """STATUS= counts the flows held; /metrics has them active, then their datagrams and bytes each way."""
+    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+    from support.daemon import metrics_section
+    from support.net import free_port
+
+    def samples() -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}
+
+    backend = echo(b"E:")
+    port, mport = free_udp_port(), free_port()
+    cfg = make_config({"u": f"udp:127.0.0.1:{port}"}, {"all": {"probe": "any", "backend": backend.address}},
+                      workers=1, sections=metrics_section(mport))
+    d = daemon().start(cfg, ready=True)
+    clients = [UdpClient(port) for _ in range(3)]
+    for c in clients:
+        assert c.ask(b"12345") == b"E:12345"
+    d.notify.wait_for("STATUS", "1 worker, 0 open connections, 0.0 connections/s, 3 UDP flows", timeout=20)
+    wait_until(lambda: samples().get(("epollmux_udp_flows_active",
+                                      (("listener", "u"), ("route", "all"), ("state", "relaying")))) == 3,
+               timeout=20)
+    got = samples()
+    assert got[("epollmux_udp_datagrams_total", (("direction", "up"), ("route", "all")))] == 3
+    assert got[("epollmux_udp_datagrams_total", (("direction", "down"), ("route", "all")))] == 3
+    assert got[("epollmux_bytes_total", (("direction", "down"), ("route", "all")))] == 21
