@@ -309,3 +309,19 @@ def test_flows_in_status_and_metrics(daemon, echo):
     assert got[("epollmux_udp_datagrams_total", (("direction", "up"), ("route", "all")))] == 3
     assert got[("epollmux_udp_datagrams_total", (("direction", "down"), ("route", "all")))] == 3
     assert got[("epollmux_bytes_total", (("direction", "down"), ("route", "all")))] == 21
+
+
+def test_backend_without_a_listener_ends_the_flow_as_refused(daemon, echo):
+    """The ICMP port unreachable of a UDP backend nobody listens on ends the flow (backend-refused); the
+    others go on."""
+    good = echo(b"G:")
+    port = free_udp_port()
+    cfg = make_config({"u": {"address": f"udp:127.0.0.1:{port}", "routes": "dead, live"}},
+                      {"dead": {"probe": "regex", "regex": "^dead", "backend": f"udp:127.0.0.1:{free_udp_port()}"},
+                       "live": {"probe": "any", "backend": good.address}}, workers=1)
+    d = daemon().start(cfg, ready=True)
+    c, ok = UdpClient(port), UdpClient(port)
+    c.send(b"dead 1")
+    line = wait_until(lambda: c.send(b"dead 2") or access_lines(d, c.port), timeout=20)[0]
+    assert field(line, "route") == "dead" and field(line, "reason") == "backend-refused"
+    assert ok.ask(b"alive") == b"G:alive"
