@@ -16,7 +16,8 @@ from __future__ import annotations
 
 
 from epollmux.reactor import ERR, HUP, RDHUP
-from epollmux.relay.direction import Direction, State
+from epollmux import errors
+from epollmux.relay.direction import Direction, State, copy_once
 from epollmux.relay.endpoints import PlainEndpoint
 from epollmux.serve.phases import BACKEND_OUT, CLIENT_OUT, EVENTS, READABLE, TCP_FAMILIES, WRITABLE, Phase
 from epollmux.reasons import Reason
@@ -131,7 +132,10 @@ class Relaying:
             moved = True
         if events & READABLE and (src is None or src.state is WAIT_SRC):
             clean = not events & (RDHUP | HUP | ERR)         # see Direction.pump
-            reason = self._pump(src or self._direction(up), clean)
+            if src is None and clean and self.cend is None and self.bend is None and self.ctx.pool.adaptive:
+                reason = self._copy_once(up)                 # a small exchange: no Direction at all
+            else:
+                reason = self._pump(src or self._direction(up), clean)
             if reason:
                 return reason
             moved = True
@@ -141,6 +145,28 @@ class Relaying:
                 return reason
             moved = True
         return self._after_pump() if moved else None
+
+    def _copy_once(self, up: bool) -> str | None:
+        """relay = adaptive, plain sockets, an idle source: relay.direction.copy_once, a Direction only if needed."""
+        self.last_active = self.ctx.reactor.now
+        try:
+            n, done, rest = copy_once(self.cfd, self.bfd) if up else copy_once(self.bfd, self.cfd)
+        except OSError as exc:
+            return errors.relay_reason(exc)
+        if n:
+            self.ctx.pool.copied += n
+            if up:
+                self.sent_up += n
+            else:
+                self.sent_down += n
+        if done:
+            return None
+        direction = self._direction(up)
+        if rest:
+            direction.hold(rest)
+            self._want_writable(direction)
+            return None
+        return self._pump(direction)
 
     def _pump(self, direction: Direction, clean: bool = False) -> str | None:
         self.last_active = self.ctx.reactor.now
