@@ -1,7 +1,7 @@
 """The backend side of a connection before relaying: its socket, the connect, the transparent bind,
 and the facts a PROXY header sends.
 
-Owns: creating the backend socket (the C socket type, TCP_NODELAY, keepalive), binding it to the
+Owns: creating the backend socket (the C socket type, TCP_NODELAY), binding it to the
 client's address in transparent mode (IP_TRANSPARENT), starting the connect and telling whether it
 finished inside connect() already, `facts()` for proxyout, telling a client that is one of our own
 backend sockets (a loop), and closing a socket with RST when a connection is aborted.
@@ -34,7 +34,7 @@ LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"   # struct linger {on, 0 s}: 
 def connect(route: Route, client_ip: str) -> tuple[object, str | None, bool]:
     """Start connecting to route.backend: (socket, close reason or None, connected already).
     A connect done by the time connect() returns (loopback, a unix socket) needs no EPOLLOUT wait.
-    Only TCP_NODELAY is set before: the keepalive options (`settle`) can wait until the first bytes are out."""
+    Only TCP_NODELAY is set here: the keepalive options wait for keepalive.Settler."""
     family = route.backend.family
     # _socket.socket: the C socket type, without socket.socket's Python-level __init__/close/.family
     sock = _socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
@@ -51,14 +51,6 @@ def connect(route: Route, client_ip: str) -> tuple[object, str | None, bool]:
     done = route.backend_context is None and (
         err == 0 or tcp and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == TCP_ESTABLISHED)
     return sock, None, done
-
-
-def settle(sock, keepalive) -> object:
-    """After the connect started (and the first bytes went): the (level, option, value) `keepalive` options
-    (serve/keepalive.py) on a TCP backend socket; returns its own address (for loop detection)."""
-    for level, option, value in keepalive:
-        sock.setsockopt(level, option, value)
-    return sock.getsockname()
 
 
 def bind_as_client(sock, family: int, ip: str) -> str | None:

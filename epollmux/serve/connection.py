@@ -367,10 +367,12 @@ class Connection(Relaying):
             self.writable |= BACKEND_OUT
             self._arm(ctx.settings.connect_timeout, _expired, Reason.BACKEND_TIMEOUT)
         if not reason and self.route.backend.family in TCP_FAMILIES:
-            # after the client's first bytes went to the backend: off the path of a first answer.
-            # The address is remembered so that this socket, arriving at one of our listeners, is seen as a loop
-            # (that accept comes in a later turn than this one).
-            self.local = backend.settle(sock, ctx.backend_keepalive)
+            # after the client's first bytes went to the backend: off the path of a first answer; the keepalive
+            # options a second later, if the connection still lives (keepalive.Settler). The address is
+            # remembered so that this socket, arriving at one of our listeners, is seen as a loop (that accept
+            # comes in a later turn than this one).
+            self.local = sock.getsockname()
+            ctx.settler.add(sock)
             ctx.own_backends.add(self.local, self.route.backend.sockaddr, sock)
         return reason
 

@@ -48,7 +48,7 @@ class Context:
         self.config = config
         self.settings = config.settings
         self.keepalive = keepalive.options(config.settings)     # for every TCP socket, both legs
-        self.backend_keepalive = keepalive.fresh(self.keepalive)  # what a new backend socket needs of them
+        self.settler = keepalive.Settler(reactor, keepalive.fresh(self.keepalive))  # new backend sockets' options
         self.reactor = reactor
         relay = config.settings.relay
         kind = relay if relay in ("adaptive", "splice", "copy") else "adaptive"   # sockmap, auto: where the kernel cannot
