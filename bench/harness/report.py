@@ -216,10 +216,16 @@ def tls_md(sec: dict) -> str:
     return "\n".join(lines)
 
 
-MD = {"bulk": bulk_md, "connrate": connrate_md, "idle": idle_md, "sniff": sniff_md, "tls": tls_md}
+def udp_md(sec: dict) -> str:
+    from bench.sections import udp
+    return udp.md(sec)
+
+
+MD = {"bulk": bulk_md, "connrate": connrate_md, "idle": idle_md, "sniff": sniff_md, "tls": tls_md, "udp": udp_md}
 TITLES = {"bulk": "Bulk throughput (iperf3)", "connrate": "Connection rate and latency (nginx + wrk)",
           "idle": "Idle connections: memory per connection",
-          "sniff": "Sniffing: probe decision cost and SNI routing ", "tls": "TLS termination (issues 4 and 6)"}
+          "sniff": "Sniffing: probe decision cost and SNI routing ", "tls": "TLS termination (issues 4 and 6)",
+          "udp": "UDP flows (issue 18)"}
 
 
 # --- charts -----------------------------------------------------------------------------------

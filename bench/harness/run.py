@@ -4,7 +4,7 @@ Owns: options, the run's time budget (every section checks it before each measur
 ends in bounded time: at most 15 min by default, ~3 min with --quick), the temp dir, the machine
 and version record, and handing the results to bench.harness.report. Sections run one after another:
 bulk (iperf3), connrate (nginx + wrk), idle (held connections), sniff (probe decision cost, SNI
-routing under load), tls (TLS termination beside stunnel and HAProxy).
+routing under load), tls (TLS termination beside stunnel and HAProxy), udp (UDP flows beside socat and direct).
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ import sys
 import tempfile
 import time
 
-from bench.sections import bulk, connrate, idle, sniff, tls
+from bench.sections import bulk, connrate, idle, sniff, tls, udp
 from bench.harness import report
 from bench.peers import subjects
 from bench.harness.context import Context
 from bench.harness.procs import CpuGroup, Ports
 
 SECTIONS = {"bulk": bulk.run_section, "connrate": connrate.run_section, "idle": idle.run_section,
-            "sniff": sniff.run_section, "tls": tls.run_section}
+            "sniff": sniff.run_section, "tls": tls.run_section, "udp": udp.run_section}
 KNOWN = subjects.ALL
 DEFAULT = subjects.DEFAULT
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # bench/
@@ -84,6 +84,11 @@ def options(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--idle-n", type=int, help="idle connections to hold (default 9000, quick 2000)")
     p.add_argument("--tls-seconds", type=float, help="duration of each TLS run (default 3, quick 1)")
     p.add_argument("--tls-streams", type=int, default=4, help="parallel curl downloads in TLS bulk runs")
+    p.add_argument("--udp-rates", help="iperf3 -u rates for one flow (default 50M,200M, quick 50M)")
+    p.add_argument("--udp-flow-rates", help="total datagrams/s over the many flows (default 5000,20000, quick 5000)")
+    p.add_argument("--udp-flows", type=int, default=1000, help="flows of the many-flow UDP runs")
+    p.add_argument("--udp-seconds", type=float, help="duration of each UDP run (default 4, quick 2)")
+    p.add_argument("--udp-held", type=int, help="UDP flows held for the memory figure (default 5000, quick 2000)")
     p.add_argument("--budget", type=float, help="seconds the whole run may take (default 900, quick 200)")
     p.add_argument("--ports", default="25000-25999", help="port range to use on 127.0.0.1")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="directory for JSON, tables, charts")
@@ -99,6 +104,10 @@ def options(argv: list[str]) -> argparse.Namespace:
     o.idle_n = o.idle_n or (2000 if q else 9000)
     o.tls_seconds = o.tls_seconds or (1 if q else 3)
     o.budget = o.budget or (200 if q else 900)
+    o.udp_rates = o.udp_rates or ("50M" if q else "50M,200M")
+    o.udp_flow_rates = o.udp_flow_rates or ("5000" if q else "5000,20000")
+    o.udp_seconds = o.udp_seconds or (2 if q else 4)
+    o.udp_held = o.udp_held or (2000 if q else 5000)
     o.sections = [s for s in o.sections.split(",") if s]
     o.subjects = [s for s in o.subjects.split(",") if s]
     o.streams = [int(s) for s in o.streams.split(",")]

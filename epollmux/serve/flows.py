@@ -18,6 +18,7 @@ Must not import the listener (udplistener.py feeds the table) nor know any proto
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket
 
@@ -45,6 +46,7 @@ class FlowTable:
         self.max_flows = ctx.settings.max_flows
         self.max_per_source = ctx.settings.max_flows_per_source
         self.prefix = ctx.settings.source_ipv6_prefix
+        self.warned = -10.0             # the loop's clock when the last flow-limit warning was logged
 
     def __len__(self) -> int:
         return len(self.flows)
@@ -55,7 +57,6 @@ class FlowTable:
     def source_key(self, client) -> str:
         ip = client[0]
         if ":" in ip and self.prefix < 128 and not ip.startswith("::ffff:"):
-            import ipaddress
             return str(ipaddress.IPv6Network(f"{ip.split('%')[0]}/{self.prefix}", strict=False).network_address)
         return ip
 
@@ -87,8 +88,8 @@ class FlowTable:
         ctx = self.ctx
         ctx.stats.closed(udp.listener.name, "-", "pending", Reason.FLOW_LIMIT, size, 0)
         now = ctx.reactor.now
-        if now - getattr(self, "_warned", -10.0) >= 1.0:
-            self._warned = now
+        if now - self.warned >= 1.0:
+            self.warned = now
             log.warning("%s: %s reached, datagrams of new flows dropped (client %s)", udp.listener.name, which,
                         addr.peer_text(udp.family, client))
 

@@ -140,8 +140,8 @@ def test_idle_flow_expires(daemon, echo):
     c = UdpClient(port)
     for _ in range(3):
         assert c.ask(b"ping") == b"ping"
-    d.wait_log("reason=udp-idle")
-    line = access_lines(d, c.port)[0]
+    line = wait_until(lambda: access_lines(d, c.port), timeout=20)[0]
+    assert field(line, "reason") == "udp-idle"
     assert field(line, "dgrams_up") == "3" and float(field(line, "duration").rstrip("s")) >= 0.5
     assert c.ask(b"back") == b"back"            # a new flow for the same client port
 
@@ -163,9 +163,8 @@ def test_reload_keeps_an_established_flow(daemon, echo):
         assert c.ask(b"%d" % i) == b"old:%d" % i        # still the old worker's flow, same backend
     fresh = UdpClient(port)
     assert fresh.ask(b"b") == b"new:b"                   # new flows: the new configuration
-    d.wait_log("reason=udp-idle", timeout=15)
-    line = access_lines(d, c.port)[0]
-    assert field(line, "dgrams_up") == "6"
+    line = wait_until(lambda: access_lines(d, c.port), timeout=20)[0]      # the old worker's line, once idle
+    assert field(line, "dgrams_up") == "6" and field(line, "reason") == "udp-idle"
 
 
 def test_two_workers_one_flow_one_worker(daemon, echo):
@@ -265,3 +264,48 @@ def test_http3_routed_by_sni_to_two_aioquic_servers_beside_tcp(daemon, h3server,
     assert sorted(field(line, "route") for line in lines) == ["a", "a", "b", "b"]
     assert {field(line, "sni") for line in lines if field(line, "route") == "a"} == {"alpha.test"}
     assert all(int(field(line, "dgrams_down")) >= 2 for line in lines)
+
+
+def test_wildcard_listeners_reply_from_the_address_the_client_wrote_to(daemon, echo):
+    """udp:0.0.0.0 and udp:[::] listeners: a connected client socket takes only datagrams from the address
+    it connected to, so each answer proves the flow replied from 127.0.0.1 / ::1 and the listening port."""
+    backend = echo(b"E:")
+    port = free_udp_port()
+    cfg = make_config({"u": {"address": f"udp:0.0.0.0:{port}, udp:[::]:{port}"}},
+                      {"all": {"probe": "any", "backend": backend.address}}, workers=1)
+    daemon().start(cfg, ready=True)
+    for host in ("127.0.0.1", "::1"):
+        c = UdpClient(port, host=host)
+        assert c.ask(b"one") == b"E:one"
+        assert c.ask(b"two") == b"E:two"
+
+
+def test_flows_in_status_and_metrics(daemon, echo):
+    """STATUS= counts the flows held; /metrics has them active, then their datagrams and bytes each way."""
+    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+    from support.daemon import metrics_section
+    from support.net import free_port
+
+    def samples() -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}
+
+    backend = echo(b"E:")
+    port, mport = free_udp_port(), free_port()
+    cfg = make_config({"u": f"udp:127.0.0.1:{port}"}, {"all": {"probe": "any", "backend": backend.address}},
+                      workers=1, sections=metrics_section(mport))
+    d = daemon().start(cfg, ready=True)
+    clients = [UdpClient(port) for _ in range(3)]
+    for c in clients:
+        assert c.ask(b"12345") == b"E:12345"
+    d.notify.wait_for("STATUS", "1 worker, 0 open connections, 0.0 connections/s, 3 UDP flows", timeout=20)
+    wait_until(lambda: samples().get(("epollmux_udp_flows_active",
+                                      (("listener", "u"), ("route", "all"), ("state", "relaying")))) == 3,
+               timeout=20)
+    got = samples()
+    assert got[("epollmux_udp_datagrams_total", (("direction", "up"), ("route", "all")))] == 3
+    assert got[("epollmux_udp_datagrams_total", (("direction", "down"), ("route", "all")))] == 3
+    assert got[("epollmux_bytes_total", (("direction", "down"), ("route", "all")))] == 21
