@@ -4,9 +4,10 @@ Owns: epoll registration bookkeeping, timers (heap with lazy cancellation, compa
 entries are cancelled), callbacks deferred to the next turn, the signal wake-up fd, and `now` (the
 clock read once per turn, when the poll returns). Signal handlers only record the signal; the loop
 dispatches to the callback registered with `on_signal`.
-Each registration is an object of its own (`_Registration`): a batch's events are matched to the
-registrations that were current when the poll returned, and one ended since is dead, so an event
-queued for a closed socket never reaches a new socket that reuses its fd number in the same batch.
+A batch's events are matched to the handlers registered when the poll returned, and delivered only if the
+same handler is still registered for that fd, so an event queued for a closed socket never reaches a new
+socket that reuses its fd number in the same batch (the map holds the handler itself, no object per
+registration: an idle connection's two registrations cost two dict entries).
 Must not import anything of epollmux but `errors`: nothing that knows about connections, protocols or configuration.
 """
 
@@ -60,21 +61,11 @@ class Timer:
         self.args = ()
 
 
-class _Registration:
-    """One registration of an fd: dead once unregistered or forgotten, even if the number comes back."""
-
-    __slots__ = ("handler", "live")
-
-    def __init__(self, handler: Handler):
-        self.handler = handler
-        self.live = True
-
-
 class Reactor:
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self._epoll = select.epoll()
-        self._handlers: dict[int, _Registration] = {}
+        self._handlers: dict[int, Handler] = {}     # the handler itself: no object per registration (idle memory)
         self._timers: list[tuple[float, int, Timer]] = []
         self._cancelled = 0         # cancelled timers still in the heap
         self._seq = itertools.count()
@@ -88,16 +79,14 @@ class Reactor:
     # --- fds -----------------------------------------------------------------------------
     def register(self, fd: int, events: int, handler: Handler) -> None:
         self._epoll.register(fd, events)
-        self._handlers[fd] = _Registration(handler)
+        self._handlers[fd] = handler
 
     def modify(self, fd: int, events: int) -> None:
         self._epoll.modify(fd, events)
 
     def unregister(self, fd: int) -> None:
         """Forget fd; call before closing it. Events for it still queued in this batch are skipped."""
-        registration = self._handlers.pop(fd, None)
-        if registration is not None:
-            registration.live = False
+        if self._handlers.pop(fd, None) is not None:
             try:
                 self._epoll.unregister(fd)
             except OSError as exc:  # already closed elsewhere: the kernel dropped it with the fd
@@ -107,9 +96,7 @@ class Reactor:
     def forget(self, fd: int) -> None:
         """Forget fd that is about to be closed: closing removes it from the epoll set, so no
         EPOLL_CTL_DEL is needed (the fd is never duplicated). Queued events for it are skipped."""
-        registration = self._handlers.pop(fd, None)
-        if registration is not None:
-            registration.live = False
+        self._handlers.pop(fd, None)
 
     def handler_count(self) -> int:
         return len(self._handlers)
@@ -191,11 +178,11 @@ class Reactor:
         self.now = self.clock()
         handlers = self._handlers
         # matched before any handler runs: a registration ended by an earlier handler of this batch
-        # is dead, and a new one that reuses the number is not the one this event was queued for
+        # is dead, and a new one that reuses the number (another handler) is not the one this event was queued for
         batch = [(handlers.get(fd), fd, mask) for fd, mask in events]
-        for registration, fd, mask in batch:
-            if registration is not None and registration.live:
-                registration.handler.on_event(fd, mask)
+        for handler, fd, mask in batch:
+            if handler is not None and handlers.get(fd) is handler:
+                handler.on_event(fd, mask)
         timers = self._timers
         if timers and timers[0][0] <= self.now:
             self._run_due_timers()

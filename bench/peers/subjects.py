@@ -152,6 +152,11 @@ pipe_size = {self.pipe_size}
         return env
 
 
+class EpollmuxAdaptive(Epollmux):
+    """relay = adaptive, the default: copy while exchanges are small, splice once a stream is large."""
+    name, label, relay = "epollmux-adaptive", "epollmux (adaptive)", "adaptive"
+
+
 class EpollmuxSplice(Epollmux):
     name, label, relay = "epollmux-splice", "epollmux (splice)", "splice"
 
@@ -362,12 +367,12 @@ class HaproxySNI(SNIRouter, Haproxy):
                 "backend plain": [f"server s1 {self.plain[0]}:{self.plain[1]}"]}
 
 
-RELAYS = {cls.name: cls for cls in (Direct, EpollmuxSplice, EpollmuxCopy, Haproxy, SslhSelect, SslhFork, Socat,
+RELAYS = {cls.name: cls for cls in (Direct, EpollmuxAdaptive, EpollmuxSplice, EpollmuxCopy, Haproxy, SslhSelect, SslhFork, Socat,
                                     EpollmuxSplice2, Haproxy2, EpollmuxSockmap)}
 TERMINATORS = {cls.name: cls for cls in (NginxTLS, EpollmuxTLS, Stunnel, HaproxyTLS, EpollmuxTLS2, HaproxyTLS2)}
 ROUTERS = {cls.name: cls for cls in (EpollmuxSNI, HaproxySNI)}
 ALL = {**RELAYS, **TERMINATORS, **ROUTERS}
-DEFAULT = ["direct", "epollmux-splice", "epollmux-copy", "haproxy", "sslh-select", "sslh-fork", "socat",
+DEFAULT = ["direct", "epollmux-adaptive", "epollmux-splice", "epollmux-copy", "haproxy", "sslh-select", "sslh-fork", "socat",
            "nginx-tls", "epollmux-tls", "stunnel", "haproxy-tls", "epollmux-sni", "haproxy-sni"]
 
 

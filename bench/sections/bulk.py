@@ -25,7 +25,7 @@ from bench.peers.loadgen import iperf3
 from bench.harness.context import Context, started
 from bench.harness.procs import tree_pids
 
-SUBJECTS = ["direct", "epollmux-splice", "epollmux-copy", "haproxy", "sslh-select", "sslh-fork", "socat",
+SUBJECTS = ["direct", "epollmux-adaptive", "epollmux-splice", "epollmux-copy", "haproxy", "sslh-select", "sslh-fork", "socat",
             "epollmux-splice-2w", "haproxy-2t", "epollmux-sockmap"]
 REFERENCE = "haproxy"
 

@@ -21,7 +21,7 @@ from bench.peers.loadgen import wrk
 from bench.harness.context import Context, started
 from bench.harness.procs import HOST, OtherLoad
 
-SUBJECTS = ["direct", "epollmux-splice", "epollmux-copy", "haproxy", "sslh-select", "sslh-fork", "socat",
+SUBJECTS = ["direct", "epollmux-adaptive", "epollmux-splice", "epollmux-copy", "haproxy", "sslh-select", "sslh-fork", "socat",
             "epollmux-splice-2w", "haproxy-2t"]
 REFERENCE = "haproxy"
 MODES = ("close", "keepalive")

@@ -27,9 +27,10 @@ from bench.harness.context import Context, started
 from bench.peers.idle_client import round_trip
 from bench.harness.procs import HOST
 
-SUBJECTS = ["epollmux-splice", "haproxy", "sslh-select", "epollmux-sockmap"]
+SUBJECTS = ["epollmux-adaptive", "epollmux-splice", "haproxy", "sslh-select", "epollmux-sockmap"]
 CLIENT_CHUNK = 4500
-CAPS = {"epollmux-splice": (9000, "20,000 fds per process, 2 per connection (1 worker)"),
+CAPS = {"epollmux-adaptive": (9000, "20,000 fds per process, 2 per connection (1 worker)"),
+        "epollmux-splice": (9000, "20,000 fds per process, 2 per connection (1 worker)"),
         "epollmux-copy": (9000, "20,000 fds per process, 2 per connection (1 worker)"),
         "haproxy": (9000, "20,000 fds per process, 2 per connection (nbthread 1, maxconn 9000)"),
         "sslh-select": (500, "select(): FD_SETSIZE 1024, 2 fds per connection")}

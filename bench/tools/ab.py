@@ -3,7 +3,8 @@
 Owns: short interleaved runs (base, work, work, base, ...) of one epollmux worker (1 worker, `probe = any`,
 nginx behind) from each tree under one load at a time:
 - connrate: plain TCP, `relay = splice` (as bench.peers.subjects.EpollmuxSplice), wrk `Connection: close`
-  (unit: a connection);
+  (unit: a connection); plainkeepalive: the same on 32 persistent connections (unit: a request);
+  --base-relay/--work-relay set each tree's `relay` for the plain loads (one tree against itself: splice, adaptive);
 - handshake, resumed, keepalive: TLS 1.3 terminated by epollmux (ECDSA P-256, as bench.tools.tlsprofile),
   wrk over https with `Connection: close` (resumption off or on) or on 32 persistent connections (unit: a request);
 - bulk: TLS, 4 parallel curl downloads (unit: MB).
@@ -30,7 +31,8 @@ from bench.peers.subjects import REPO, EpollmuxSplice, EpollmuxTLS
 from bench.tools.tracers import cprofile_calls, cprofile_env, worker_pid
 
 # load -> (TLS?, Connection: close?, resumption?)
-LOADS = {"connrate": (False, True, False), "handshake": (True, True, False), "resumed": (True, True, True),
+LOADS = {"connrate": (False, True, False), "plainkeepalive": (False, False, False), "handshake": (True, True, False),
+         "resumed": (True, True, True),
          "keepalive": (True, False, False), "bulk": (True, False, False)}
 
 
@@ -94,7 +96,7 @@ def print_calls(label: str, res: dict, unit: str) -> None:
         print(f"      {per:6.2f}  {func}")
 
 
-def one_run(tree, load, seconds, tmp, ports, backend, cert, profile=False) -> dict:
+def one_run(tree, load, seconds, tmp, ports, backend, cert, profile=False, relay="splice") -> dict:
     tls, close, resume = LOADS[load]
 
     def run_load(port: int) -> dict:
@@ -108,6 +110,7 @@ def one_run(tree, load, seconds, tmp, ports, backend, cert, profile=False) -> di
         subject = TreeTLS(tmp, ports.take(), backend.address, cert, resume)
     else:
         subject = TreePlain(tmp, ports.take(), backend.address)
+        subject.relay = relay
     return measure(subject.from_tree(tree, profile).start(), run_load, tmp, profile)
 
 
@@ -124,7 +127,10 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=3)
     p.add_argument("--cprofile", action="store_true")
     p.add_argument("--ports", default="26100-26199")
+    p.add_argument("--base-relay", default="splice")
+    p.add_argument("--work-relay", default="splice")
     o = p.parse_args(argv)
+    relays = {"base": o.base_relay, "work": o.work_relay}
     ports = Ports(*(int(x) for x in o.ports.split("-")))
     tmp = tempfile.mkdtemp(prefix="epollmux-ab-")
     cert = certs.make(tmp, "ecdsa")
@@ -136,11 +142,13 @@ def main(argv=None) -> int:
                 runs = {name: [] for name in trees}
                 for r in range(o.rounds):
                     for name in (list(trees) if r % 2 == 0 else list(reversed(trees))):
-                        runs[name].append(one_run(trees[name], load, o.seconds, tmp, ports, backend, cert))
+                        runs[name].append(one_run(trees[name], load, o.seconds, tmp, ports, backend, cert,
+                                                  relay=relays[name]))
                 print_runs(load, runs, unit(load))
                 if o.cprofile:
                     for name in trees:
-                        res = one_run(trees[name], load, o.seconds, tmp, ports, backend, cert, profile=True)
+                        res = one_run(trees[name], load, o.seconds, tmp, ports, backend, cert, profile=True,
+                                      relay=relays[name])
                         print_calls(f"{load} {name}:", res, unit(load))
         finally:
             backend.stop()

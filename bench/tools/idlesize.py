@@ -118,18 +118,24 @@ def table(conn, ctx) -> list[tuple[str, int]]:
         rows.setdefault(type(obj).__qualname__, []).append(sys.getsizeof(obj))
     out = [(f"{name} x{len(sizes)}", sum(sizes)) for name, sizes in rows.items()]
     reactor = ctx.reactor
-    regs = [reactor._handlers[fd] for fd in (conn.cfd, conn.bfd) if fd in reactor._handlers]
+    regs = [h for h in (reactor._handlers.get(conn.cfd), reactor._handlers.get(conn.bfd)) if h not in (None, conn)]
     if regs:
-        out.append((f"reactor _Registration x{len(regs)}", sum(sys.getsizeof(r) for r in regs)))
+        out.append((f"reactor registration objects x{len(regs)}", sum(sys.getsizeof(r) for r in regs)))
+    own = ctx.own_backends
+    by_local = getattr(own, "by_local", own)        # backend.OwnBackends, or a plain dict in older trees
     for label, container, per in (("reactor._handlers dict (share)", reactor._handlers, 2),
                                   ("ctx.connections set (share)", ctx.connections, 1),
-                                  ("ctx.own_backends dict (share)", ctx.own_backends, 1)):
+                                  ("own_backends dict (share)", by_local, 1)):
         if len(container):
             out.append((label, round(sys.getsizeof(container) * per / max(1, len(container)))))
-    if ctx.own_backends and conn.local in ctx.own_backends:
-        key, value = conn.local, ctx.own_backends[conn.local]
-        out.append(("own_backends key + value", sys.getsizeof(key) + sum(sys.getsizeof(x) for x in key)
-                    + sys.getsizeof(value) + sum(sys.getsizeof(x) for x in value)))
+    local = getattr(conn, "local", None)
+    if local is not None and by_local is not own:
+        key = next((k for k in by_local if k == local[:2]), None)
+        if key is not None:
+            inner = by_local[key]
+            size = (sys.getsizeof(key) if key is not local else 0) + sys.getsizeof(inner)
+            size += sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in inner.items())
+            out.append(("own_backends entry (key, dict, target, list)", size))
     return sorted(out, key=lambda r: -r[1])
 
 

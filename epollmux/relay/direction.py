@@ -14,6 +14,7 @@ Must not import the reactor, the configuration or anything that knows a protocol
 from __future__ import annotations
 
 import enum
+import os
 
 from epollmux import errors
 from epollmux.states import TransitionError
@@ -45,6 +46,30 @@ BUDGET = 4 << 20   # bytes one pump call may move before it yields (BUSY), so on
 BIG = 32 << 10       # a pump that moves this much switches its direction to splice (half a loopback segment)
 SMALL = 16 << 10     # SMALL_PUMPS pumps in a row under this switch it back to copy (hysteresis)
 SMALL_PUMPS = 4
+QUICK = BIG          # bytes copy_once reads at most: a read that fills it hands over to a Direction
+_SCRATCH = memoryview(bytearray(QUICK))     # one per process: copy_once's bytes stay in it for one call only
+
+
+def copy_once(src: int, dst: int) -> tuple[int, bool, bytes]:
+    """A small exchange between two plain sockets with no Direction at all (relay = adaptive, the source idle,
+    a clean readable edge: see Direction.pump): one read into a shared scratch buffer, one write of what it got.
+    Returns (bytes moved, done, rest): done when nothing is left to do (the read came back short, so the
+    source is empty, or raised EAGAIN, and the destination took everything); else a Direction must take
+    over: at end of file (nothing read), after a full read (more may wait), or holding `rest`, the bytes
+    the destination did not take (`Direction.hold`). OSError as from a pump."""
+    try:
+        n = os.readv(src, (_SCRATCH,))
+    except BlockingIOError:
+        return 0, True, b""
+    if not n:
+        return 0, False, b""
+    try:
+        sent = os.write(dst, _SCRATCH[:n])
+    except BlockingIOError:
+        sent = 0
+    if sent < n:
+        return sent, False, bytes(_SCRATCH[sent:n])
+    return n, n < QUICK, b""
 
 
 class Direction:
@@ -148,6 +173,15 @@ class Direction:
                 if self.smalls >= SMALL_PUMPS:
                     self.big, self.smalls = False, 0
                     self.pool.to_copy += self.pool.adaptive
+
+    def hold(self, rest: bytes) -> None:
+        """Take bytes read for this direction that its destination did not take (copy_once): in a buffer,
+        waiting for the destination (WAIT_DST)."""
+        channel = self.channel = self.pool.get(False)
+        channel.view[:len(rest)] = rest
+        channel.start = 0
+        self.pending = len(rest)
+        self._set_state(State.WAIT_DST)
 
     def _count(self, channel, n: int) -> None:
         self.moved += n

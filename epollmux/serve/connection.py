@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from epollmux import errors
 from epollmux.observe import accesslog
 from epollmux.reactor import ERR, HUP, OUT, RDHUP
-from epollmux.relay.endpoints import PlainEndpoint, TLSEndpoint
+from epollmux.relay.endpoints import TLSEndpoint
 from epollmux.serve import backend, sniffing
 from epollmux.serve.admission import Grant
 from epollmux.serve.relaying import Relaying
@@ -78,7 +78,7 @@ class Connection(Relaying):
         self.outer = None          # the terminating route, when the route was chosen inside TLS
         self.phase = Phase.PROXY_HEADER if listener.proxy_protocol != "none" else Phase.SNIFFING
         self.timer = None
-        self.cend = None           # the client's endpoint: a TLSEndpoint when TLS starts, else a PlainEndpoint at connect
+        self.cend = None           # the client's endpoint when TLS starts (a TLSEndpoint); None for a plain socket
         self.bend = None
         self.up = self.down = None
         self.started = ctx.reactor.now
@@ -385,15 +385,12 @@ class Connection(Relaying):
             return None
         self.ctx.stats.connected(self.route.name, self.ctx.reactor.clock() - self.connect_started)
         route = self.route
-        if self.cend is None:
-            self.cend = PlainEndpoint(self.client, self.cfd)
         if route.send_proxy:
             header = proxyout.header(route.send_proxy, self._facts(), crc=route.send_proxy_crc)
             if self.backend.send(header) != len(header):    # a fresh socket takes ~100 bytes at once
                 return Reason.BACKEND_ERROR
         if route.backend_context is None:
-            self.bend = PlainEndpoint(self.backend, self.bfd)
-            return self._start_relay(pump_down)
+            return self._start_relay(pump_down)      # cend and bend: None for a plain socket (relaying.py)
         self._set_phase(Phase.BACKEND_HANDSHAKING, self.ctx.settings.connect_timeout, _expired,
                         Reason.BACKEND_TLS_TIMEOUT)
         engine = TLSEngine(route.backend_context, server_side=False, server_hostname=route.backend_sni)

@@ -4,8 +4,8 @@ Owns: starting the relay (Directions over the two endpoints, or the kernel relay
 between two TCP sockets), turning socket edges into pumps, asking for writable edges only while a
 direction waits for its destination to drain, the busy-direction resume, the end of both directions,
 and the idle deadline. A Direction exists only while it has something to hold (bytes in flight, a
-pending EOF, a stream going by splice): one that waits for its source with nothing held (`Direction.idle`)
-is dropped after its pump, its byte counts kept in `sent_up`/`sent_down`/`spliced`, and made again at the
+pending EOF, a stream going by splice), and so do the PlainEndpoints of plain sockets (cend/bend are None
+for them): one that waits for its source with nothing held (`Direction.idle`) is dropped after its pump, its byte counts kept in `sent_up`/`sent_down`/`spliced`, and made again at the
 next readable edge, so an idle connection holds no relay object. `Relaying` is a base class of
 `connection.Connection`: it works on that connection's fields and returns close reasons like every other handler.
 Must not parse protocols, close the connection (connection.close does) or move bytes itself.
@@ -16,7 +16,8 @@ from __future__ import annotations
 
 
 from epollmux.reactor import ERR, HUP, RDHUP
-from epollmux.relay.direction import Direction, State
+from epollmux import errors
+from epollmux.relay.direction import Direction, State, copy_once
 from epollmux.relay.endpoints import PlainEndpoint
 from epollmux.serve.phases import BACKEND_OUT, CLIENT_OUT, EVENTS, READABLE, TCP_FAMILIES, WRITABLE, Phase
 from epollmux.reasons import Reason
@@ -73,18 +74,25 @@ class Relaying:
         if up:
             d = self.up
             if d is None:
-                d = self.up = Direction(self.cend, self.bend, self.ctx.pool)
+                d = self.up = Direction(self._end(True), self._end(False), self.ctx.pool)
                 d.other = other = self.down
                 if other is not None:
                     other.other = d
         else:
             d = self.down
             if d is None:
-                d = self.down = Direction(self.bend, self.cend, self.ctx.pool)
+                d = self.down = Direction(self._end(False), self._end(True), self.ctx.pool)
                 d.other = other = self.up
                 if other is not None:
                     other.other = d
         return d
+
+    def _end(self, client: bool):
+        """The client's (or backend's) endpoint: its TLSEndpoint, or a PlainEndpoint made for a direction (plain
+        sockets keep none while idle)."""
+        if client:
+            return self.cend or PlainEndpoint(self.client, self.cfd)
+        return self.bend or PlainEndpoint(self.backend, self.bfd)
 
     def _drop(self, d: Direction) -> None:
         """An idle direction goes; its counts stay."""
@@ -103,7 +111,7 @@ class Relaying:
         """Passthrough between two TCP sockets, with a kernel relay in this worker, on a listener that
         takes no PROXY header (its bytes were read with recv: the kernel would relay them again)."""
         return (self.ctx.kernel is not None and self.listener.proxy_protocol == "none"
-                and type(self.cend) is PlainEndpoint and type(self.bend) is PlainEndpoint
+                and self.cend is None and self.bend is None        # plain sockets
                 and self.client.family in TCP_FAMILIES and self.backend.family in TCP_FAMILIES)
 
     def _relay_event(self, fd: int, events: int) -> str | None:
@@ -119,12 +127,15 @@ class Relaying:
             if reason:
                 return reason
         moved = False          # an edge that finds nothing to do (a writable socket with nothing waiting) ends here
-        if events & WRITABLE and end.holds_output and end.pending_output():
+        if events & WRITABLE and end is not None and end.pending_output():     # only TLS endpoints hold output
             end.flush()
             moved = True
         if events & READABLE and (src is None or src.state is WAIT_SRC):
             clean = not events & (RDHUP | HUP | ERR)         # see Direction.pump
-            reason = self._pump(src or self._direction(up), clean)
+            if src is None and clean and self.cend is None and self.bend is None and self.ctx.pool.adaptive:
+                reason = self._copy_once(up)                 # a small exchange: no Direction at all
+            else:
+                reason = self._pump(src or self._direction(up), clean)
             if reason:
                 return reason
             moved = True
@@ -134,6 +145,28 @@ class Relaying:
                 return reason
             moved = True
         return self._after_pump() if moved else None
+
+    def _copy_once(self, up: bool) -> str | None:
+        """relay = adaptive, plain sockets, an idle source: relay.direction.copy_once, a Direction only if needed."""
+        self.last_active = self.ctx.reactor.now
+        try:
+            n, done, rest = copy_once(self.cfd, self.bfd) if up else copy_once(self.bfd, self.cfd)
+        except OSError as exc:
+            return errors.relay_reason(exc)
+        if n:
+            self.ctx.pool.copied += n
+            if up:
+                self.sent_up += n
+            else:
+                self.sent_down += n
+        if done:
+            return None
+        direction = self._direction(up)
+        if rest:
+            direction.hold(rest)
+            self._want_writable(direction)
+            return None
+        return self._pump(direction)
 
     def _pump(self, direction: Direction, clean: bool = False) -> str | None:
         self.last_active = self.ctx.reactor.now
@@ -166,7 +199,7 @@ class Relaying:
         up, down = up.state, down.state
         if up is DONE and down is DONE:
             cend, bend = self.cend, self.bend
-            if cend.holds_output and cend.pending_output() or bend.holds_output and bend.pending_output():
+            if cend is not None and cend.pending_output() or bend is not None and bend.pending_output():
                 return None        # a close_notify still on its way: the next writable edge sends it
             return Reason.EOF
         if (up is BUSY or down is BUSY) and not self._soon:

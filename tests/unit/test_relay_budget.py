@@ -194,3 +194,44 @@ def test_adaptive_switches_only_with_the_channel_empty_and_back_after_small_pump
             break
         time.sleep(0.001)
     assert d.pump(clean=True) is None and pool.copied == copied + 1 and dst_peer.recv(10) == b"z"
+
+
+def test_copy_once_hands_what_the_destination_refused_to_a_direction_byte_exact(pairs):
+    """relay = adaptive's no-Direction path (relay.direction.copy_once): small reads go straight through until
+    the destination is full; the bytes it did not take go to a Direction (`hold`, WAIT_DST), whose pumps
+    deliver them first and then the rest. A full read, and end of file, hand over to a Direction too."""
+    src_peer, src, dst, dst_peer = pairs()
+    dst_peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    dst.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    pool = ChannelPool("adaptive", SIZE, 4)
+    sent, got, rest, moved = bytearray(), bytearray(), b"", 0
+    for i in range(5000):                             # small chunks, the reader asleep: the destination fills
+        chunk = os.urandom(1000)
+        src_peer.sendall(chunk)
+        sent += chunk
+        for _ in range(1000):
+            if queued(src) >= len(chunk):
+                break
+            time.sleep(0.001)
+        n, done, rest = relay.copy_once(src.fileno(), dst.fileno())
+        moved += n
+        if not done:
+            break
+    assert rest and moved + len(rest) == len(sent), (i, moved, len(rest))
+    d = Direction(PlainEndpoint(src), PlainEndpoint(dst), pool)
+    d.hold(rest)
+    assert d.state is State.WAIT_DST and d.pending == len(rest)
+    tail = os.urandom(100000)                         # more behind it: a full read of copy_once would hand over
+    src_peer.sendall(tail)
+    src_peer.shutdown(socket.SHUT_WR)
+    sent += tail
+    for _ in range(100000):
+        try:
+            got += dst_peer.recv(1 << 16, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            time.sleep(0.0002)
+        if d.state is not State.DONE:
+            assert d.pump() is None
+        elif len(got) == len(sent):
+            break
+    assert got == sent and d.state is State.DONE
