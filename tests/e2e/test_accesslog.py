@@ -31,7 +31,10 @@ def access_lines(d, count: int, timeout: float = 10) -> list[str]:
 def test_json_records_carry_sni_alpn_host_and_bytes(daemon, server):
     backend = server()
     port = free_port()
-    d = daemon().start(config(port, backend.port, "json", probe_timeout=0.3, on_timeout="web"), wait=port)
+    # relay = splice: every relayed byte goes through a pipe, so "spliced" is exact (adaptive would copy this
+    # small exchange and log spliced=0)
+    d = daemon().start(config(port, backend.port, "json", probe_timeout=0.3, on_timeout="web", relay="splice"),
+                       wait=port)
     c = connect(port)
     request = b"GET / HTTP/1.1\r\nHost: Example.ORG:8080\r\n\r\n"
     c.sendall(request)
