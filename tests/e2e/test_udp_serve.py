@@ -13,7 +13,7 @@ import pytest
 
 from support.daemon import make_config
 from support.net import recv_all, wait_until
-from support.udp import UdpClient, UdpEcho, free_port_both, free_udp_port
+from support.udp import UdpClient, UdpEcho, free_port_both, free_udp_port, low_udp_port
 
 OPENVPN_RESET = bytes([0x38]) + bytes(8) + b"\x00" + bytes(4)       # P_CONTROL_HARD_RESET_CLIENT_V2, no tls-auth
 
@@ -190,17 +190,6 @@ def test_two_workers_one_flow_one_worker(daemon, echo):
     assert sum(int(field(line, "dgrams_up")) for line in access_lines(d)) == sum(backend.senders.values())
     assert len({field(line, "worker") for line in access_lines(d)}) == 2        # both workers took flows
     assert len(backend.senders) == 20
-
-
-def low_udp_port() -> int:
-    for port in range(980, 600, -7):
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-    pytest.skip("no free UDP port below 1024")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to bind a port below 1024 and drop to nobody")
