@@ -2,7 +2,7 @@
 
 Owns: every output format. Reads only the results dict the driver assembled; runs nothing.
 Writes bench/results/{bench.json, SECTION.md, SECTION.png} and bench/RESULTS.md (the latest run,
-with date, machine and versions). matplotlib is a bench-only dependency: without it the PNGs are
+with date, machine and versions, and the target table of bench.harness.targets). matplotlib is a bench-only dependency: without it the PNGs are
 skipped and the markdown says so.
 """
 
@@ -12,6 +12,7 @@ import json
 import os
 
 from bench.harness.fmt import LABELS, _bars, _f, _med, _pct, _series, _x, label
+from bench.harness.targets import targets_md
 
 
 # --- markdown (bulk, connrate, idle) ---------------------------------------------------------------------------------
@@ -100,7 +101,6 @@ MODE_TITLES = {
     "keepalive": ("Keep-alive requests over TLS", "req/s", "request"),
     "bulk": ("Bulk, one way (nginx → terminator → curl)", "MB/s", "MB"),
 }
-TLS_SUBJECT = "epollmux-tls"
 
 
 # --- sniff ------------------------------------------------------------------------------------
@@ -321,58 +321,6 @@ def write(results: dict, outdir: str, results_md: str) -> list[str]:
     return written
 
 
-def targets(results: dict, subject: str = "epollmux-splice") -> list[dict]:
-    """The performance targets for one epollmux subject, checked against this run's medians."""
-    out = []
-    secs = {sec["section"]: sec for sec in results["sections"]}
-
-    def add(what, value, goal, ok):
-        out.append({"target": what, "value": value, "goal": goal,
-                    "met": None if ok is None else bool(ok)})
-
-    if "bulk" in secs:
-        for row in secs["bulk"]["summary"]:
-            if row["subject"] == subject:
-                st = row["streams"]
-                for key, name in (("gbps_vs_ref", "Gbit/s"), ("eff_vs_ref", "Gbit per CPU-s")):
-                    v = row[key]
-                    add(f"bulk {st} stream(s): {name} vs HAProxy", _x(v), "≥ 1.00×", None if v is None else v >= 1.0)
-    if "connrate" in secs:
-        rows = {r["subject"]: r for r in secs["connrate"]["summary"]}
-        if subject in rows:
-            v = rows[subject]["close"]["rps_vs_ref"]
-            add("new connections/s vs HAProxy", _x(v), "≥ 1.00×", None if v is None else v >= 1.0)
-            mine = stats_median(rows[subject]["unloaded"]["p50_ms"])
-            ref = stats_median(rows.get("sslh-select", {}).get("unloaded", {}).get("p50_ms"))
-            add("unloaded new-connection p50 vs sslh-select",
-                f"{_f(mine, '{:.3f}')} ms vs {_f(ref, '{:.3f}')} ms", "≤ sslh-select",
-                None if mine is None or ref is None else mine <= ref)
-    if "idle" in secs:
-        for row in secs["idle"]["summary"]:
-            if row["subject"] == subject and "rss_per_conn_kb" in row:
-                add(f"idle: RSS per connection ({row.get('ping_ok')} held of {row['n']})",
-                    f"{row['rss_per_conn_kb']:.2f} KB", "≤ 2.0 KB, all held",
-                    row["rss_per_conn_kb"] <= 2.0 and row.get("all_held"))
-    if "tls" in secs:
-        for what, value, goal, ok in tls_targets(secs["tls"]):
-            add(what, value, goal, ok)
-    return out
-
-
-def stats_median(s):
-    return s["median"] if s else None
-
-
-def targets_md(results: dict) -> str:
-    rows = targets(results)
-    if not rows:
-        return ""
-    mark = {True: "met", False: "**missed**", None: "—"}
-    lines = ["## Performance targets (this run: epollmux splice for TCP, epollmux 1 worker for TLS)", "", "| target | value | goal | |", "|---|---|---|---|"]
-    lines += [f"| {r['target']} | {r['value']} | {r['goal']} | {mark[r['met']]} |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def header_md(results: dict) -> str:
     m, v = results["machine"], results["versions"]
     lines = ["# epollmux benchmark results (latest run)", "",
@@ -390,24 +338,3 @@ def header_md(results: dict) -> str:
 
 def notes_md(results: dict) -> str:
     return "\n".join(["## How it is measured", ""] + [f"- {n}" for n in results["notes"]]) + "\n"
-
-
-# --- targets (tls) ----------------------------------------------------------------------------------
-def tls_targets(sec: dict, subject: str = TLS_SUBJECT) -> list[tuple]:
-    """(target, value, goal, met) rows of the performance targets for the TLS section."""
-    row = next((r for r in sec["summary"] if r["subject"] == subject), None)
-    if row is None:
-        return []
-    out = []
-    goals = [("full-ecdsa", "TLS full handshakes/s, ECDSA P-256", "haproxy"),
-             ("full-rsa", "TLS full handshakes/s, RSA-2048", "haproxy"),
-             ("resumed", "TLS resumed handshakes/s", "haproxy"),
-             ("keepalive", "TLS keep-alive req/s", "haproxy"),
-             ("bulk", "TLS bulk MB/s", "stunnel")]
-    peer = {"haproxy": "HAProxy", "stunnel": "stunnel"}
-    for key in ("rate", "eff"):
-        for mode, what, ref in goals:
-            v = row[mode][f"{key}_vs_{ref}"]
-            text = what if key == "rate" else what.replace("/s", " per proxy CPU-s").replace("MB/s", "MB per proxy CPU-s")
-            out.append((f"{text} vs {peer[ref]}", _x(v), "≥ 1.00×", None if v is None else v >= 1.0))
-    return out

@@ -73,7 +73,7 @@ def options(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="1 run each, short durations, ~3 minutes")
     p.add_argument("--sections", default=",".join(SECTIONS), help="comma list of " + ",".join(SECTIONS))
     p.add_argument("--subjects", default=",".join(DEFAULT),
-                   help="comma list of " + ",".join(KNOWN) + " (default: all but the 2-worker/2-thread ones); "
+                   help="comma list of " + ",".join(KNOWN) + " (default: all but epollmux-splice-2w, epollmux-sockmap and the 2-worker/2-thread TLS pair); "
                    "each section measures those of them it knows")
     p.add_argument("--repeat", type=int, help="runs per measurement (default 3, quick 1)")
     p.add_argument("--bulk-seconds", type=float, help="iperf3 duration (default 5, quick 2)")

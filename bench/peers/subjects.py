@@ -8,7 +8,7 @@ to one backend, with no protocol sniffing (`probe = any`, sslh `--anyprot`).
 Choices that matter for fairness (also written into RESULTS.md):
 - epollmux runs `workers = 1` (one event loop; its supervisor process is counted too), so
   HAProxy runs with `nbthread 1`; all of a subject's processes are counted, so forking peers
-  pay for their forks. `epollmux-splice-2w` and `haproxy-2t` are the 2-core pair.
+  pay for their forks. `epollmux-adaptive-2w` (and `epollmux-splice-2w`) and `haproxy-2t` are the 2-core pair.
 - HAProxy: TCP mode, `option splice-request` + `option splice-response` (splice forced both
   ways), and `tune.pipesize` equal to epollmux's `pipe_size` (1 MiB, its default) unless told otherwise.
 - sslh and socat run as shipped (sslh-fork = Debian's /usr/sbin/sslh; socat with `fork`,
@@ -173,6 +173,14 @@ class EpollmuxSockmap(Epollmux):
 class EpollmuxSplice2(Epollmux):
     """Two workers (needs the multi-worker supervisor); compare with haproxy-2t, not in the defaults."""
     name, label, relay = "epollmux-splice-2w", "epollmux (splice, 2 workers)", "splice"
+
+    def __init__(self, tmpdir, port, backend):
+        super().__init__(tmpdir, port, backend, workers=2)
+
+
+class EpollmuxAdaptive2(Epollmux):
+    """The default relay with two workers: the 2-core pair of haproxy-2t (issue 19's connection-rate target)."""
+    name, label, relay = "epollmux-adaptive-2w", "epollmux (adaptive, 2 workers)", "adaptive"
 
     def __init__(self, tmpdir, port, backend):
         super().__init__(tmpdir, port, backend, workers=2)
@@ -368,11 +376,12 @@ class HaproxySNI(SNIRouter, Haproxy):
 
 
 RELAYS = {cls.name: cls for cls in (Direct, EpollmuxAdaptive, EpollmuxSplice, EpollmuxCopy, Haproxy, SslhSelect, SslhFork, Socat,
-                                    EpollmuxSplice2, Haproxy2, EpollmuxSockmap)}
+                                    EpollmuxSplice2, EpollmuxAdaptive2, Haproxy2, EpollmuxSockmap)}
 TERMINATORS = {cls.name: cls for cls in (NginxTLS, EpollmuxTLS, Stunnel, HaproxyTLS, EpollmuxTLS2, HaproxyTLS2)}
 ROUTERS = {cls.name: cls for cls in (EpollmuxSNI, HaproxySNI)}
 ALL = {**RELAYS, **TERMINATORS, **ROUTERS}
 DEFAULT = ["direct", "epollmux-adaptive", "epollmux-splice", "epollmux-copy", "haproxy", "sslh-select", "sslh-fork", "socat",
+           "epollmux-adaptive-2w", "haproxy-2t",     # issue 19's 2-core connection-rate target
            "nginx-tls", "epollmux-tls", "stunnel", "haproxy-tls", "epollmux-sni", "haproxy-sni"]
 
 

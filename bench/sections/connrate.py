@@ -22,7 +22,7 @@ from bench.harness.context import Context, started
 from bench.harness.procs import HOST, OtherLoad
 
 SUBJECTS = ["direct", "epollmux-adaptive", "epollmux-splice", "epollmux-copy", "haproxy", "sslh-select", "sslh-fork", "socat",
-            "epollmux-splice-2w", "haproxy-2t"]
+            "epollmux-splice-2w", "epollmux-adaptive-2w", "haproxy-2t"]
 REFERENCE = "haproxy"
 MODES = ("close", "keepalive")
 REQUEST = b"GET / HTTP/1.0\r\nHost: bench\r\n\r\n"

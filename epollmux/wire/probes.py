@@ -28,7 +28,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from epollmux.wire.clienthello import HelloStatus, parse_client_hello
+from epollmux.wire.clienthello import HelloResult, HelloStatus, parse_client_hello
 
 
 class Verdict(enum.Enum):
@@ -125,7 +125,12 @@ def probe_tls(data: bytes, opts: Mapping[str, object]) -> Verdict:
     match a glob (no ALPN: NEXT).  Both set: both must hold.  Under ECH the SNI seen is the outer
     public_name.  AGAIN while the hello is incomplete, across TCP segments and handshake records.
     """
-    hello = parse_client_hello(data)
+    return hello_verdict(parse_client_hello(data), opts)
+
+
+def hello_verdict(hello: HelloResult, opts: Mapping[str, object]) -> Verdict:
+    """The tls probe's rule on a parsed ClientHello (also the UDP `dtls` and `quic` probes'): NEED_MORE ->
+    AGAIN, not OK -> NEXT, then the `sni` and `alpn` globs (absent SNI / ALPN with a glob set: NEXT)."""
     if hello.status is HelloStatus.NEED_MORE:
         return Verdict.AGAIN
     if hello.status is not HelloStatus.OK:

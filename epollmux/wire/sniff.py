@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from epollmux.wire import clienthello
-from epollmux.wire.probes import PROBES, Verdict, request_host
+from epollmux.wire.probes import PROBES, ProbeSpec, Verdict, request_host
 
 
 @dataclass(frozen=True)
@@ -34,11 +34,13 @@ class Decision:
     verdicts: tuple[Verdict, ...]      # one per route evaluated, in order (for the debug log)
 
 
-def decide(data: bytes, routes: Sequence[tuple[str, Mapping]], *, full: bool = False) -> Decision:
-    """Apply the routes' probes to `data` in strict order."""
+def decide(data, routes: Sequence[tuple[str, Mapping]], *, full: bool = False,
+           probes: Mapping[str, ProbeSpec] = PROBES) -> Decision:
+    """Apply the routes' probes (from `probes`: PROBES, or udpprobes.UDP_PROBES with the tuple of a flow's
+    first datagrams as `data`) to `data` in strict order."""
     verdicts: list[Verdict] = []
     for index, (probe, opts) in enumerate(routes):
-        verdict = PROBES[probe].func(data, opts)
+        verdict = probes[probe].func(data, opts)
         if verdict is Verdict.AGAIN and full:
             verdict = Verdict.NEXT
         verdicts.append(verdict)

@@ -17,8 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from epollmux.wire import dtls, quic
-from epollmux.wire.clienthello import HelloResult, HelloStatus
-from epollmux.wire.probes import ProbeSpec, Verdict, glob_any, prepare_options
+from epollmux.wire.probes import ProbeSpec, Verdict, hello_verdict, prepare_options
 
 Datagrams = tuple[bytes, ...]
 
@@ -111,22 +110,6 @@ def _first_packet_id(d: bytes, at: int) -> bool:
 
 
 # ---------------------------------------------------------------- dtls and quic
-def hello_verdict(hello: HelloResult, opts: Mapping[str, object]) -> Verdict:
-    """The tls probe's rule on a parsed ClientHello: NEED_MORE -> AGAIN, not OK -> NEXT, then the `sni`
-    and `alpn` globs (absent SNI / ALPN with a glob set: NEXT)."""
-    if hello.status is HelloStatus.NEED_MORE:
-        return Verdict.AGAIN
-    if hello.status is not HelloStatus.OK:
-        return Verdict.NEXT
-    sni_globs = opts.get("sni")
-    if sni_globs is not None and (hello.sni is None or not glob_any(hello.sni, sni_globs)):
-        return Verdict.NEXT
-    alpn_globs = opts.get("alpn")
-    if alpn_globs is not None and not any(glob_any(p, alpn_globs) for p in hello.alpn):
-        return Verdict.NEXT
-    return Verdict.MATCH
-
-
 def probe_dtls(datagrams: Datagrams, opts: Mapping[str, object]) -> Verdict:
     """A DTLS 1.0/1.2/1.3 ClientHello (record type 22, record version 0xfeff or 0xfefd), reassembled from
     its handshake fragments across records and datagrams (at most dtls.MAX_DATAGRAMS); MATCH once it is

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from epollmux.wire import dtls, quic
+from epollmux.wire import dtls, quic, sniff
 from epollmux.wire.clienthello import HelloStatus
-from epollmux.wire.probes import PROBES, Verdict
+from epollmux.wire.probes import PROBES
 from epollmux.wire.sniff import NO_NAMES, Decision, Names
 from epollmux.wire.udpprobes import UDP_PROBES
 
@@ -31,17 +31,7 @@ def probe_fits(probe: str, udp: bool) -> bool:
 def decide_flow(datagrams: tuple[bytes, ...], routes: Sequence[tuple[str, Mapping]], *,
                 full: bool = False) -> Decision:
     """Apply the routes' UDP probes to the flow's first datagrams in strict order (sniff.decide's rule)."""
-    verdicts: list[Verdict] = []
-    for index, (probe, opts) in enumerate(routes):
-        verdict = UDP_PROBES[probe].func(datagrams, opts)
-        if verdict is Verdict.AGAIN and full:
-            verdict = Verdict.NEXT
-        verdicts.append(verdict)
-        if verdict is Verdict.MATCH:
-            return Decision(index, True, tuple(verdicts))
-        if verdict is Verdict.AGAIN:
-            return Decision(None, False, tuple(verdicts))
-    return Decision(None, True, tuple(verdicts))
+    return sniff.decide(datagrams, routes, full=full, probes=UDP_PROBES)
 
 
 def flow_names(datagrams: tuple[bytes, ...]) -> Names:

@@ -1,6 +1,6 @@
 """The shipped systemd unit as an administrator runs it: the daemon started with exactly the unit's
 capability bounding set and user (parsed from etc/epollmux.service, applied with setpriv) survives
-reload, stats and stop; the unit gives the stats socket a writable /run/epollmux; `epollmux --reload`
+reload, stats and stop, and serves a udp: listener below 1024 (workers keep CAP_NET_BIND_SERVICE); the unit gives the stats socket a writable /run/epollmux; `epollmux --reload`
 (the unit's ExecReload) reports a refused file with a non-zero exit and the errors."""
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import sys
 
 import pytest
 
-from support.daemon import REPO, Daemon, tree_pids
+from support.daemon import REPO, Daemon, make_config, tree_pids
 from support.net import free_port
 from support.supervision import TaggedBackend, config
+from support.udp import UdpClient, UdpEcho, low_udp_port
 
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv missing (util-linux)"),
@@ -149,3 +150,33 @@ def _mask(caps: list[str]) -> int:
     numbers = {"CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_NET_BIND_SERVICE": 10, "CAP_NET_ADMIN": 12,
                "CAP_NET_RAW": 13}
     return sum(1 << numbers[c] for c in caps)
+
+
+def test_unit_capabilities_serve_a_udp_port_below_1024(tmp_path, daemon):
+    """A udp: listener below 1024 under exactly the unit's bounding set and a worker user: the workers keep
+    CAP_NET_BIND_SERVICE alone and each new flow binds its own socket to the port (README "UDP: listeners,
+    flows and workers"); without the capability in the unit the flows could not start."""
+    bounding = unit_settings()["CapabilityBoundingSet"].split()
+    assert "CAP_NET_BIND_SERVICE" in unit_settings()["AmbientCapabilities"].split()
+    echo = UdpEcho(b"E:")
+    try:
+        port = low_udp_port()
+        text = make_config({"u": f"udp:127.0.0.1:{port}"}, {"all": {"probe": "any", "backend": echo.address}},
+                           workers=2, user="nobody",
+                           sections=f"[metrics]\nstats_socket = {tmp_path}/run/epollmux.sock\n")
+        d = daemon().start(text, python_code=setpriv_code(bounding))
+        d.wait_log("ready: ", timeout=30)
+        workers = d.wait_workers(2)
+        nobody = pwd.getpwnam("nobody").pw_uid
+        for pid in workers:
+            assert _uid(pid) == nobody and int(_status(pid, "CapEff"), 16) == _mask(["CAP_NET_BIND_SERVICE"])
+        clients = [UdpClient(port) for _ in range(8)]
+        for i, c in enumerate(clients):
+            assert c.ask(b"q%d" % i) == b"E:q%d" % i
+            assert c.ask(b"r%d" % i) == b"E:r%d" % i
+            c.close()
+        d.signal(signal.SIGTERM)
+        assert d.wait(30) == 0, d.log_text()[-3000:]
+        assert "Traceback" not in d.log_text() and "cannot open a flow socket" not in d.log_text()
+    finally:
+        echo.close()

@@ -27,6 +27,19 @@ def free_port_both(host: str = "127.0.0.1") -> int:
     raise RuntimeError("no port free for both TCP and UDP")
 
 
+def low_udp_port() -> int:
+    """A UDP port below 1024 free on 127.0.0.1 (skips the test when none is)."""
+    import pytest
+    for port in range(980, 600, -7):
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+    pytest.skip("no free UDP port below 1024")
+
+
 class UdpEcho:
     """Answers each datagram with tag + the datagram, to its sender; counts datagrams per sender."""
 
