@@ -261,12 +261,7 @@ def _route(name: str, section, problems: Problems, udp_named: bool) -> Route | N
     for key in sorted(set(written) - allowed):
         what = "applies to UDP routes only" if key in UDP_ROUTE_KEYS else f"does not apply to probe '{probe}'"
         problems.add(where, key, what)
-    opts = {}
-    try:
-        opts = probes.prepare_options(probe, {k: v for k, v in written.items() if k in spec.keys})
-    except ValueError as exc:
-        key, message = exc.args if len(exc.args) == 2 else ("probe", str(exc))
-        problems.add(where, key, message)
+    opts = _options(where, probes.prepare_options, probe, written, spec.keys, problems)
     inner = tuple(written.get("inner_routes") or ())
     backend = None
     if section["backend"] is None:
@@ -291,6 +286,16 @@ def _route(name: str, section, problems: Problems, udp_named: bool) -> Route | N
     return route
 
 
+def _options(where: list, prepare, probe: str, written: dict, keys, problems: Problems) -> dict:
+    """A probe's options prepared from the keys written for it ({} with each problem reported by key)."""
+    try:
+        return prepare(probe, {k: v for k, v in written.items() if k in keys})
+    except ValueError as exc:
+        key, message = exc.args if len(exc.args) == 2 else ("probe", str(exc))
+        problems.add(where, key, message)
+        return {}
+
+
 UDP_ROUTE_KEYS = frozenset({"udp_idle_timeout"})
 UDP_COMMON_KEYS = frozenset({"allow", "deny", "drain_timeout"})
 UDP_IDLE_DEFAULT = 60.0
@@ -313,12 +318,7 @@ def _udp_route(name: str, section, problems: Problems) -> Route | None:
     allowed = spec.keys | UDP_ROUTE_KEYS | UDP_COMMON_KEYS
     for key in sorted(set(written) - allowed):
         problems.add(where, key, f"does not apply to a UDP route (probe '{probe}')")
-    opts = {}
-    try:
-        opts = udpprobes.prepare_udp_options(probe, {k: v for k, v in written.items() if k in spec.keys})
-    except ValueError as exc:
-        key, message = exc.args if len(exc.args) == 2 else ("probe", str(exc))
-        problems.add(where, key, message)
+    opts = _options(where, udpprobes.prepare_udp_options, probe, written, spec.keys, problems)
     backend = None
     text = (section["backend"] or "").strip()
     if not text:

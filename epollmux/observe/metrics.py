@@ -80,7 +80,9 @@ FAMILIES = {f.name: f for f in (
            "UDP datagrams relayed, per route; direction up = client to backend. Open flows included.",
            ("route", "direction")),
     Family("epollmux_udp_dropped_total", "counter",
-           "UDP datagrams dropped because a socket buffer was full (as a router drops them), per route.", ("route",)),
+           "UDP datagrams dropped, per route: a full socket buffer (as a router drops them); route '-': "
+           "datagrams that reached no route (no route matched, a flow bound, an access list, probe timeout).",
+           ("route",)),
     # --- from the supervisor
     Family("epollmux_workers", "gauge", "Worker processes, per state.", ("state",)),
     Family("epollmux_draining_connections", "gauge",

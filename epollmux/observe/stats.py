@@ -84,6 +84,20 @@ class Stats:
         counts[1] += down
         counts[2] += dropped
 
+    def datagram_refused(self, listener: str, reason: str, size: int) -> None:
+        """A new client's datagram dropped before any flow existed: a close with `reason` on route "-",
+        its bytes up, and one datagram dropped on route "-"."""
+        self.closes[listener, "-", reason] += 1
+        self.bytes_up += size
+        moved = self.route_bytes.get("-")
+        if moved is None:
+            moved = self.route_bytes["-"] = [0, 0]
+        moved[0] += size
+        counts = self.datagrams.get("-")
+        if counts is None:
+            counts = self.datagrams["-"] = [0, 0, 0]
+        counts[2] += 1
+
     def closed_outer(self, listener: str, route: str, reason: str) -> None:
         """The terminating route around a route chosen inside TLS: its routed count has a close too."""
         self.closes[listener, route, reason] += 1
@@ -119,6 +133,8 @@ class Stats:
             pair = moved.setdefault(route, [0, 0])
             pair[0] += flow.up
             pair[1] += flow.down
+            if flow.route is None:      # a pending flow's datagrams are neither relayed nor dropped yet
+                continue
             counts = grams.setdefault(route, [0, 0, 0])
             counts[0] += flow.dgrams_up
             counts[1] += flow.dgrams_down

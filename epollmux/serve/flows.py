@@ -11,7 +11,9 @@ and the backend side, connected to the route's backend. Datagram boundaries are 
 A datagram that cannot be sent at once (a full socket buffer) is dropped and counted, as a router would.
 Idle expiry costs O(1) per datagram: a datagram only stores the loop's clock; the flow's one timer,
 when it fires, compares and re-arms itself for the remaining time.
-A flow ends in one place (`close`), which counts it and writes its access-log line.
+A flow ends in one place (`close`), which counts it and writes its access-log line. A new client's
+datagram refused before a flow exists (access list, no route on the probes' verdict on it alone, a flow
+bound) opens nothing: udpdrops.py counts it and sums it up in the log.
 Must not import the listener (udplistener.py feeds the table) nor know any protocol (the probes do).
 """
 
@@ -25,6 +27,7 @@ import socket
 from epollmux import addr
 from epollmux.reactor import IN
 from epollmux.reasons import Reason
+from epollmux.serve import udpdrops
 from epollmux.wire import udpsniff
 
 log = logging.getLogger("epollmux.udp")
@@ -47,6 +50,7 @@ class FlowTable:
         self.max_per_source = ctx.settings.max_flows_per_source
         self.prefix = ctx.settings.source_ipv6_prefix
         self.warned = -10.0             # the loop's clock when the last flow-limit warning was logged
+        self.drops = udpdrops.Drops(ctx)
 
     def __len__(self) -> int:
         return len(self.flows)
@@ -61,12 +65,22 @@ class FlowTable:
         return ip
 
     def datagram(self, udp, client, local, data: bytes) -> None:
-        """A datagram read from listening socket `udp` (a UdpListener) from `client` to `local`."""
+        """A datagram read from listening socket `udp` (a UdpListener) from `client` to `local`. A new
+        client's datagram that the access list refuses, that no route can take (the probes decide on it
+        alone) or that a flow bound refuses costs no flow state: udpdrops counts it."""
         flow = self.flows.get((udp.fd, client))
         if flow is not None:
             flow.from_client(data)
             return
-        ctx = self.ctx
+        listener = udp.listener
+        if listener.access is not None and not listener.access.permits(client[0]):
+            self.ctx.stats.count("udp_denied")
+            self.drops.drop(udp, client, Reason.DENIED, len(data))
+            return
+        decision = udpsniff.decide_flow((data,), listener.probe_table)
+        if decision.done and decision.route is None:
+            self.drops.drop(udp, client, Reason.NO_ROUTE, len(data))
+            return
         source = self.source_key(client)
         if len(self.flows) >= self.max_flows:
             self._refuse(udp, client, len(data), "max_flows")
@@ -74,19 +88,15 @@ class FlowTable:
         if self.max_per_source and self.per_source.get(source, 0) >= self.max_per_source:
             self._refuse(udp, client, len(data), "max_flows_per_source")
             return
-        access = udp.listener.access
-        if access is not None and not access.permits(client[0]):
-            ctx.stats.count("udp_denied")
-            return
         flow = Flow(self, udp, client, local, source)
         self.flows[flow.key] = flow
         self.per_source[source] = self.per_source.get(source, 0) + 1
-        flow.start(data)
+        flow.start(data, decision)
 
     def _refuse(self, udp, client, size: int, which: str) -> None:
-        """A new flow past a bound: its datagram is dropped; counted, and logged once per second at most."""
+        """A new flow past a bound: its datagram is dropped; counted, and warned of once per second at most."""
         ctx = self.ctx
-        ctx.stats.closed(udp.listener.name, "-", "pending", Reason.FLOW_LIMIT, size, 0)
+        self.drops.drop(udp, client, Reason.FLOW_LIMIT, size)
         now = ctx.reactor.now
         if now - self.warned >= 1.0:
             self.warned = now
@@ -105,6 +115,7 @@ class FlowTable:
         flows = list(self.flows.values())
         for flow in flows:
             flow.close(reason)
+        self.drops.flush()
         return len(flows)
 
 
@@ -152,7 +163,8 @@ class Flow:
         self.idle = 0.0
 
     # --- start and probing --------------------------------------------------------------------
-    def start(self, data: bytes) -> None:
+    def start(self, data: bytes, decision: udpsniff.Decision | None = None) -> None:
+        """Open the flow socket and take the first datagram (`decision`: the probes' on it, if made)."""
         try:
             self.csock = self._client_socket()
         except OSError as exc:
@@ -162,7 +174,7 @@ class Flow:
             return
         self.ctx.reactor.register(self.csock.fileno(), IN, _Side(self, True))
         self.timer = self.ctx.reactor.call_later(self.ctx.settings.probe_timeout, self._probe_deadline)
-        self._add_pending(data)
+        self._add_pending(data, decision)
         if not self.closed:
             self._adopt_strays()
 
@@ -186,7 +198,7 @@ class Flow:
         of its address, so it may hold another new flow's first datagram. With one worker that flow is this
         worker's: hand the datagram to the table. With several, the kernel's hash may give that flow to
         another worker, and starting it here too would split it: drop the datagram (counted as the event
-        udp_stray); the client's retransmission reaches its own worker."""
+        udp_stray, and as a datagram dropped on route "-"); the client's retransmission reaches its own worker."""
         alone = self.ctx.settings.workers == 1
         for _ in range(READ_BUDGET):
             try:
@@ -201,19 +213,21 @@ class Flow:
                 self.table.datagram(self.udp, sender, self.local, data)
             else:
                 self.ctx.stats.count("udp_stray")
+                self.ctx.stats.flow_closed("-", 0, 0, 1)
             if self.closed:
                 return
 
-    def _add_pending(self, data: bytes) -> None:
+    def _add_pending(self, data: bytes, decision: udpsniff.Decision | None = None) -> None:
         self.pending.append(data)
         self.pending_bytes += len(data)
         self.up += len(data)
         self.dgrams_up += 1
         full = len(self.pending) >= PENDING_DATAGRAMS or self.pending_bytes >= PENDING_BYTES
-        self._decide(full)
+        if decision is None or (full and not decision.done):
+            decision = udpsniff.decide_flow(tuple(self.pending), self.listener.probe_table, full=full)
+        self._decide(decision)
 
-    def _decide(self, full: bool) -> None:
-        decision = udpsniff.decide_flow(tuple(self.pending), self.listener.probe_table, full=full)
+    def _decide(self, decision: udpsniff.Decision) -> None:
         if not decision.done:
             return
         if decision.route is None:
@@ -360,7 +374,10 @@ class Flow:
         route = self.route.name if self.route is not None else "-"
         ctx.stats.closed(self.listener.name, route, "relaying" if self.route else "pending", reason,
                          self.up, self.down)
-        ctx.stats.flow_closed(route, self.dgrams_up, self.dgrams_down, self.dropped)
+        if self.route is None:          # never routed: its datagrams went nowhere
+            ctx.stats.flow_closed(route, 0, 0, self.dgrams_up)
+        else:
+            ctx.stats.flow_closed(route, self.dgrams_up, self.dgrams_down, self.dropped)
         if ctx.access.enabled():
             ctx.access.write(self._record(route, reason))
 

@@ -247,14 +247,17 @@ def _parse_extensions(hs: bytes, pos: int, limit: int, avail: int, legacy_versio
     return sni, server_name, alpn, versions, has_ech
 
 
+def _list_start(hs: bytes, pos: int, limit: int, avail: int, what: str) -> int:
+    """Where the items of a non-empty 2-byte-length list filling [pos, limit) begin."""
+    n = _vector(hs, pos, limit, avail, 2)
+    if pos + 2 + n != limit:
+        raise _Invalid(f"trailing bytes in {what}")
+    if n == 0:
+        raise _Invalid(f"empty {what} list")
+    return pos + 2
 def _parse_sni(hs: bytes, pos: int, limit: int, avail: int) -> str | None:
     """The first host_name of a server_name extension body [pos, limit)."""
-    n = _vector(hs, pos, limit, avail, 2)
-    pos += 2
-    if pos + n != limit:
-        raise _Invalid("trailing bytes in server_name")
-    if n == 0:
-        raise _Invalid("empty server_name list")
+    pos = _list_start(hs, pos, limit, avail, "server_name")
     found: str | None = None
     while pos != limit:
         if pos + 1 > avail:                                # name_type
@@ -274,12 +277,7 @@ def _parse_sni(hs: bytes, pos: int, limit: int, avail: int) -> str | None:
 
 
 def _parse_alpn(hs: bytes, pos: int, limit: int, avail: int) -> tuple[str, ...]:
-    n = _vector(hs, pos, limit, avail, 2)
-    pos += 2
-    if pos + n != limit:
-        raise _Invalid("trailing bytes in ALPN")
-    if n == 0:
-        raise _Invalid("empty ALPN list")
+    pos = _list_start(hs, pos, limit, avail, "ALPN")
     protocols = []
     while pos != limit:
         n = _vector(hs, pos, limit, avail, 1, "length {}")
