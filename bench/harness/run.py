@@ -1,7 +1,7 @@
 """The benchmark driver: `python3 -m bench.harness.run [--quick] [--sections ...] [--repeat N] ...`.
 
 Owns: options, the run's time budget (every section checks it before each measurement, so a run
-ends in bounded time: at most 15 min by default, ~3 min with --quick), the temp dir, the machine
+ends in bounded time: at most 25 min by default, ~3 min with --quick), the temp dir, the machine
 and version record, and handing the results to bench.harness.report. Sections run one after another:
 bulk (iperf3), connrate (nginx + wrk), idle (held connections), sniff (probe decision cost, SNI
 routing under load), tls (TLS termination beside stunnel and HAProxy), udp (UDP flows beside socat and direct).
@@ -89,7 +89,7 @@ def options(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--udp-flows", type=int, default=1000, help="flows of the many-flow UDP runs")
     p.add_argument("--udp-seconds", type=float, help="duration of each UDP run (default 4, quick 2)")
     p.add_argument("--udp-held", type=int, help="UDP flows held for the memory figure (default 5000, quick 2000)")
-    p.add_argument("--budget", type=float, help="seconds the whole run may take (default 900, quick 200)")
+    p.add_argument("--budget", type=float, help="seconds the whole run may take (default 1500, quick 200)")
     p.add_argument("--ports", default="25000-25999", help="port range to use on 127.0.0.1")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="directory for JSON, tables, charts")
     p.add_argument("--results-md", default=os.path.join(HERE, "RESULTS.md"))
@@ -103,7 +103,7 @@ def options(argv: list[str]) -> argparse.Namespace:
     o.latency_count = o.latency_count or (200 if q else 500)
     o.idle_n = o.idle_n or (2000 if q else 9000)
     o.tls_seconds = o.tls_seconds or (1 if q else 3)
-    o.budget = o.budget or (200 if q else 900)
+    o.budget = o.budget or (200 if q else 1500)
     o.udp_rates = o.udp_rates or ("50M" if q else "50M,200M")
     o.udp_flow_rates = o.udp_flow_rates or ("5000" if q else "5000,20000")
     o.udp_seconds = o.udp_seconds or (2 if q else 4)

@@ -141,3 +141,42 @@ def targets_md(results: dict) -> str:
              "| target | value | goal | |", "|---|---|---|---|"]
     lines += [f"| {r['target']} | {r['value']} | {r['goal']} | {mark[r['met']]} |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def compare_md(runs: list[tuple[str, dict]]) -> str:
+    """The target tables of several runs side by side: (name, results) each; one row per target."""
+    tables = [(name, {r["target"]: r for r in targets(res)}, res) for name, res in runs]
+    order = []
+    for _, rows, _ in tables:
+        order += [t for t in rows if t not in order]
+    mark = {True: "met", False: "**missed**", None: "not measured"}
+    lines = ["| run | started | load average at start → end | epollmux |", "|---|---|---|---|"]
+    lines += [f"| {name} | {res.get('started', '?')} | {res.get('machine', {}).get('load_start', '?')} → "
+              f"{res.get('machine', {}).get('load_end', '?')} | {res.get('versions', {}).get('epollmux', '?')} |"
+              for name, _, res in tables]
+    lines += ["", "| target | goal | " + " | ".join(name for name, _, _ in tables) + " |",
+              "|---|---|" + "---|" * len(tables)]
+    for t in order:
+        goal = next(rows[t]["goal"] for _, rows, _ in tables if t in rows)
+        cells = [f"{rows[t]['value']}: {mark[rows[t]['met']]}" if t in rows else "—" for _, rows, _ in tables]
+        lines.append(f"| {t} | {goal} | " + " | ".join(cells) + " |")
+    both = [t for t in order if all(rows.get(t, {}).get("met") for _, rows, _ in tables)]
+    lines += ["", f"Met in every run: {len(both)} of {len(order)}" + (f" ({'; '.join(both)})." if both else ".")]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python3 -m bench.harness.targets RUN1/bench.json RUN2/bench.json ...`: the runs' target tables side by side."""
+    import json
+    import sys
+    paths = sys.argv[1:] if argv is None else argv
+    runs = []
+    for i, path in enumerate(paths, 1):
+        with open(path) as f:
+            runs.append((f"run {i}", json.load(f)))
+    print(compare_md(runs), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

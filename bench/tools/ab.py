@@ -8,7 +8,7 @@ nginx behind) from each tree under one load at a time:
 - handshake, resumed, keepalive: TLS 1.3 terminated by epollmux (ECDSA P-256, as bench.tools.tlsprofile),
   wrk over https with `Connection: close` (resumption off or on) or on 32 persistent connections (unit: a request);
 - bulk: TLS, 4 parallel curl downloads (unit: MB).
-Per run: the worker's CPU µs per unit from /proc/PID/stat and the rate; with --cprofile, one extra run per
+Per run: the worker's CPU µs per unit from /proc/PID/stat and the rate, and per round the work/base ratios; with --cprofile, one extra run per
 tree counts Python-visible calls per unit (cProfile in the worker, as bench.tools.tlsprofile does; counts
 only). Prints medians with min-max. Measures; changes nothing. The base tree is any checkout or
 `git archive` of another commit.
@@ -90,6 +90,19 @@ def print_runs(label: str, runs: dict[str, list[dict]], unit: str) -> None:
                   f"({min(rps):.0f}-{max(rps):.0f})", flush=True)
 
 
+def print_ratios(label: str, runs: dict[str, list[dict]]) -> None:
+    """work / base per round (the two runs of a round are back to back, so the machine's load is
+    nearly the same for both): median with min-max of the CPU per unit and of the rate."""
+    pairs = [(b, w) for b, w in zip(runs.get("base", ()), runs.get("work", ())) if b["us"] and w["us"]]
+    if not pairs:
+        return
+    cpu = [w["us"] / b["us"] for b, w in pairs]
+    rate = [w["rps"] / b["rps"] for b, w in pairs if b["rps"] and w["rps"]]
+    print(f"{label:9} work/base per round: CPU per unit ×{statistics.median(cpu):.3f} "
+          f"({min(cpu):.3f}-{max(cpu):.3f}), rate ×{statistics.median(rate):.3f} "
+          f"({min(rate):.3f}-{max(rate):.3f}), {len(pairs)} rounds", flush=True)
+
+
 def print_calls(label: str, res: dict, unit: str) -> None:
     print(f"{label:9} {res.get('calls', 0):.1f} Python calls per {unit}", flush=True)
     for per, func in res.get("top", []):
@@ -145,6 +158,7 @@ def main(argv=None) -> int:
                         runs[name].append(one_run(trees[name], load, o.seconds, tmp, ports, backend, cert,
                                                   relay=relays[name]))
                 print_runs(load, runs, unit(load))
+                print_ratios(load, runs)
                 if o.cprofile:
                     for name in trees:
                         res = one_run(trees[name], load, o.seconds, tmp, ports, backend, cert, profile=True,

@@ -1,7 +1,7 @@
 """New connections, A/B: `python3 -m bench.tools.newconn --base DIR [--work DIR] [--loads close,unloaded] ...`.
 
-Owns: short interleaved runs (the order rotated each round) of epollmux from two trees (`relay = splice`, `probe = any`, nginx
-behind, as bench.peers.subjects.EpollmuxSplice; `--workers N`), optionally beside reference subjects
+Owns: short interleaved runs (the order rotated each round) of epollmux from two trees (`--relay`, default adaptive,
+the daemon's default; `probe = any`, nginx behind, as bench.peers.subjects.EpollmuxSplice; `--workers N`), optionally beside reference subjects
 (`--refs haproxy,sslh-select,direct`: HAProxy gets `nbthread` = the workers), in two loads:
 - `close`: wrk `Connection: close` (a connection per request): the rate, and the CPU µs per connection of all
   the subject's processes (cgroup, else /proc) (bench.tools.ab counts Python calls per connection);
@@ -35,9 +35,10 @@ class HaproxyN(Haproxy):
         self.variant = str(port)
 
 
-def make(name: str, trees: dict, tmp: str, port: int, backend, workers: int):
+def make(name: str, trees: dict, tmp: str, port: int, backend, workers: int, relay: str = "adaptive"):
     if name in trees:
         subject = TreePlain(tmp, port, backend.address, workers=workers)
+        subject.relay = relay
         return subject.from_tree(trees[name], False)
     if name == "haproxy":
         return HaproxyN(tmp, port, backend.address, workers)
@@ -92,6 +93,7 @@ def main(argv=None) -> int:
     p.add_argument("--ports", default="26200-26299")
     p.add_argument("--loads", default="close", help="close,unloaded")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--relay", default="adaptive", help="epollmux's relay in both trees")
     p.add_argument("--refs", default="", help="comma list of haproxy, sslh-select, direct")
     p.add_argument("--count", type=int, default=300, help="sequential connections per unloaded run")
     o = p.parse_args(argv)
@@ -109,7 +111,7 @@ def main(argv=None) -> int:
                 if r % 2:
                     order.reverse()
                 for name in order:
-                    subject = make(name, trees, tmp, ports.take(), backend, o.workers).start()
+                    subject = make(name, trees, tmp, ports.take(), backend, o.workers, o.relay).start()
                     runs[name].append(one_run(subject, load, o.seconds, o.count))
             report(load, runs, ref)
     finally:

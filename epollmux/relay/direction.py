@@ -72,6 +72,29 @@ def copy_once(src: int, dst: int) -> tuple[int, bool, bytes]:
     return n, n < QUICK, b""
 
 
+def ends_once(src, dst) -> tuple[int, bool, bytes]:
+    """copy_once for a connection with a TLS end: src and dst are each a TLSEndpoint (endpoints.py) or the fd of a
+    plain socket (an int: no endpoint object is made for it). A small exchange is decrypted into (or encrypted
+    from) the shared scratch buffer, with no Direction. Same contract as copy_once, except that done also needs
+    the TLS source's `drained` (a short TLS read may leave whole records in the engine), and errors come as
+    OSError or errors.Closed, as from a pump. End of file (0 read) hands over with nothing moved: the caller's
+    Direction passes it on without reading again (`eof`)."""
+    plain = src.__class__ is int
+    try:
+        n = os.readv(src, (_SCRATCH,)) if plain else src.readinto(_SCRATCH)
+    except BlockingIOError:
+        return 0, True, b""
+    if not n:
+        return 0, False, b""
+    try:
+        sent = os.write(dst, _SCRATCH[:n]) if dst.__class__ is int else dst.write(_SCRATCH[:n])
+    except BlockingIOError:
+        sent = 0
+    if sent < n:
+        return sent, False, bytes(_SCRATCH[sent:n])
+    return n, n < QUICK and (plain or src.drained), b""
+
+
 class Direction:
     __slots__ = ("src", "dst", "zero_copy", "pool", "channel", "pending", "eof", "state", "moved", "spliced", "detail",
                  "other", "big", "smalls")

@@ -6,7 +6,9 @@ direction waits for its destination to drain, the busy-direction resume, the end
 and the idle deadline. A Direction exists only while it has something to hold (bytes in flight, a
 pending EOF, a stream going by splice), and so do the PlainEndpoints of plain sockets (cend/bend are None
 for them): one that waits for its source with nothing held (`Direction.idle`) is dropped after its pump, its byte counts kept in `sent_up`/`sent_down`/`spliced`, and made again at the
-next readable edge, so an idle connection holds no relay object. `Relaying` is a base class of
+next readable edge, so an idle connection holds no relay object. A small exchange on a clean edge needs no Direction
+at all: relay.direction.copy_once between plain sockets (relay = adaptive), ends_once where an end is TLS (its
+bytes are copied whatever the relay: decrypted into, or encrypted from, the shared scratch buffer). `Relaying` is a base class of
 `connection.Connection`: it works on that connection's fields and returns close reasons like every other handler.
 Must not parse protocols, close the connection (connection.close does) or move bytes itself.
 Must not import what serve/ must not (README "Architecture").
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from epollmux.reactor import ERR, HUP, RDHUP
 from epollmux import errors
-from epollmux.relay.direction import Direction, State, copy_once
+from epollmux.relay.direction import Direction, State, copy_once, ends_once
 from epollmux.relay.endpoints import PlainEndpoint
 from epollmux.serve.phases import BACKEND_OUT, CLIENT_OUT, EVENTS, READABLE, TCP_FAMILIES, WRITABLE, Phase
 from epollmux.reasons import Reason
@@ -132,7 +134,7 @@ class Relaying:
             moved = True
         if events & READABLE and (src is None or src.state is WAIT_SRC):
             clean = not events & (RDHUP | HUP | ERR)         # see Direction.pump
-            if src is None and clean and self.cend is None and self.bend is None and self.ctx.pool.adaptive:
+            if src is None and clean and (self.ctx.pool.adaptive or self.cend is not None or self.bend is not None):
                 reason = self._copy_once(up)                 # a small exchange: no Direction at all
             else:
                 reason = self._pump(src or self._direction(up), clean)
@@ -144,15 +146,26 @@ class Relaying:
             if reason:
                 return reason
             moved = True
-        return self._after_pump() if moved else None
+        # with no Direction left (a small exchange) there is nothing busy or done to look at
+        return self._after_pump() if moved and (self.up is not None or self.down is not None) else None
 
     def _copy_once(self, up: bool) -> str | None:
-        """relay = adaptive, plain sockets, an idle source: relay.direction.copy_once, a Direction only if needed."""
+        """An idle source, on a clean edge: relay.direction.copy_once (relay = adaptive, plain sockets) or ends_once
+        (a TLS end, whatever the relay: its bytes are copied anyway), a Direction only if needed."""
         self.last_active = self.ctx.reactor.now
+        cend, bend = self.cend, self.bend
+        plain = cend is None and bend is None
         try:
-            n, done, rest = copy_once(self.cfd, self.bfd) if up else copy_once(self.bfd, self.cfd)
+            if plain:
+                n, done, rest = copy_once(self.cfd, self.bfd) if up else copy_once(self.bfd, self.cfd)
+            else:
+                c, b = cend or self.cfd, bend or self.bfd          # a plain socket by its fd
+                n, done, rest = ends_once(c, b) if up else ends_once(b, c)
         except OSError as exc:
             return errors.relay_reason(exc)
+        except errors.Closed as exc:
+            self.detail = exc.detail
+            return exc.reason
         if n:
             self.ctx.pool.copied += n
             if up:
@@ -166,6 +179,8 @@ class Relaying:
             direction.hold(rest)
             self._want_writable(direction)
             return None
+        if not n and not plain:
+            direction.eof = True      # a TLS end's close_notify (or a TCP EOF) was read: pass it on, no read again
         return self._pump(direction)
 
     def _pump(self, direction: Direction, clean: bool = False) -> str | None:

@@ -113,3 +113,14 @@ def test_table_marks_each_row_and_skips_sections_not_run():
     rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| target")]
     assert len(rows) == 5 and not any("bulk" in r or "TLS" in r or "idle:" in r for r in rows)
     assert t.targets_md({"sections": []}) == ""
+
+
+def test_runs_side_by_side_name_every_target_once_and_those_met_in_all():
+    one = {"started": "a", "machine": {"load_start": "1", "load_end": "2"}, "sections": [connrate()]}
+    slower = connrate(**{"epollmux-adaptive-2w": connrate_row("epollmux-adaptive-2w", close=11_000)})
+    two = {"started": "b", "machine": {"load_start": "3", "load_end": "4"}, "sections": [slower]}
+    md = t.compare_md([("run 1", one), ("run 2", two)])
+    row = next(line for line in md.splitlines() if "2 workers" in line)
+    assert "1.20× (12000 vs 10000): met" in row and "1.10× (11000 vs 10000): **missed**" in row
+    assert md.count("| new connections/s") == 2
+    assert "Met in every run: 3 of 5" in md      # unloaded p50, vs 80k, 1 worker conn/s
