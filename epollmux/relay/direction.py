@@ -18,7 +18,7 @@ import os
 
 from epollmux import errors
 from epollmux.states import TransitionError
-from epollmux.relay.channels import ChannelPool
+from epollmux.relay.channels import BUFFER_MIN, ChannelPool
 
 
 class State(enum.StrEnum):
@@ -46,7 +46,8 @@ BUDGET = 4 << 20   # bytes one pump call may move before it yields (BUSY), so on
 BIG = 32 << 10       # a pump that moves this much switches its direction to splice (half a loopback segment)
 SMALL = 16 << 10     # SMALL_PUMPS pumps in a row under this switch it back to copy (hysteresis)
 SMALL_PUMPS = 4
-QUICK = BIG          # bytes copy_once reads at most: a read that fills it hands over to a Direction
+QUICK = BUFFER_MIN   # bytes copy_once reads at most: a read that fills it hands over to a Direction; what the
+#                      destination refused of it fits in any buffer (channels.BUFFER_MIN)
 _SCRATCH = memoryview(bytearray(QUICK))     # one per process: copy_once's bytes stay in it for one call only
 
 
@@ -73,24 +74,26 @@ def copy_once(src: int, dst: int) -> tuple[int, bool, bytes]:
 
 
 def ends_once(src, dst) -> tuple[int, bool, bytes]:
-    """copy_once between endpoints (endpoints.py), for a connection with a TLS end: a small exchange decrypted
-    into (or encrypted from) the shared scratch buffer, with no Direction. Same contract as copy_once, except
-    that done also needs `src.drained` (a short TLS read may leave whole records in the engine), and errors
-    come as OSError or errors.Closed, as from a pump. End of file (0 read) hands over with nothing moved:
-    the caller's Direction passes it on without reading again (`eof`)."""
+    """copy_once for a connection with a TLS end: src and dst are each a TLSEndpoint (endpoints.py) or the fd of a
+    plain socket (an int: no endpoint object is made for it). A small exchange is decrypted into (or encrypted
+    from) the shared scratch buffer, with no Direction. Same contract as copy_once, except that done also needs
+    the TLS source's `drained` (a short TLS read may leave whole records in the engine), and errors come as
+    OSError or errors.Closed, as from a pump. End of file (0 read) hands over with nothing moved: the caller's
+    Direction passes it on without reading again (`eof`)."""
+    plain = src.__class__ is int
     try:
-        n = src.readinto(_SCRATCH)
+        n = os.readv(src, (_SCRATCH,)) if plain else src.readinto(_SCRATCH)
     except BlockingIOError:
         return 0, True, b""
     if not n:
         return 0, False, b""
     try:
-        sent = dst.write(_SCRATCH[:n])
+        sent = os.write(dst, _SCRATCH[:n]) if dst.__class__ is int else dst.write(_SCRATCH[:n])
     except BlockingIOError:
         sent = 0
     if sent < n:
         return sent, False, bytes(_SCRATCH[sent:n])
-    return n, n < QUICK and src.drained, b""
+    return n, n < QUICK and (plain or src.drained), b""
 
 
 class Direction:

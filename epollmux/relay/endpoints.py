@@ -104,7 +104,7 @@ class TLSEndpoint:
         outgoing = self.engine.outgoing
         while out or outgoing.pending:
             if not out:
-                out = self.engine.take_ciphertext(SEND_CHUNK)
+                out = outgoing.read(SEND_CHUNK)
             try:
                 sent = self.sock.send(out)
             except BlockingIOError:

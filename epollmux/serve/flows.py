@@ -176,7 +176,7 @@ class Flow:
         self.timer = self.ctx.reactor.call_later(self.ctx.settings.probe_timeout, self._probe_deadline)
         self._add_pending(data, decision)
         if not self.closed:
-            self._adopt_strays()
+            self.client_readable()          # datagrams queued in the instant before connect
 
     def _client_socket(self) -> socket.socket:
         """Bound to the address the client wrote to, connected to the client: from now on the kernel
@@ -192,30 +192,6 @@ class Flow:
             sock.close()
             raise
         return sock
-
-    def _adopt_strays(self) -> None:
-        """In the microseconds between bind and connect the flow socket, unconnected, matches any client
-        of its address, so it may hold another new flow's first datagram. With one worker that flow is this
-        worker's: hand the datagram to the table. With several, the kernel's hash may give that flow to
-        another worker, and starting it here too would split it: drop the datagram (counted as the event
-        udp_stray, and as a datagram dropped on route "-"); the client's retransmission reaches its own worker."""
-        alone = self.ctx.settings.workers == 1
-        for _ in range(READ_BUDGET):
-            try:
-                data, sender = self.csock.recvfrom(MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            if sender[:2] == self.client[:2]:
-                self.from_client(data)
-            elif alone:
-                self.table.datagram(self.udp, sender, self.local, data)
-            else:
-                self.ctx.stats.count("udp_stray")
-                self.ctx.stats.flow_closed("-", 0, 0, 1)
-            if self.closed:
-                return
 
     def _add_pending(self, data: bytes, decision: udpsniff.Decision | None = None) -> None:
         self.pending.append(data)
@@ -297,16 +273,29 @@ class Flow:
         self._send(self.bsock, data, True)
 
     def client_readable(self) -> None:
-        recv = self.csock.recv
+        """Read the client's datagrams. In the microseconds between bind and connect the flow socket,
+        unconnected, matches any client of its address, so it may hold other clients' datagrams (queued
+        then, or by a lookup that raced the connect: read after the connect too), so the sender of each
+        is checked. With one worker such a datagram is this worker's: hand it to the table. With several,
+        the kernel's hash may give that client to another worker, and starting its flow here too would
+        split it: drop the datagram (counted as the event udp_stray, and as a datagram dropped on route
+        "-"); the client's retransmission reaches its own worker."""
+        recvfrom, client = self.csock.recvfrom, self.client[:2]
         for _ in range(READ_BUDGET):
             try:
-                data = recv(MAX_DATAGRAM)
+                data, sender = recvfrom(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 self._failed(exc, client=True)
                 return
-            self.from_client(data)
+            if sender[:2] == client:
+                self.from_client(data)
+            elif self.ctx.settings.workers == 1:
+                self.table.datagram(self.udp, sender, self.local, data)
+            else:
+                self.ctx.stats.count("udp_stray")
+                self.ctx.stats.flow_closed("-", 0, 0, 1)
             if self.closed:
                 return
 

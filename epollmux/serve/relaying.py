@@ -146,18 +146,21 @@ class Relaying:
             if reason:
                 return reason
             moved = True
-        return self._after_pump() if moved else None
+        # with no Direction left (a small exchange) there is nothing busy or done to look at
+        return self._after_pump() if moved and (self.up is not None or self.down is not None) else None
 
     def _copy_once(self, up: bool) -> str | None:
         """An idle source, on a clean edge: relay.direction.copy_once (relay = adaptive, plain sockets) or ends_once
         (a TLS end, whatever the relay: its bytes are copied anyway), a Direction only if needed."""
         self.last_active = self.ctx.reactor.now
-        plain = self.cend is None and self.bend is None
+        cend, bend = self.cend, self.bend
+        plain = cend is None and bend is None
         try:
             if plain:
                 n, done, rest = copy_once(self.cfd, self.bfd) if up else copy_once(self.bfd, self.cfd)
             else:
-                n, done, rest = ends_once(self._end(up), self._end(not up))
+                c, b = cend or self.cfd, bend or self.bfd          # a plain socket by its fd
+                n, done, rest = ends_once(c, b) if up else ends_once(b, c)
         except OSError as exc:
             return errors.relay_reason(exc)
         except errors.Closed as exc:

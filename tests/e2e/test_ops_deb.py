@@ -1,14 +1,18 @@
 """`make deb` as an administrator uses it: the package builds with plain dpkg-deb, lintian reports no
 errors, `apt-get install ./epollmux_*.deb` gives a working `epollmux --check` on the shipped
 /etc/epollmux/epollmux.conf, the epollmux system user, man pages, completion and units that
-`systemd-analyze verify` accepts; `apt-get purge` removes all of it, the user included.
+`systemd-analyze verify` accepts; `apt-get purge` removes all of it, the user included. The README's
+set-up line, run verbatim, installs the package and leaves the daemon routing on the example config.
 Skipped (with the reason) where the dpkg tools or root are missing, or epollmux is already installed."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -91,3 +95,62 @@ def test_install_check_verify_purge(deb):
     assert left == [], f"apt-get purge left {left}"
     if not user_before:
         assert run("getent", "passwd", "epollmux").returncode != 0, "purge left the epollmux user"
+
+
+def setup_commands() -> list[str]:
+    """The indented command lines of the README's "Set up on a fresh Debian machine" section."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Set up on a fresh Debian machine", 1)[1].split("\n## ", 1)[0]
+    section = section.split("\n### ", 1)[0]
+    return [line[4:] for line in section.splitlines() if line.startswith("    ") and line.strip()]
+
+
+def test_readme_has_exactly_two_setup_commands():
+    commands = setup_commands()
+    assert len(commands) == 2 and commands[1] == "make test", commands
+    assert "apt-get install -y ./build/epollmux_" in commands[0], commands
+
+
+def test_readme_setup_line_installs_and_runs_the_example(deb):
+    """The README's first command, run verbatim from the checkout, leaves a daemon routing on the example
+    config's 127.0.0.1:4443: an SSH client's first bytes get an access line naming route ssh."""
+    probe = socket.socket()
+    try:
+        if probe.connect_ex(("127.0.0.1", 4443)) == 0:
+            pytest.skip("something already listens on 127.0.0.1:4443 (the example config's port)")
+    finally:
+        probe.close()
+    log, pidfile = Path("/var/log/epollmux.log"), Path("/run/epollmux.pid")
+    log_before = log.read_text() if log.exists() else ""
+    pid = None
+    try:
+        line = run("bash", "-c", f"cd {REPO} && {setup_commands()[0]}", timeout=900)
+        assert line.returncode == 0, line.stdout + line.stderr
+        assert installed()
+        if Path("/run/systemd/system").is_dir():
+            assert run("systemctl", "is-active", "epollmux").stdout.strip() == "active"
+            return
+        pid = int(pidfile.read_text())
+        with socket.create_connection(("127.0.0.1", 4443), timeout=10) as client:
+            client.sendall(b"SSH-2.0-OpenSSH_9.2 readme\r\n")
+            client.settimeout(10)
+            try:                                   # whatever the example's ssh backend answers, or a reset
+                client.recv(100)                   # when nothing listens there
+            except ConnectionResetError:
+                pass
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "route=ssh" not in log.read_text()[len(log_before):]:
+            time.sleep(0.1)
+        assert "route=ssh" in log.read_text()[len(log_before):], log.read_text()[len(log_before):]
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+                time.sleep(0.1)
+            assert not Path(f"/proc/{pid}").exists(), "the daemon did not stop on SIGTERM"
+        if installed():
+            purged = apt("purge", "epollmux")
+            assert purged.returncode == 0, purged.stdout + purged.stderr
+        if log.exists():
+            log.write_text(log_before) if log_before else log.unlink()

@@ -1,6 +1,6 @@
-"""relay.direction.ends_once, the no-Direction path of a connection with a TLS end, over real sockets: a small
-record goes through in one call, done; a read that fills the scratch buffer, a record left in the engine and
-close_notify hand over to a Direction, and the Direction delivers the rest byte-exact."""
+"""relay.direction.ends_once, the no-Direction path of a connection with a TLS end (its plain side given by
+fd), over real sockets: a small record goes through in one call, done; a read that fills the scratch buffer
+and close_notify hand over to a Direction, and the Direction delivers the rest byte-exact."""
 
 from __future__ import annotations
 
@@ -89,10 +89,10 @@ def test_small_records_go_through_in_one_call_both_ways(tls_end, plain):
     end, client = tls_end
     ours, peer = plain
     client.sendall(b"GET / HTTP/1.1\r\n\r\n")
-    assert once_when_readable(end.sock, end, PlainEndpoint(ours)) == (18, True, b"")
+    assert once_when_readable(end.sock, end, ours.fileno()) == (18, True, b"")
     assert recv_exactly(peer, 18) == b"GET / HTTP/1.1\r\n\r\n"
     peer.sendall(b"HTTP/1.1 200 OK\r\n\r\nhi")
-    assert once_when_readable(ours, PlainEndpoint(ours), end) == (21, True, b"")
+    assert once_when_readable(ours, ours.fileno(), end) == (21, True, b"")
     assert recv_exactly(client, 21) == b"HTTP/1.1 200 OK\r\n\r\nhi"
 
 
@@ -101,7 +101,7 @@ def test_a_full_read_hands_over_and_the_direction_delivers_the_rest(tls_end, pla
     ours, peer = plain
     data = os.urandom(60_000)      # 4 records, queued whole before the read (a socketpair holds them): more than
     client.sendall(data)           # the scratch buffer takes
-    n, done, rest = once_when_readable(end.sock, end, PlainEndpoint(ours))
+    n, done, rest = once_when_readable(end.sock, end, ours.fileno())
     assert n == relay.QUICK and not done and rest == b""
     got = recv_exactly(peer, n)
     d = Direction(end, PlainEndpoint(ours), ChannelPool("copy", 65536, 0))
@@ -119,10 +119,10 @@ def test_close_notify_is_end_of_file_with_nothing_moved(tls_end, plain):
     end, client = tls_end
     ours, peer = plain
     client.sendall(b"last words")
-    assert once_when_readable(end.sock, end, PlainEndpoint(ours)) == (10, True, b"")
+    assert once_when_readable(end.sock, end, ours.fileno()) == (10, True, b"")
     closer = threading.Thread(target=client.unwrap)   # close_notify, TCP still open; waits for ours
     closer.start()
-    assert once_when_readable(end.sock, end, PlainEndpoint(ours)) == (0, False, b"")
+    assert once_when_readable(end.sock, end, ours.fileno()) == (0, False, b"")
     assert recv_exactly(peer, 10) == b"last words"
     end.shutdown_write()                              # our close_notify: the client's unwrap returns
     closer.join(DEADLINE)

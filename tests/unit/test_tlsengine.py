@@ -479,7 +479,7 @@ def test_read_into_fills_the_callers_buffer_then_reports_the_end(server_ctx, tls
 
 
 class CountingSSL:
-    """Stands in for the engine's SSLObject and counts the calls that reach OpenSSL."""
+    """Stands in for the object the engine calls OpenSSL through (`_c`) and counts the calls."""
 
     def __init__(self, obj: ssl.SSLObject) -> None:
         self.obj = obj
@@ -498,7 +498,7 @@ class CountingSSL:
 
 def test_openssl_is_not_asked_when_no_ciphertext_came(server_ctx, tls_ca):
     engine = TLSEngine(server_ctx)
-    spy = engine._sslobj = CountingSSL(engine._sslobj)
+    spy = engine._c = CountingSSL(engine._c)                 # what the engine calls OpenSSL through
     for _ in range(3):                                       # a server speaks only after the ClientHello
         assert engine.step() is None
     assert spy.calls["do_handshake"] == 0 and engine.pending_ciphertext() == 0
