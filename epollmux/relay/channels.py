@@ -3,8 +3,8 @@
 Owns: `PipeChannel` (a pipe, moved with os.splice, the payload never enters Python),
 `BufferChannel` (a reused bytearray, moved with readv/write) and `ChannelPool`, which lends them
 out only while bytes are in flight, caps the number of pipes and falls back to buffers beyond it.
-A buffer takes the pipe size up to `BUFFER_MAX` (a pipe's capacity costs nothing until bytes fill it;
-a buffer is resident, and the TLS relay decrypts into it). Idle channels kept for reuse are bounded in
+A buffer takes the pipe size, within `BUFFER_MIN`..`BUFFER_MAX` (a pipe's capacity costs nothing until
+bytes fill it; a buffer is resident, and the TLS relay decrypts into it). Idle channels kept for reuse are bounded in
 bytes (`KEEP_IDLE_BYTES`), not only in number: an idle pipe's capacity counts against an unprivileged
 user's pipe-user-pages-soft (64 MiB by default; past it new pipes get 2 pages).
 Rules (HAProxy's pipe pool): get, put, kill; a channel that still holds bytes is never put back.
@@ -20,6 +20,8 @@ import os
 
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 BUFFER_MAX = 256 << 10       # bytes per copy buffer at most, whatever the pipe size
+BUFFER_MIN = 32 << 10        # and at least: what relay.direction's no-Direction path reads at once (QUICK), so the
+#                              bytes a destination refused always fit in the buffer that holds them (Direction.hold)
 KEEP_IDLE_BYTES = 16 << 20   # capacity of the idle channels a pool keeps, per kind (64 at 256 KiB, 16 at 1 MiB)
 
 
@@ -77,7 +79,7 @@ class ChannelPool:
         self.adaptive = kind == "adaptive"
         self.splice = kind in ("splice", "adaptive")
         self.size = size
-        self.buffer_size = min(size, BUFFER_MAX)
+        self.buffer_size = max(BUFFER_MIN, min(size, BUFFER_MAX))
         self.max_pipes = max_pipes if self.splice else 0
         self.keep_idle = keep_idle if keep_idle is not None else max(1, min(64, KEEP_IDLE_BYTES // size))
         self.keep_idle_buffers = keep_idle if keep_idle is not None else min(64, KEEP_IDLE_BYTES // self.buffer_size)

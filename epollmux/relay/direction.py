@@ -18,7 +18,7 @@ import os
 
 from epollmux import errors
 from epollmux.states import TransitionError
-from epollmux.relay.channels import ChannelPool
+from epollmux.relay.channels import BUFFER_MIN, ChannelPool
 
 
 class State(enum.StrEnum):
@@ -46,7 +46,8 @@ BUDGET = 4 << 20   # bytes one pump call may move before it yields (BUSY), so on
 BIG = 32 << 10       # a pump that moves this much switches its direction to splice (half a loopback segment)
 SMALL = 16 << 10     # SMALL_PUMPS pumps in a row under this switch it back to copy (hysteresis)
 SMALL_PUMPS = 4
-QUICK = BIG          # bytes copy_once reads at most: a read that fills it hands over to a Direction
+QUICK = BUFFER_MIN   # bytes copy_once reads at most: a read that fills it hands over to a Direction; what the
+#                      destination refused of it fits in any buffer (channels.BUFFER_MIN)
 _SCRATCH = memoryview(bytearray(QUICK))     # one per process: copy_once's bytes stay in it for one call only
 
 

@@ -235,3 +235,28 @@ def test_copy_once_hands_what_the_destination_refused_to_a_direction_byte_exact(
         elif len(got) == len(sent):
             break
     assert got == sent and d.state is State.DONE
+
+
+@pytest.mark.parametrize("pipe_size", [4096, 16384])
+def test_what_a_quick_read_left_fits_a_small_pipe_size_buffer(pairs, pipe_size):
+    """pipe_size may be as small as 4 KiB, but the no-Direction path reads up to QUICK (32 KiB) at once: the
+    part its destination refused must fit in the buffer that holds it (it raised ValueError, an internal error
+    that closed the connection), and be delivered first, byte-exact."""
+    src_peer, src, dst, dst_peer = pairs()
+    pool = ChannelPool("adaptive", pipe_size, 4)
+    rest = os.urandom(relay.QUICK - 100)
+    d = Direction(PlainEndpoint(src), PlainEndpoint(dst), pool)
+    d.hold(rest)
+    assert d.state is State.WAIT_DST and d.pending == len(rest) and d.channel.size >= len(rest)
+    src_peer.shutdown(socket.SHUT_WR)
+    got = bytearray()
+    for _ in range(10000):
+        if d.state is not State.DONE:
+            assert d.pump() is None
+        try:
+            got += dst_peer.recv(1 << 16, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            time.sleep(0.001)
+        if d.state is State.DONE and len(got) == len(rest):
+            break
+    assert got == rest and d.state is State.DONE
