@@ -43,6 +43,11 @@ class Notifier:
 
     def __init__(self, environ=os.environ):
         self._sd = sdnotify.SystemdNotifier() if environ.get("NOTIFY_SOCKET") else None
+        if self.enabled:
+            # A notification the manager's full queue cannot take is dropped (sdnotify swallows the error),
+            # never waited for: a blocking send stalled the whole supervisor (metrics, reload, watchdog)
+            # once net.unix.max_dgram_qlen STATUS= updates went unread.
+            self._sd.socket.setblocking(False)
         self.watchdog_interval = watchdog_interval(environ)
 
     @property

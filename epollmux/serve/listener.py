@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 
 from epollmux import addr, errors
 from epollmux.serve import keepalive
+from epollmux.serve.armed import Armed
 from epollmux.serve.connection import Connection, client_events
 from epollmux.serve.sniffing import DEFER_SECONDS, defers
-from epollmux.reactor import EXCLUSIVE, IN
 
 if TYPE_CHECKING:      # the seams' types, for readers and checkers; no import at run time
     from epollmux.config import Listener
@@ -29,7 +29,6 @@ if TYPE_CHECKING:      # the seams' types, for readers and checkers; no import a
 log = logging.getLogger("epollmux.listen")
 
 ACCEPT_BATCH = 64
-PAUSE_ON_EXHAUSTION = 0.5
 BACKLOG = 4096
 
 
@@ -78,54 +77,18 @@ class Reserve:
             self.fd = -1
 
 
-class Acceptor:
+class Acceptor(Armed):
     """Accepts with `socket._accept()` (accept4 -> fd, address) and wraps the fd in the C socket type
     `_socket.socket`: socket.accept() would read the listener's `.family` and `.type` as enums and run
     socket.socket's Python __init__ (~2 us), and the Python close() wrapper would run again at close."""
 
     def __init__(self, ctx: Context, listener: Listener, sock: socket.socket):
-        self.ctx = ctx
-        self.listener = listener
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.family = int(sock.family)
+        super().__init__(ctx, listener, sock)
         if self.family in keepalive.TCP_FAMILIES:    # accepted clients inherit them (a reload re-applies them)
             keepalive.apply(sock, ctx.keepalive)
             defer = DEFER_SECONDS if defers(listener, ctx.settings.probe_timeout) else 0
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, defer)    # a reload may turn it off
         self.events = client_events(listener)
-        self.armed = False
-        self.resume_timer = None
-
-    def start(self) -> None:
-        if not self.armed and self.sock.fileno() >= 0:
-            self.ctx.reactor.register(self.fd, IN | EXCLUSIVE, self)
-            self.armed = True
-
-    def stop(self) -> None:
-        if self.resume_timer is not None:
-            self.resume_timer.cancel()
-            self.resume_timer = None
-        if self.armed:
-            self.ctx.reactor.unregister(self.fd)
-            self.armed = False
-
-    def close(self) -> None:
-        """Stop accepting and close this process's copy of the listening socket: once no process holds
-        it, new clients are refused at once instead of waiting in a queue nobody accepts from."""
-        self.stop()
-        self.sock.close()
-
-    def pause(self) -> None:
-        if self.resume_timer is not None:
-            return
-        self.stop()
-        self.resume_timer = self.ctx.reactor.call_later(PAUSE_ON_EXHAUSTION, self._resume)
-
-    def _resume(self) -> None:
-        self.resume_timer = None
-        if not self.ctx.draining:
-            self.start()
 
     def on_event(self, fd: int, events: int) -> None:
         ctx = self.ctx

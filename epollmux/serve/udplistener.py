@@ -9,7 +9,7 @@ The listening sockets of one address form a SO_REUSEPORT group (one per worker s
 4-tuple hash gives all of a new flow's datagrams to one worker); every socket on the port also carries
 SO_REUSEADDR, which for UDP lets flow sockets bind the listening address beside the group with no owner
 check (joining the group itself would demand the supervisor's uid, which workers lose at the privilege
-drop, and would change the hash). It offers the same stop/close/pause interface as listener.Acceptor.
+drop, and would change the hash). Arming, stop, close and pause are armed.Armed's, shared with listener.Acceptor.
 Must not import the connection modules nor any wire/ module: what a flow does with its datagrams is
 flows.py's.
 """
@@ -20,7 +20,7 @@ import logging
 import socket
 
 from epollmux import addr, errors
-from epollmux.reactor import EXCLUSIVE, IN
+from epollmux.serve.armed import Armed
 from epollmux.serve.flows import MAX_DATAGRAM, READ_BUDGET
 
 log = logging.getLogger("epollmux.udp")
@@ -30,7 +30,6 @@ IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 CMSG_SPACE = socket.CMSG_SPACE(20)                             # in6_pktinfo (20) >= in_pktinfo (12)
 RCVBUF = 4 << 20             # first datagrams of many new flows at once: ask for 4 MiB (capped by rmem_max)
-PAUSE_ON_ERROR = 0.5
 
 
 def bind(address: addr.Address) -> socket.socket:
@@ -69,46 +68,10 @@ def local_address(family: int, bound, ancdata) -> tuple:
     return bound
 
 
-class UdpListener:
+class UdpListener(Armed):
     def __init__(self, ctx, listener, sock: socket.socket):
-        self.ctx = ctx
-        self.listener = listener
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.family = int(sock.family)
+        super().__init__(ctx, listener, sock)
         self.bound = sock.getsockname()
-        self.armed = False
-        self.resume_timer = None
-
-    def start(self) -> None:
-        if not self.armed and self.sock.fileno() >= 0:
-            self.ctx.reactor.register(self.fd, IN | EXCLUSIVE, self)
-            self.armed = True
-
-    def stop(self) -> None:
-        if self.resume_timer is not None:
-            self.resume_timer.cancel()
-            self.resume_timer = None
-        if self.armed:
-            self.ctx.reactor.unregister(self.fd)
-            self.armed = False
-
-    def close(self) -> None:
-        """Stop reading new flows and close this process's copy (the supervisor and the next workers keep
-        the socket; this worker's flows go on through their own sockets)."""
-        self.stop()
-        self.sock.close()
-
-    def pause(self) -> None:
-        if self.resume_timer is not None:
-            return
-        self.stop()
-        self.resume_timer = self.ctx.reactor.call_later(PAUSE_ON_ERROR, self._resume)
-
-    def _resume(self) -> None:
-        self.resume_timer = None
-        if not self.ctx.draining:
-            self.start()
 
     def on_event(self, fd: int, events: int) -> None:
         recvmsg, table, family, bound = self.sock.recvmsg, self.ctx.flows, self.family, self.bound

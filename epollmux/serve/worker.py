@@ -27,7 +27,8 @@ from epollmux.relay.channels import ChannelPool
 from epollmux.config import Config, Listener
 from epollmux.relay.kernel import KernelRelay
 from epollmux.serve.drain import RETIRE, STOP, Drain
-from epollmux.serve.listener import PAUSE_ON_EXHAUSTION, Acceptor, Reserve
+from epollmux.serve.armed import PAUSE as PAUSE_ON_EXHAUSTION
+from epollmux.serve.listener import Acceptor, Reserve
 from epollmux.serve.flows import FlowTable
 from epollmux.serve.udplistener import UdpListener
 from epollmux.reactor import Reactor

@@ -42,6 +42,8 @@ MUST_NOT_IMPORT = {
 MODULE_MUST_NOT_IMPORT = {
     "serve/flows.py": {"epollmux.serve.udplistener", "epollmux.serve.listener", "epollmux.serve.connection",
                        "epollmux.wire.probes", "epollmux.wire.udpprobes"},
+    "serve/armed.py": {"epollmux.serve.listener", "epollmux.serve.udplistener", "epollmux.serve.connection",
+                       "epollmux.serve.flows", "epollmux.wire"},
     "serve/udpdrops.py": {"epollmux.serve.flows", "epollmux.serve.udplistener", "epollmux.serve.listener",
                           "epollmux.serve.connection", "epollmux.wire"},
     "serve/udplistener.py": {"epollmux.serve.connection", "epollmux.serve.listener", "epollmux.wire"},
