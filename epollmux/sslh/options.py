@@ -39,15 +39,16 @@ VERBOSE_CLASSES = ("config", "config-error", "connections", "connections-try", "
                    "packets", "probe-info", "probe-error", "system-error", "int-error")
 # classes whose messages epollmux writes at debug level: turning one on lowers the level to debug
 VERBOSE_DEBUG = frozenset({"connections-try", "fd", "packets", "probe-info", "config"})
-# sslh's protocol shortcuts and names -> epollmux probe; None: UDP only (refused until UDP routes exist)
+# sslh's protocol shortcuts and names -> epollmux probe
 PROTOCOLS = {"ssh": "ssh", "tls": "tls", "ssl": "tls", "openvpn": "openvpn", "tinc": "tinc", "xmpp": "xmpp",
              "http": "http", "adb": "adb", "socks5": "socks5", "syslog": "syslog", "msrdp": "msrdp",
-             "regex": "regex", "anyprot": "any", "timeout": "any", "wireguard": None, "teamspeak": None}
+             "regex": "regex", "anyprot": "any", "timeout": "any", "wireguard": "wireguard", "teamspeak": "teamspeak"}
+UDP_ONLY = frozenset({"wireguard", "teamspeak"})     # sslh refuses them on TCP, and so does the translation
 SHORTCUTS = ("ssh", "tls", "ssl", "openvpn", "tinc", "wireguard", "xmpp", "http", "adb", "socks5", "syslog",
              "msrdp", "anyprot")
 
 KEEPALIVE = "`global.tcp_keepalive = yes` (epollmux's default: on for both legs of every connection)"
-_NO_UDP = "UDP: epollmux routes TCP only; run sslh-select beside it for UDP"
+_UDP_CLI = "UDP only, and sslh's command line makes TCP entries: write it in the config file with is_udp"
 
 OPTIONS: tuple[Option, ...] = (
     # ------------------------------------------------------------ command line
@@ -67,8 +68,8 @@ OPTIONS: tuple[Option, ...] = (
     *(Option(f"--verbose-{c}", CLI, "N", MAPPED,
              "N > 0 lowers `log_level` to debug" if c in VERBOSE_DEBUG else
              "`log_level` (0 for every connection class: `warning`)") for c in VERBOSE_CLASSES),
-    *(Option(f"--{name}", CLI, "HOST:PORT", REFUSED if PROTOCOLS[name] is None else MAPPED,
-             _NO_UDP if PROTOCOLS[name] is None else f"a route with `probe = {PROTOCOLS[name]}`")
+    *(Option(f"--{name}", CLI, "HOST:PORT", REFUSED if name in UDP_ONLY else MAPPED,
+             _UDP_CLI if name in UDP_ONLY else f"a route with `probe = {PROTOCOLS[name]}`")
       for name in SHORTCUTS),
     Option("--syslog-facility", CLI, "NAME", NOTICE, "`log_target = syslog` uses facility daemon"),
     Option("--logfile", CLI, "FILE", NOTICE, "logs go to stderr (journald) or syslog, not a file"),
@@ -88,11 +89,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("syslog_facility", GLOBAL, "name", NOTICE, "`log_target = syslog` uses facility daemon; "
                                                       "\"none\": stderr"),
     Option("logfile", GLOBAL, "path", NOTICE, "logs go to stderr (journald) or syslog, not a file"),
-    Option("udp_max_connections", GLOBAL, "int", NOTICE, "no UDP routes, so nothing to bound"),
+    Option("udp_max_connections", GLOBAL, "int", MAPPED, "`max_flows` (with `workers = 1`)"),
     # ------------------------------------------------------------ listen entries
     Option("host", LISTEN, "string", SAME, "`[listen]` address host"),
     Option("port", LISTEN, "string", SAME, "`[listen]` address port (a service name is looked up)"),
-    Option("is_udp", LISTEN, "bool", REFUSED, _NO_UDP),
+    Option("is_udp", LISTEN, "bool", MAPPED, "`[listen]` address `udp:host:port`"),
     Option("is_unix", LISTEN, "bool", REFUSED, "listeners are TCP (host:port); unix sockets are for backends"),
     Option("keepalive", LISTEN, "bool", MAPPED, KEEPALIVE),
     Option("max_connections", LISTEN, "int", MAPPED, "`[listen]` `max_connections` (with `workers = 1`)"),
@@ -101,9 +102,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("name", PROTOCOL, "probe", MAPPED, "`probe` (ssl -> tls, anyprot and timeout -> any)"),
     Option("host", PROTOCOL, "string", SAME, "`backend` host"),
     Option("port", PROTOCOL, "string", SAME, "`backend` port (a service name is looked up)"),
-    Option("is_udp", PROTOCOL, "bool", REFUSED, _NO_UDP),
+    Option("is_udp", PROTOCOL, "bool", MAPPED, "a UDP route: `backend = udp:host:port`"),
     Option("is_unix", PROTOCOL, "bool", MAPPED, "`backend = unix:/path`"),
-    Option("udp_timeout", PROTOCOL, "seconds", NOTICE, "only with is_udp, which is refused"),
+    Option("udp_timeout", PROTOCOL, "seconds", MAPPED, "the UDP route's `udp_idle_timeout`"),
     Option("fork", PROTOCOL, "bool", NOTICE, "no process per connection: the workers serve everything"),
     Option("tfo_ok", PROTOCOL, "bool", NOTICE, "no TCP Fast Open towards backends"),
     Option("transparent", PROTOCOL, "bool", MAPPED, "the route's `transparent`"),

@@ -1,7 +1,8 @@
 """Turns the sslh Model into epollmux's own configuration, so the config module validates and runs it.
 
 Owns: the mapping of every sslh setting (see options.OPTIONS) to epollmux keys, sslh's routing rules
-expressed in epollmux terms (what no probe recognises goes to the last protocol; a silent client goes to
+expressed in epollmux terms (what no probe recognises goes to the last protocol of its kind, TCP or
+`is_udp`; a silent client goes to
 the first protocol named by on-timeout, else the first one), the notices for settings without effect,
 the way back from an epollmux problem (`[routes.tls2] sni`) to the sslh place (`[protocols.3]
 sni_hostnames`), and `render()`, the equivalent epollmux.conf that --print-config prints.
@@ -27,7 +28,7 @@ SSLH_DEFAULT_TIMEOUT = 5     # sslh's probe timeout when none is given (epollmux
 _BACK = {"backend": "host", "sni": "sni_hostnames", "alpn": "alpn_protocols", "regex": "regex_patterns",
          "min_length": "minlength", "send_proxy": "proxyprotocol", "probe": "name", "address": "host",
          "proxy_protocol": "proxyprotocol", "trusted": "proxyprotocol", "probe_timeout": "timeout",
-         "on_timeout": "on-timeout"}
+         "on_timeout": "on-timeout", "udp_idle_timeout": "udp_timeout", "max_flows": "udp_max_connections"}
 _NOTICE_WHEN = {"log_level": lambda v: v == 0, "numeric": lambda v: False}
 
 
@@ -109,8 +110,10 @@ def translate(model: Model, problems: Problems) -> Translation:
                        "no protocol: give --ssh/--tls/... HOST:PORT or protocols: ( { name: ...; ... } )")
     _order(names, out, problems)
     _on_timeout(model, names, out)
-    if any("max_connections" in section for section in (*out.data["listen"].values(),
-                                                          *out.data["routes"].values())):
+    if model.globals.get("udp_max_connections"):
+        out.data["global"]["max_flows"] = str(model.globals["udp_max_connections"])
+    if "max_flows" in out.data["global"] or any("max_connections" in section for section in (
+            *out.data["listen"].values(), *out.data["routes"].values())):
         out.data["global"]["workers"] = "1"   # limits count per worker; sslh is one process
     return out
 
@@ -221,14 +224,18 @@ def _listen(name: str, entry: Entry, model: Model, out: Translation, problems: P
     section = {"address": []}
     mapped = frozenset({"keepalive"}) if _keepalive(entry, section, out, "listen") else frozenset()
     _notices(entry, options.LISTEN, problems, mapped)
-    if entry.keys.get("is_udp") or entry.keys.get("is_unix"):
+    if entry.keys.get("is_unix"):
         return
-    section["address"] = _addresses(entry, problems, listen=True)
+    udp = bool(entry.keys.get("is_udp"))
+    section["address"] = [("udp:" + a if udp else a) for a in _addresses(entry, problems, listen=True)]
     if not section["address"]:
         return      # reported
-    if entry.keys.get("max_connections"):
+    for key in ("max_connections", "proxyprotocol", "keepalive"):
+        if udp and entry.keys.get(key):
+            problems.error(entry.source, entry.where, key, "TCP only: not on an is_udp entry")
+    if entry.keys.get("max_connections") and not udp:
         section["max_connections"] = str(entry.keys["max_connections"])
-    if entry.keys.get("proxyprotocol"):
+    if entry.keys.get("proxyprotocol") and not udp:
         section["proxy_protocol"] = "any"
         section["trusted"] = ["0.0.0.0/0", "::/0"]     # sslh takes a header from anyone
     out.data["listen"][name] = section
@@ -251,17 +258,23 @@ def _route(entry: Entry, model: Model, out: Translation, problems: Problems) -> 
         known = ", ".join(sorted(options.PROTOCOLS))
         problems.error(entry.source, entry.where, "name", f"unknown protocol '{sslh_name}' (known: {known})")
         return None
-    if probe is None:
-        problems.error(entry.source, entry.where, "name", f"'{sslh_name}' is UDP only: not supported")
-        return None
-    if keys.get("is_udp"):
+    udp = bool(keys.get("is_udp"))
+    if sslh_name in options.UDP_ONLY and not udp:
+        problems.error(entry.source, entry.where, "name", f"'{sslh_name}' is UDP only: write it as a protocols entry with is_udp: true")
         return None
     section = {"probe": probe, **section}
     if keys.get("is_unix"):
+        if udp:
+            problems.error(entry.source, entry.where, "is_unix", "a UDP backend is host:port, not a unix socket")
+            return None
         section["backend"] = f"unix:{keys.get('host', '')}"
     else:
         backend = _addresses(entry, problems, listen=False)
-        section["backend"] = backend[0] if backend else ""
+        section["backend"] = ("udp:" if udp else "") + backend[0] if backend else ""
+    if udp and keys.get("udp_timeout") is not None:
+        section["udp_idle_timeout"] = str(keys["udp_timeout"])
+    elif keys.get("udp_timeout") is not None:
+        problems.notice(entry.source, entry.where, "udp_timeout", "no effect without is_udp")
     for sslh_key, key, probes in (("sni_hostnames", "sni", ("tls",)), ("alpn_protocols", "alpn", ("tls",)),
                                   ("regex_patterns", "regex", ("regex",)), ("minlength", "min_length", ("regex",))):
         if sslh_key not in keys:
@@ -278,12 +291,12 @@ def _route(entry: Entry, model: Model, out: Translation, problems: Problems) -> 
         section["send_proxy"] = f"v{pp}"
     elif pp is not None and pp != 0:
         problems.error(entry.source, entry.where, "proxyprotocol", f"expected 0, 1 or 2, got {pp!r}")
-    elif pp is None and any(e.keys.get("proxyprotocol") for e in model.listen):
+    elif pp is None and not udp and any(e.keys.get("proxyprotocol") for e in model.listen):
         section["send_proxy"] = "v1"
         problems.notice(entry.source, entry.where, "proxyprotocol",
                         "sslh passes the client's PROXY header on as it came; epollmux sends a v1 header "
                         "made from it (proxyprotocol: 0 sends none, 2 sends v2)")
-    if keys.get("transparent") or model.globals.get("transparent"):
+    if keys.get("transparent") or (model.globals.get("transparent") and not udp):
         section["transparent"] = "true"
     if keys.get("max_connections"):
         section["max_connections"] = str(keys["max_connections"])
@@ -312,8 +325,18 @@ def _byte_escaped(pattern: str) -> str:
     return "".join(out)
 
 
+def _is_udp(out: Translation, name: str) -> bool:
+    return out.data["routes"][name]["backend"].startswith("udp:")
+
+
 def _order(names: list[tuple[str, Entry]], out: Translation, problems: Problems) -> None:
-    """sslh sends what no probe recognises to its last protocol: epollmux needs an `any` route for that."""
+    """sslh sends what no probe recognises to the last protocol of its kind (TCP entries for a connection,
+    is_udp entries for a datagram): epollmux needs an `any` route of that kind for it."""
+    _order_kind([(n, e) for n, e in names if not _is_udp(out, n)], out, problems, "fallback")
+    _order_kind([(n, e) for n, e in names if _is_udp(out, n)], out, problems, "udp_fallback")
+
+
+def _order_kind(names: list[tuple[str, Entry]], out: Translation, problems: Problems, fallback_name: str) -> None:
     routes = out.data["routes"]
     for i, (name, entry) in enumerate(names[:-1]):
         if routes[name]["probe"] == "any":
@@ -323,16 +346,18 @@ def _order(names: list[tuple[str, Entry]], out: Translation, problems: Problems)
             return
     if names and routes[names[-1][0]]["probe"] != "any":
         last, entry = names[-1]
-        fallback = {k: v for k, v in routes[last].items() if k in ("backend", "send_proxy", "transparent")}
-        routes["fallback"] = {"probe": "any", **fallback}
-        out.origin["routes.fallback"] = entry
-        out.comments["routes.fallback"] = f"sslh's rule: what no probe recognises goes to the last protocol " \
-                                          f"({entry.where})"
+        fallback = {k: v for k, v in routes[last].items()
+                    if k in ("backend", "send_proxy", "transparent", "udp_idle_timeout")}
+        routes[fallback_name] = {"probe": "any", **fallback}
+        out.origin[f"routes.{fallback_name}"] = entry
+        out.comments[f"routes.{fallback_name}"] = f"sslh's rule: what no probe recognises goes to the last " \
+                                                  f"protocol ({entry.where})"
 
 
 def _on_timeout(model: Model, names: list[tuple[str, Entry]], out: Translation) -> None:
     """sslh: the first protocol named by on-timeout (default ssh), else the first protocol."""
     wanted = model.globals.get("on_timeout", "ssh")
+    names = [(name, entry) for name, entry in names if not _is_udp(out, name)]    # a datagram has no timeout
     chosen = next((name for name, entry in names if entry.keys.get("name") == wanted), None)
     if chosen is None and names:
         chosen = names[0][0]

@@ -105,7 +105,7 @@ def test_check_reports_every_problem_by_path_and_key(tmp_path):
     path = write(tmp_path, """
         timeout: "soon";
         colour: "blue";
-        listen: ( { host: "127.0.0.1"; port: "443"; is_udp: true; },
+        listen: ( { host: "127.0.0.1"; port: "443"; is_udp: true; proxyprotocol: true; },
                   { host: "127.0.0.1"; port: "99999"; } );
         protocols: (
           { name: "ssh"; host: "127.0.0.1"; port: "22"; },
@@ -116,21 +116,21 @@ def test_check_reports_every_problem_by_path_and_key(tmp_path):
           { name: "tls"; host: "127.0.0.1"; port: "443"; proxyprotocol: 3; },
           { name: "anyprot"; host: "127.0.0.1"; port: "80"; },
           { name: "ssh"; host: "127.0.0.1"; port: "22"; },
-          { name: "wireguard"; host: "127.0.0.1"; port: "51820"; is_udp: true; }
+          { name: "wireguard"; host: "127.0.0.1"; port: "51820"; }
         );""")
     r = run("-F", str(path), "--check")
     assert r.returncode == 1
     p = str(path)
     for line in (f"{p}: [global] timeout: expected a number, got 'soon'",
                  f"{p}: [global] colour: unknown setting",
-                 f"{p}: [listen.0] is_udp: not supported: UDP",
+                 f"{p}: [listen.0] proxyprotocol: TCP only: not on an is_udp entry",
                  f"{p}: [listen.1] port: '99999': a port is a number from 0 to 65535",
                  f"{p}: [protocols.1] sni_hostnames: only applies to tls here, not 'http'",
                  f"{p}: [protocols.2] host: is required",
                  f"{p}: [protocols.4] name: unknown protocol 'gopher'",
                  f"{p}: [protocols.5] proxyprotocol: expected 0, 1 or 2, got 3",
                  f"{p}: [protocols.6] name: 'anyprot' takes every client",
-                 f"{p}: [protocols.8] name: 'wireguard' is UDP only"):
+                 f"{p}: [protocols.8] name: 'wireguard' is UDP only: write it as a protocols entry with is_udp"):
         assert line in r.stderr, r.stderr
     # a problem only epollmux's own validation finds comes back in sslh's terms too
     path = write(tmp_path, """

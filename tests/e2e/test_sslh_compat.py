@@ -298,3 +298,40 @@ def test_sighup_rereads_the_sslh_file_with_the_same_options(daemon, tmp_path):
     assert_routed(port, PAYLOADS["ssh"], "ssh", bytewise=False)
     first.server.close()
     second.server.close()
+
+
+def test_udp_entries_route_datagrams_beside_tcp_on_one_port(daemon, tmp_path):
+    """sslh-select's is_udp entries: TCP ssh and UDP openvpn/wireguard on one port number; a datagram no UDP
+    probe recognises goes to the last is_udp protocol, as in sslh; each reply reaches its own client."""
+    from support.udp import UdpClient, UdpEcho, free_port_both
+    from support.udp_fixtures import UDP_FIXTURES
+    ssh = Tagged("ssh")
+    vpn, wg = UdpEcho(b"vpn:"), UdpEcho(b"wg:")
+    port = free_port_both()
+    path = tmp_path / "udp.cfg"
+    path.write_text(f"""
+        timeout: 2;
+        listen: ( {{ host: "127.0.0.1"; port: "{port}"; }},
+                  {{ host: "127.0.0.1"; port: "{port}"; is_udp: true; }} );
+        protocols: (
+          {{ name: "ssh"; host: "127.0.0.1"; port: "{ssh.port}"; }},
+          {{ name: "openvpn"; host: "127.0.0.1"; port: "{vpn.port}"; is_udp: true; udp_timeout: 20; }},
+          {{ name: "wireguard"; host: "127.0.0.1"; port: "{wg.port}"; is_udp: true; }}
+        );""")
+    clients = []
+    try:
+        daemon().start(args=["-F", str(path), "-f"], wait=port)
+        assert_routed(port, PAYLOADS["ssh"], "ssh", bytewise=False)
+        for fixture, tag in (("openvpn_udp", b"vpn:"), ("wireguard_initiation", b"wg:"), (None, b"wg:")):
+            first = UDP_FIXTURES[fixture].datagrams[0] if fixture else b"\x99 no probe knows this"
+            client = UdpClient(port)
+            clients.append(client)
+            assert client.ask(first) == tag + first
+            assert client.ask(b"second datagram") == tag + b"second datagram"    # the flow stays routed
+        assert assert_routed(port, PAYLOADS["ssh"], "ssh", bytewise=True) is None
+    finally:
+        for client in clients:
+            client.close()
+        ssh.server.close()
+        vpn.close()
+        wg.close()
