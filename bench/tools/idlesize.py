@@ -122,14 +122,16 @@ def table(conn, ctx) -> list[tuple[str, int]]:
     if regs:
         out.append((f"reactor registration objects x{len(regs)}", sum(sys.getsizeof(r) for r in regs)))
     own = ctx.own_backends
-    by_local = getattr(own, "by_local", own)        # backend.OwnBackends, or a plain dict in older trees
+    by_local = getattr(own, "by_port", None)        # backend.OwnBackends: flat, local port -> socket
+    if by_local is None:
+        by_local = getattr(own, "by_local", own)    # older trees: local address -> {target: [sockets]}
     for label, container, per in (("reactor._handlers dict (share)", reactor._handlers, 2),
                                   ("ctx.connections set (share)", ctx.connections, 1),
                                   ("own_backends dict (share)", by_local, 1)):
         if len(container):
             out.append((label, round(sys.getsizeof(container) * per / max(1, len(container)))))
     local = getattr(conn, "local", None)
-    if local is not None and by_local is not own:
+    if isinstance(local, tuple) and by_local is not own:
         key = next((k for k in by_local if k == local[:2]), None)
         if key is not None:
             inner = by_local[key]

@@ -82,45 +82,70 @@ def facts(src, dst, unique_id: bytes, engine, names) -> proxyout.Facts:
 
 
 class OwnBackends:
-    """The worker's own TCP backend sockets, to tell a client that is one of them (a loop): local address
-    -> {address it connected to: [its sockets]}. One local address can serve several at once (the kernel
-    keeps only the 4-tuple unique: an ephemeral port is reused for connects to other addresses), and a
-    socket that was reset (or failed to connect) gives its port back while it is still open here, so a
-    new connection may come from the same address to the same place: only a socket still alive in the
+    """The worker's own TCP backend sockets, to tell a client that is one of them (a loop): the local port of
+    each -> its socket, in one flat dict (`by_port`), plus a side table (`more`) for the rare port that serves
+    several at once (the kernel keeps only the 4-tuple unique: an ephemeral port is reused for connects to
+    other addresses, or on another local address). Nothing else is kept per socket: a client whose source
+    port is one of these is checked against the socket itself (its local address, the address it connected
+    to), and a socket that was reset (or failed to connect) gives its port back while it is still open here,
+    so a new connection may come from the same address to the same place: only a socket still alive in the
     kernel (not TCP_CLOSE) makes a client a loop, since no live socket can share its 4-tuple."""
 
-    __slots__ = ("by_local",)
+    __slots__ = ("by_port", "more")
 
     def __init__(self):
-        self.by_local: dict[tuple, dict[tuple, list]] = {}
+        self.by_port: dict[int, object] = {}
+        self.more: dict[int, list] = {}        # port -> the sockets on it beyond by_port's (rare)
 
-    def add(self, local, target, sock) -> None:
-        self.by_local.setdefault(local[:2], {}).setdefault(target[:2], []).append(sock)
+    def __len__(self) -> int:
+        return len(self.by_port)
 
-    def discard(self, local, target, sock) -> None:
-        targets = self.by_local.get(local[:2])
-        socks = targets.get(target[:2]) if targets is not None else None
-        if socks is None or sock not in socks:
+    def add(self, port: int, sock) -> None:
+        first = self.by_port.setdefault(port, sock)
+        if first is not sock:
+            self.more.setdefault(port, []).append(sock)
+
+    def discard(self, port: int, sock) -> None:
+        first = self.by_port.get(port)
+        if first is None:
             return
-        socks.remove(sock)
-        if not socks:
-            del targets[target[:2]]
-            if not targets:
-                del self.by_local[local[:2]]
+        others = self.more.get(port)
+        if first is sock:
+            if others:
+                self.by_port[port] = others.pop()
+                if not others:
+                    del self.more[port]
+            else:
+                del self.by_port[port]
+        elif others is not None and sock in others:
+            others.remove(sock)
+            if not others:
+                del self.more[port]
 
     def looped(self, src, client) -> bool:
         """The client comes from one of these sockets, still alive, and reached the very address that
         socket connected to (not merely the same ephemeral port reused for a connect elsewhere), or was sent
         here from that address by a NAT rule (the address it was sent to, SO_ORIGINAL_DST, is its target)."""
-        targets = self.by_local.get(src[:2])
-        if targets is None:
+        first = self.by_port.get(src[1])
+        if first is None:
+            return False
+        socks = [first, *self.more.get(src[1], ())]
+        targets: dict[tuple, list] = {}            # as connected to, for the sockets on the client's address
+        for sock in socks:
+            try:
+                if sock.getsockname()[:2] != src[:2]:
+                    continue
+                targets.setdefault(sock.getpeername()[:2], []).append(sock)
+            except OSError:       # not connected (any more): reset, or a failed connect
+                continue
+        if not targets:
             return False
         try:
             here = client.getsockname()
         except OSError:
             return False
-        socks = targets.get(here[:2]) or targets.get(original_destination(client), ())
-        return any(_alive(sock) for sock in socks)
+        found = targets.get(here[:2]) or targets.get(original_destination(client), ())
+        return any(_alive(sock) for sock in found)
 
 
 def _alive(sock) -> bool:

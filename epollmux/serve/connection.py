@@ -63,7 +63,7 @@ class Connection(Relaying):
     __slots__ += ("kernel",)              # True: ctx.kernel relays this connection, not Directions
     __slots__ += ("writable",)            # fds registered with OUT: CLIENT_OUT | BACKEND_OUT
     __slots__ += ("edges", "reader")      # readable edges spent deciding; the ClientHello read so far
-    __slots__ += ("local",)               # the backend socket's own address, while in ctx.own_backends
+    __slots__ += ("local",)               # the backend socket's local port, while in ctx.own_backends
 
     def __init__(self, ctx: Context, listener: Listener, client: socket.socket, sockaddr, events: int = EVENTS):
         self.ctx = ctx
@@ -371,9 +371,9 @@ class Connection(Relaying):
             # options a second later, if the connection still lives (keepalive.Settler). The address is
             # remembered so that this socket, arriving at one of our listeners, is seen as a loop (that accept
             # comes in a later turn than this one).
-            self.local = sock.getsockname()
+            self.local = sock.getsockname()[1]
             ctx.settler.add(sock)
-            ctx.own_backends.add(self.local, self.route.backend.sockaddr, sock)
+            ctx.own_backends.add(self.local, sock)
         return reason
 
     def _connected(self, events: int, pump_down: bool = True) -> str | None:
@@ -424,7 +424,7 @@ class Connection(Relaying):
         ctx.connections.discard(self)
         ctx.admission.leave(self.grant)
         if self.local is not None:
-            ctx.own_backends.discard(self.local, self.route.backend.sockaddr, self.backend)
+            ctx.own_backends.discard(self.local, self.backend)
         abort = reason in ABORTS
         up = down = spliced = 0
         if self.kernel:        # out of the maps before the sockets close; the counts need them open

@@ -57,7 +57,7 @@ class Context:
         self.kernel = KernelRelay(reactor, relay) if relay in ("sockmap", "auto") else None   # loads on first use
         self.stats = Stats()
         self.connections: set = set()
-        self.own_backends = OwnBackends()  # this worker's TCP backend sockets: local address -> targets
+        self.own_backends = OwnBackends()  # this worker's TCP backend sockets by local port
         self.loop_warned = False
         self.reserve = Reserve()
         self.draining = False

@@ -49,7 +49,7 @@ def colliding():
 
 
 def add(own: OwnBackends, sock) -> None:
-    own.add(sock.getsockname(), sock.getpeername(), sock)
+    own.add(sock.getsockname()[1], sock)
 
 
 @pytest.mark.parametrize("order", ["loop first", "other first"])
@@ -66,11 +66,11 @@ def test_closing_one_socket_on_an_address_keeps_the_others_guarded(colliding):
     own = OwnBackends()
     add(own, c.loop)
     add(own, c.other)
-    own.discard(c.other.getsockname(), c.other.getpeername(), c.other)
+    own.discard(c.other.getsockname()[1], c.other)
     assert own.looped(c.src, c.arrived)
-    own.discard(c.loop.getsockname(), c.loop.getpeername(), c.loop)
+    own.discard(c.loop.getsockname()[1], c.loop)
     assert not own.looped(c.src, c.arrived)
-    assert own.by_local == {}
+    assert own.by_port == {} and own.more == {}
 
 
 def test_a_reused_port_connected_elsewhere_is_not_a_loop(colliding):
@@ -102,3 +102,39 @@ def test_a_reset_socket_still_held_makes_no_loop_of_a_newcomer(colliding):
     c.opened.append(accepted)
     assert src == c.src
     assert not own.looped(src, accepted)
+
+
+def test_the_same_port_on_another_local_address_is_not_a_loop():
+    """The table is keyed by local port alone: a socket on that port but another local address (127.0.0.2)
+    towards the same listener makes no loop of the client from 127.0.0.1, and discarding in any order
+    leaves nothing behind."""
+    daemon = socket.socket()
+    a, b = socket.socket(), socket.socket()
+    opened = [daemon, a, b]
+    try:
+        daemon.bind(("127.0.0.1", 0))
+        daemon.listen(4)
+        for s in (a, b):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        a.bind(("127.0.0.2", 0))
+        b.bind(("127.0.0.1", a.getsockname()[1]))
+        a.connect(daemon.getsockname())
+        own = OwnBackends()
+        add(own, a)
+        arrived_a, src_a = daemon.accept()
+        opened.append(arrived_a)
+        assert own.looped(src_a, arrived_a)
+        b.connect(daemon.getsockname())
+        arrived_b, src_b = daemon.accept()
+        opened.append(arrived_b)
+        assert src_b[1] == src_a[1] and src_b[0] != src_a[0]
+        assert not own.looped(src_b, arrived_b)       # b is not ours
+        add(own, b)
+        assert own.looped(src_b, arrived_b) and own.looped(src_a, arrived_a)
+        own.discard(a.getsockname()[1], a)            # the first on the port goes: b stays guarded
+        assert own.looped(src_b, arrived_b) and not own.looped(src_a, arrived_a)
+        own.discard(b.getsockname()[1], b)
+        assert own.by_port == {} and own.more == {}
+    finally:
+        for s in opened:
+            s.close()
