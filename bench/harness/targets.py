@@ -1,4 +1,4 @@
-"""Issue 19's performance targets, each checked against one run's medians and marked met or missed.
+"""The performance targets (bench/README.md), each checked against one run's medians and marked met or missed.
 
 Owns: which subject each target is about (epollmux's default relay, `epollmux-adaptive`, and its 2-worker
 twin for TCP; `epollmux-tls` for TLS), the reference it is compared with in the same run, the goal, the
@@ -113,7 +113,7 @@ def tls_targets(sec: dict) -> list[dict]:
 
 
 def targets(results: dict) -> list[dict]:
-    """Issue 19's targets for this run, in the issue's order; a section not run gives no rows."""
+    """The performance targets for this run, in their order; a section not run gives no rows."""
     secs = {sec["section"]: sec for sec in results["sections"]}
     out = []
     if "idle" in secs:

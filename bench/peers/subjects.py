@@ -179,7 +179,7 @@ class EpollmuxSplice2(Epollmux):
 
 
 class EpollmuxAdaptive2(Epollmux):
-    """The default relay with two workers: the 2-core pair of haproxy-2t (issue 19's connection-rate target)."""
+    """The default relay with two workers: the 2-core pair of haproxy-2t (the 2-core connection-rate target)."""
     name, label, relay = "epollmux-adaptive-2w", "epollmux (adaptive, 2 workers)", "adaptive"
 
     def __init__(self, tmpdir, port, backend):

@@ -1,4 +1,4 @@
-"""TLS termination (issues 4 and 6): handshakes, resumed handshakes, keep-alive requests, bulk MB/s.
+"""TLS termination: handshakes, resumed handshakes, keep-alive requests, bulk MB/s.
 
 Owns: the tls section. One plaintext nginx (1 worker; `/` = 34-byte body, `/bulk` = a sparse file of
 zeros) behind every terminator (bench.peers.subjects: epollmux, stunnel, HAProxy `bind ... ssl`, and

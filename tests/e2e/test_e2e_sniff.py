@@ -1,4 +1,4 @@
-"""Protocol sniffing end to end (issue 3, "Must show"): real clients and servers through one epollmux port.
+"""Protocol sniffing end to end: real clients and servers through one epollmux port.
 
 ssh to a real sshd (a command, a 4 MiB upload), curl https routed by SNI and by ALPN to nginx TLS servers,
 curl http routed by Host, a real OpenVPN TCP client reaching a real OpenVPN server, the probe timeout and

@@ -1,4 +1,4 @@
-"""`epollmux -c FILE --explain CAPTURE...` (issue 8): what the daemon would do with a client's first bytes.
+"""`epollmux -c FILE --explain CAPTURE...`: what the daemon would do with a client's first bytes.
 
 The captured real-client fixtures (tests/fixtures/probes/*.bin, and tcpdump captures of real clients in
 tests/fixtures/pcap/) are explained, then sent to a running daemon with the same configuration: the route

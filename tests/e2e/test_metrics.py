@@ -1,4 +1,4 @@
-"""Observability (issue 8): per-worker metrics summed by the supervisor, the Prometheus endpoint, the stats
+"""Observability: per-worker metrics summed by the supervisor, the Prometheus endpoint, the stats
 socket, SIGUSR1, and the access log, checked against a scripted mix of real connections.
 
 Real processes on 127.0.0.1 only, ended by PID (conftest's `daemon` fixture); thread backends.

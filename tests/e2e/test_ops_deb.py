@@ -7,6 +7,7 @@ Skipped (with the reason) where the dpkg tools or root are missing, or epollmux 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -48,14 +49,18 @@ def apt(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def deb() -> Path:
-    if installed():
-        pytest.skip("an epollmux package is already installed on this host: not replacing it")
-    built = run(str(REPO / "packaging" / "deb" / "build.sh"))
-    assert built.returncode == 0, built.stdout + built.stderr
-    path = Path(built.stdout.strip().splitlines()[-1])
-    assert path.name.startswith("epollmux_") and path.name.endswith("_all.deb") and path.is_file()
-    return path
+def deb():
+    """The package built from this checkout. The host's package database is one per machine: two test runs
+    at once (two checkouts) take turns here instead of installing and purging under each other."""
+    with open("/tmp/epollmux-deb-tests.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if installed():
+            pytest.skip("an epollmux package is already installed on this host: not replacing it")
+        built = run(str(REPO / "packaging" / "deb" / "build.sh"))
+        assert built.returncode == 0, built.stdout + built.stderr
+        path = Path(built.stdout.strip().splitlines()[-1])
+        assert path.name.startswith("epollmux_") and path.name.endswith("_all.deb") and path.is_file()
+        yield path
 
 
 def test_lintian_reports_no_errors(deb):
@@ -111,7 +116,7 @@ def test_readme_has_exactly_two_setup_commands():
     assert "apt-get install -y ./build/epollmux_" in commands[0], commands
 
 
-def test_readme_setup_line_installs_and_runs_the_example(deb):
+def test_readme_setup_line_installs_and_runs_the_example(deb, tmp_path):
     """The README's first command, run verbatim from the checkout, leaves a daemon routing on the example
     config's 127.0.0.1:4443: an SSH client's first bytes get an access line naming route ssh."""
     probe = socket.socket()
@@ -124,7 +129,12 @@ def test_readme_setup_line_installs_and_runs_the_example(deb):
     log_before = log.read_text() if log.exists() else ""
     pid = None
     try:
-        line = run("bash", "-c", f"cd {REPO} && {setup_commands()[0]}", timeout=900)
+        apt_config = tmp_path / "apt.conf"          # the README's apt-get waits for a busy dpkg lock here
+        apt_config.write_text('DPkg::Lock::Timeout "900";\n')
+        line = subprocess.run(["bash", "-c", f"cd {REPO} && {setup_commands()[0]}"], capture_output=True,
+                              text=True, timeout=900, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+                                                           "DEBIAN_FRONTEND": "noninteractive",
+                                                           "APT_CONFIG": str(apt_config)})
         assert line.returncode == 0, line.stdout + line.stderr
         assert installed()
         if Path("/run/systemd/system").is_dir():

@@ -1,4 +1,4 @@
-"""Client addresses and limits end to end (issue 7, "Must show"): real processes on loopback only.
+"""Client addresses and limits end to end: real processes on loopback only.
 
 - Interop: HAProxy (`send-proxy-v2`) in front of an epollmux listener that takes PROXY v2 from a trusted
   source, and epollmux sending v1 and v2 to nginx (`listen ... proxy_protocol`, `$proxy_protocol_addr` in its

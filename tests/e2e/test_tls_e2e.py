@@ -1,4 +1,4 @@
-"""TLS termination end to end (issue 4, "Must show"): real clients and servers through one epollmux port.
+"""TLS termination end to end: real clients and servers through one epollmux port.
 
 curl and `openssl s_client` through terminating routes to plaintext nginx (page, 32 MiB byte-exact, ALPN),
 a certificate per SNI, SSH inside TLS to a real sshd (`inner_routes`), client certificates (mTLS),

@@ -1,4 +1,4 @@
-"""bench/harness/targets.py: issue 19's target table, checked on made-up results (no measurement).
+"""bench/harness/targets.py: the performance-target table, checked on made-up results (no measurement).
 
 Each target picks the right subject and reference from one run, applies its goal (≤, ≥ 1.0×, ≥ 1.2×)
 at the boundary, and says "not measured" rather than met or missed when a reading is absent."""

@@ -56,3 +56,18 @@ def test_each_layer_states_the_layering_rule(part):
         assert "anything of epollmux but" in line and set(re.findall(r"`(\w+)`", line)) == allowed, line
     else:
         assert set(re.findall(r"`(\w+)`", line)) == forbidden - {"__main__"}, line
+
+
+ISSUE = re.compile(r"\bissues? #?\d+|\(issue \d+", re.IGNORECASE)
+
+
+def test_no_docstring_names_an_issue_number():
+    """Docstrings say what code does and cite README sections, not the tracker's history."""
+    found = []
+    for root in ("epollmux", "bench", "tests"):
+        for path in sorted((REPO / root).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                    doc = ast.get_docstring(node) or ""
+                    found += [f"{path.relative_to(REPO)}: {m}" for m in ISSUE.findall(doc)]
+    assert found == []
