@@ -3,7 +3,7 @@ and the facts a PROXY header sends.
 
 Owns: creating the backend socket (the C socket type, TCP_NODELAY), binding it to the
 client's address in transparent mode (IP_TRANSPARENT), starting the connect and telling whether it
-finished inside connect() already, `facts()` for proxyout, telling a client that is one of our own
+finished inside connect() already, `facts()` for proxyout, reading a client's address back from its socket, telling a client that is one of our own
 backend sockets (a loop), and closing a socket with RST when a connection is aborted.
 Must not import the reactor or the relay; the phases and deadlines stay the connection's.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import _socket
 import errno
 import socket
+import sys
 from typing import TYPE_CHECKING
 
 from epollmux import errors
@@ -24,6 +25,7 @@ if TYPE_CHECKING:      # the seams' types, for readers and checkers; no import a
 
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 IPV6_TRANSPARENT = 75
+SO_PEERNAME = 28                                     # asm-generic/socket.h: answers after a reset too
 SO_ORIGINAL_DST = 80                                 # linux/netfilter_ipv4.h (and netfilter_ipv6's IP6T_ one)
 TCP_ESTABLISHED = 1                                  # tcp_info.tcpi_state, its first byte
 TCP_CLOSE = 7
@@ -167,6 +169,30 @@ def original_destination(sock) -> tuple | None:
         return socket.inet_ntop(socket.AF_INET6, raw[8:24]), int.from_bytes(raw[2:4], "big")
     except (OSError, ValueError):
         return None
+
+
+def peer_address(sock) -> tuple | None:
+    """The peer's (host, port) as accept() gave it, read back from the socket: SO_PEERNAME, which still
+    answers once a reset closed the connection (getpeername() says ENOTCONN then); None if the socket is
+    closed. An IPv6 host with a scope is written as accept() writes it (getnameinfo: fe80::1%eth0)."""
+    try:
+        if sock.family == socket.AF_INET:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERNAME, 16)          # struct sockaddr_in
+            return socket.inet_ntop(socket.AF_INET, raw[4:8]), int.from_bytes(raw[2:4], "big")
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERNAME, 28)              # struct sockaddr_in6
+        host, port = socket.inet_ntop(socket.AF_INET6, raw[8:24]), int.from_bytes(raw[2:4], "big")
+        scope = int.from_bytes(raw[24:28], sys.byteorder)
+        if scope:
+            host = socket.getnameinfo((host, port, 0, scope), socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)[0]
+        return host, port
+    except (OSError, ValueError):
+        return None
+
+
+def socket_error(sock) -> str | None:
+    """The close reason a socket's pending error gives: timeout (keepalive, TCP_USER_TIMEOUT), reset."""
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    return None if not err else Reason.TIMEOUT if err == errno.ETIMEDOUT else Reason.RESET
 
 
 def close_socket(reactor, sock, fd: int, abort: bool) -> None:

@@ -43,10 +43,7 @@ __all__ = ["Connection", "Phase", "client_events"]
 
 log = logging.getLogger("epollmux.conn")
 
-ABORTS = (Reason.RESET, Reason.TIMEOUT, Reason.DRAIN_CUT, Reason.HARD_STOP)   # end both sockets with RST, not
-#                                                    FIN (a dead peer, a cut)
-
-
+ABORTS = (Reason.RESET, Reason.TIMEOUT, Reason.DRAIN_CUT, Reason.HARD_STOP)   # RST both, not FIN (a dead peer, a cut)
 SNIFFING_PHASES = (Phase.PROXY_HEADER, Phase.SNIFFING, Phase.INNER_SNIFFING)   # edges count against max_probe_edges
 
 
@@ -70,7 +67,7 @@ class Connection(Relaying):
         self.listener = listener
         self.client = client
         self.cfd = client.fileno()
-        self.src = sockaddr        # the client's (ip, port, ...): from a PROXY header when one is taken
+        self.src = sockaddr        # the client's (ip, port, ...): from a PROXY header when one is taken; None: ask the socket
         self.dst = None            # the address the client connected to, looked up when needed
         self.backend: socket.socket | None = None
         self.bfd = -1
@@ -101,8 +98,9 @@ class Connection(Relaying):
 
     @property
     def peer(self) -> str:
-        """The client as logs show it (made only when a log line needs it)."""
-        host, port = self.src[0], self.src[1]
+        """The client as logs show it (made only when a log line needs it; read back from the socket while
+        relaying, see _relay)."""
+        host, port = (self.src or backend.peer_address(self.client) or ("-", 0))[:2]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     # --- life cycle ------------------------------------------------------------------------
@@ -192,10 +190,7 @@ class Connection(Relaying):
         if isinstance(reason, str):
             self.close(reason)
 
-    def _socket_error(self, sock: socket.socket) -> str | None:
-        """The close reason a socket's pending error gives: timeout (keepalive, TCP_USER_TIMEOUT), reset."""
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        return None if not err else Reason.TIMEOUT if err == errno.ETIMEDOUT else Reason.RESET
+    _socket_error = staticmethod(backend.socket_error)
 
     # --- admission, PROXY header in ---------------------------------------------------------
     def _begin(self) -> str | None:
@@ -390,7 +385,7 @@ class Connection(Relaying):
             if self.backend.send(header) != len(header):    # a fresh socket takes ~100 bytes at once
                 return Reason.BACKEND_ERROR
         if route.backend_context is None:
-            return self._start_relay(pump_down)      # cend and bend: None for a plain socket (relaying.py)
+            return self._relay(pump_down)      # cend and bend: None for a plain socket (relaying.py)
         self._set_phase(Phase.BACKEND_HANDSHAKING, self.ctx.settings.connect_timeout, _expired,
                         Reason.BACKEND_TLS_TIMEOUT)
         engine = TLSEngine(route.backend_context, server_side=False, server_hostname=route.backend_sni)
@@ -402,11 +397,18 @@ class Connection(Relaying):
         result = end.handshake()
         if result is Event.HANDSHAKE_DONE:
             self.ctx.stats.tls_handshake(self.route.name, "backend")
-            return self._start_relay()
+            return self._relay()
         if result is None:
             return None
         self.detail = end.engine.detail
         return result.on("backend-")
+
+    def _relay(self, pump_down: bool = True) -> str | None:
+        """An idle connection holds no address: the accepted client's is read back from its socket when a log
+        line needs it (backend.peer_address; a PROXY header's, or a unix socket's, stays)."""
+        if self.listener.proxy_protocol == "none" and self.client.family in TCP_FAMILIES:
+            self.src = None
+        return self._start_relay(pump_down)
 
     def _facts(self) -> proxyout.Facts:
         if self.dst is None:
@@ -423,6 +425,8 @@ class Connection(Relaying):
         ctx = self.ctx
         ctx.connections.discard(self)
         ctx.admission.leave(self.grant)
+        if self.src is None and (ctx.access.enabled() or reason == Reason.EXHAUSTED):
+            self.src = backend.peer_address(self.client)      # while the socket is open
         if self.local is not None:
             ctx.own_backends.discard(self.local, self.backend)
         abort = reason in ABORTS

@@ -79,3 +79,38 @@ def test_text_records_and_timeout_verdict(daemon, server):
     c.close()
     (line,) = access_lines(d, 1)
     assert " route=web " in line and " verdict=timeout" in line and " up=4 down=4 " in line
+
+
+def test_client_field_of_relayed_connections_reset_or_not_is_the_accepted_address(daemon, server):
+    """A relayed connection holds no address object (idle memory): its line reads the client's address back
+    from the socket, which must give exactly what accept() gave, also after a reset, and in IPv6 form."""
+    import struct
+    backend = server()
+    port = free_port()
+    v6 = True
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", port))
+    except OSError:
+        v6 = False
+    listeners = {"main": "127.0.0.1:%d, [::1]:%d" % (port, port) if v6 else f"127.0.0.1:{port}"}
+    d = daemon().start(make_config(listeners, f"127.0.0.1:{backend.port}", workers=1, relay="adaptive"), wait=port)
+    expected = []
+    for host in ["127.0.0.1", "::1"] if v6 else ["127.0.0.1"]:
+        for reset in (False, True):
+            c = socket.create_connection((host, port))
+            c.sendall(b"ping")
+            assert c.recv(4, socket.MSG_WAITALL) == b"ping"
+            local = c.getsockname()
+            expected.append((f"[{local[0]}]:{local[1]}" if ":" in host else f"{local[0]}:{local[1]}",
+                             "reset" if reset else "eof"))
+            if reset:
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            else:
+                c.shutdown(socket.SHUT_WR)
+                recv_all(c)
+            c.close()
+            access_lines(d, len(expected))     # one at a time: the lines come in this order
+    lines = access_lines(d, len(expected))
+    for line, (client, reason) in zip(lines, expected):
+        assert f" client={client} " in line and f" reason={reason} " in line, line
