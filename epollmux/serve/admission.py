@@ -20,13 +20,21 @@ if TYPE_CHECKING:      # the seams' types, for readers and checkers; no import a
 
 
 class Admission:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, counted=None):
+        """counted: the worker's listeners and routes; without them every connection gets a Grant of its own."""
         self.limits = Limits(settings.max_connections_per_source, settings.max_sniffing_per_source,
                              settings.rate_per_source, ipv6_prefix=settings.source_ipv6_prefix)
         self.per_source = self.limits.enabled
+        # anything to grant (and undo)? If not, connections share NOTHING, which no check writes to
+        self.grants = counted is None or self.per_source or any(x.max_connections for x in counted)
         self.max_connections = settings.max_connections
         self.listeners: Counter[str] = Counter()
         self.routes: Counter[str] = Counter()
+
+    def grant(self) -> "Grant":
+        """A new connection's Grant: its own, or NOTHING where no per-source, listener or route count is kept
+        (an idle connection then holds none)."""
+        return Grant() if self.grants else NOTHING
 
     def enter(self, grant: "Grant", listener: Listener, ip: str, now: float, open_connections: int) -> str | None:
         if self.max_connections and open_connections > self.max_connections:
@@ -94,3 +102,6 @@ class Grant:
         self.sniffing = False
         self.listener = None
         self.route = None
+
+
+NOTHING = Grant()      # the shared Grant of an Admission that counts nothing: every field stays as it is here

@@ -26,7 +26,6 @@ from epollmux.observe import accesslog
 from epollmux.reactor import ERR, HUP, OUT, RDHUP
 from epollmux.relay.endpoints import TLSEndpoint
 from epollmux.serve import backend, sniffing
-from epollmux.serve.admission import Grant
 from epollmux.serve.relaying import Relaying
 from epollmux.states import TransitionError
 from epollmux.serve.phases import (BACKEND_OUT, CLIENT_OUT, EVENTS, NEXT, QUIET, READABLE, TCP_FAMILIES, Phase,
@@ -87,7 +86,7 @@ class Connection(Relaying):
         self.tls = None            # version, cipher, ALPN, client CN of a terminated handshake, for the access log
         self.names = None          # sniff.Names of the peeked bytes: the access log, an outgoing PROXY v2 header
         self.verdict = "none"      # how the route was chosen: match, timeout
-        self.grant = Grant()       # what admission granted, undone at close
+        self.grant = ctx.admission.grant()      # what admission granted, undone at close
         self.peeked = None         # the last bytes peeked while sniffing, until a route is chosen
         self.connect_started = 0.0
         self.kernel = False
@@ -379,6 +378,7 @@ class Connection(Relaying):
         if not events & OUT:
             return None
         self.ctx.stats.connected(self.route.name, self.ctx.reactor.clock() - self.connect_started)
+        self.connect_started = 0.0       # a float less on an idle connection
         route = self.route
         if route.send_proxy:
             header = proxyout.header(route.send_proxy, self._facts(), crc=route.send_proxy_crc)

@@ -63,7 +63,7 @@ class Context:
         self.draining = False
         self.acceptors: list = []         # listener.Acceptor and udplistener.UdpListener
         self.flows = FlowTable(self)
-        self.admission = Admission(config.settings)
+        self.admission = Admission(config.settings, (*config.listeners, *config.routes.values()))
         self.access = accesslog.Writer(config.settings.log_format, config.settings.log_target)
         reactor.after_turn(self.access.flush)
         self._ids = itertools.count(1)

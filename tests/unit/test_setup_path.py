@@ -161,3 +161,26 @@ def test_admission_counts_only_what_a_limit_reads_and_leave_undoes_it():
     adm.leave(c)
     assert +adm.listeners == {} and +adm.routes == {}
     assert adm.enter(b, limited, "10.0.0.2", 0.0, 1) is None
+
+
+def test_a_worker_that_counts_nothing_shares_one_grant_and_never_writes_to_it():
+    """Idle memory: with no per-source limit and no listener or route max_connections, connections share
+    admission.NOTHING; every check leaves it as it was. One limit anywhere: a Grant per connection."""
+    from types import SimpleNamespace as NS
+
+    from epollmux.serve.admission import NOTHING, Admission
+    settings = NS(max_connections_per_source=0, max_sniffing_per_source=0, rate_per_source=0,
+                  source_ipv6_prefix=64, max_connections=5)
+    listener, route = NS(name="l", access=None, max_connections=0), NS(name="r", access=None, max_connections=0)
+    adm = Admission(settings, (listener, route))
+    grant = adm.grant()
+    assert grant is NOTHING
+    assert adm.enter(grant, listener, "10.0.0.1", 0.0, 1) is None
+    adm.sniffed(grant)
+    assert adm.route(grant, route, "10.0.0.1") is None
+    adm.leave(grant)
+    assert (NOTHING.source, NOTHING.sniffing, NOTHING.listener, NOTHING.route) == (None, False, None, None)
+    limited = NS(name="x", access=None, max_connections=1)
+    assert Admission(settings, (listener, limited)).grant() is not NOTHING
+    assert Admission(settings).grant() is not NOTHING
+    assert Admission(NS(**{**vars(settings), "max_connections_per_source": 2}), (listener,)).grant() is not NOTHING
