@@ -65,7 +65,10 @@ class Reactor:
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self._epoll = select.epoll()
-        self._handlers: dict[int, Handler] = {}     # the handler itself: no object per registration (idle memory)
+        # fd -> the handler itself, as a list indexed by fd (None: none): no object per registration, and 8 bytes
+        # per fd where a dict took ~35 (idle memory); it grows to the highest fd registered and never shrinks
+        self._handlers: list[Handler | None] = []
+        self._registered = 0
         self._timers: list[tuple[float, int, Timer]] = []
         self._cancelled = 0         # cancelled timers still in the heap
         self._seq = itertools.count()
@@ -79,14 +82,29 @@ class Reactor:
     # --- fds -----------------------------------------------------------------------------
     def register(self, fd: int, events: int, handler: Handler) -> None:
         self._epoll.register(fd, events)
-        self._handlers[fd] = handler
+        handlers = self._handlers
+        if fd >= len(handlers):
+            handlers.extend([None] * (fd + 1 - len(handlers) + len(handlers) // 2))
+        if handlers[fd] is None:
+            self._registered += 1
+        handlers[fd] = handler
+
+    def _pop(self, fd: int) -> Handler | None:
+        handlers = self._handlers
+        if fd >= len(handlers):
+            return None
+        handler = handlers[fd]
+        if handler is not None:
+            handlers[fd] = None
+            self._registered -= 1
+        return handler
 
     def modify(self, fd: int, events: int) -> None:
         self._epoll.modify(fd, events)
 
     def unregister(self, fd: int) -> None:
         """Forget fd; call before closing it. Events for it still queued in this batch are skipped."""
-        if self._handlers.pop(fd, None) is not None:
+        if self._pop(fd) is not None:
             try:
                 self._epoll.unregister(fd)
             except OSError as exc:  # already closed elsewhere: the kernel dropped it with the fd
@@ -96,10 +114,10 @@ class Reactor:
     def forget(self, fd: int) -> None:
         """Forget fd that is about to be closed: closing removes it from the epoll set, so no
         EPOLL_CTL_DEL is needed (the fd is never duplicated). Queued events for it are skipped."""
-        self._handlers.pop(fd, None)
+        self._pop(fd)
 
     def handler_count(self) -> int:
-        return len(self._handlers)
+        return self._registered
 
     # --- time ----------------------------------------------------------------------------
     def call_later(self, delay: float, callback: Callable[..., None], *args) -> Timer:
@@ -179,9 +197,9 @@ class Reactor:
         handlers = self._handlers
         # matched before any handler runs: a registration ended by an earlier handler of this batch
         # is dead, and a new one that reuses the number (another handler) is not the one this event was queued for
-        batch = [(handlers.get(fd), fd, mask) for fd, mask in events]
+        batch = [(handlers[fd], fd, mask) for fd, mask in events]      # an event's fd was registered: in range
         for handler, fd, mask in batch:
-            if handler is not None and handlers.get(fd) is handler:
+            if handler is not None and handlers[fd] is handler:
                 handler.on_event(fd, mask)
         timers = self._timers
         if timers and timers[0][0] <= self.now:
@@ -221,6 +239,7 @@ class Reactor:
             os.close(self._signal_w)
             self._signal_r = self._signal_w = -1
         self._handlers.clear()
+        self._registered = 0
         self._signal_callbacks.clear()
         self._timers.clear()
         self._cancelled = 0

@@ -118,18 +118,24 @@ def table(conn, ctx) -> list[tuple[str, int]]:
         rows.setdefault(type(obj).__qualname__, []).append(sys.getsizeof(obj))
     out = [(f"{name} x{len(sizes)}", sum(sizes)) for name, sizes in rows.items()]
     reactor = ctx.reactor
-    regs = [h for h in (reactor._handlers.get(conn.cfd), reactor._handlers.get(conn.bfd)) if h not in (None, conn)]
+    handlers = reactor._handlers            # a list indexed by fd (a dict in older trees)
+    if isinstance(handlers, dict):
+        get, registered = handlers.get, len(handlers)
+    else:
+        get, registered = (lambda fd: handlers[fd] if 0 <= fd < len(handlers) else None), reactor.handler_count()
+    regs = [h for h in (get(conn.cfd), get(conn.bfd)) if h not in (None, conn)]
     if regs:
         out.append((f"reactor registration objects x{len(regs)}", sum(sys.getsizeof(r) for r in regs)))
     own = ctx.own_backends
     by_local = getattr(own, "by_port", None)        # backend.OwnBackends: flat, local port -> socket
     if by_local is None:
         by_local = getattr(own, "by_local", own)    # older trees: local address -> {target: [sockets]}
-    for label, container, per in (("reactor._handlers dict (share)", reactor._handlers, 2),
-                                  ("ctx.connections set (share)", ctx.connections, 1),
-                                  ("own_backends dict (share)", by_local, 1)):
-        if len(container):
-            out.append((label, round(sys.getsizeof(container) * per / max(1, len(container)))))
+    for label, container, per, count in (
+            (f"reactor._handlers {type(handlers).__name__} (share)", handlers, 2, registered),
+            ("ctx.connections set (share)", ctx.connections, 1, len(ctx.connections)),
+            ("own_backends dict (share)", by_local, 1, len(by_local))):
+        if count:
+            out.append((label, round(sys.getsizeof(container) * per / count)))
     local = getattr(conn, "local", None)
     if isinstance(local, tuple) and by_local is not own:
         key = next((k for k in by_local if k == local[:2]), None)

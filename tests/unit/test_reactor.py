@@ -147,3 +147,40 @@ def test_now_is_read_once_per_turn_after_the_poll():
     r.run_once()
     assert seen == [1007.0]           # handlers see the time the poll returned, not the loop's creation
     r.close()
+
+
+def test_handler_table_indexed_by_fd_counts_registrations_and_survives_fd_reuse():
+    """The handler table is a list indexed by fd (idle memory): registrations are counted, a forgotten fd
+    gets no event, and a reused fd number reaches its new handler only."""
+    r = Reactor()
+    seen = []
+
+    class H:
+        def __init__(self, name):
+            self.name = name
+
+        def on_event(self, fd, mask):
+            seen.append(self.name)
+
+    try:
+        a, b = socket.socketpair()
+        assert r.handler_count() == 0
+        r.register(a.fileno(), IN, H("first"))
+        assert r.handler_count() == 1
+        r.forget(a.fileno())
+        r.forget(a.fileno())              # twice: counted once
+        assert r.handler_count() == 0
+        fd = a.fileno()
+        a.close()
+        c, d = socket.socketpair()        # the same number again, most likely: the lowest free fd
+        r.register(c.fileno(), IN, H("second"))
+        d.send(b"x")
+        r.run_once()
+        assert seen == ["second"] and (c.fileno() != fd or r.handler_count() == 1)
+        r.unregister(c.fileno())
+        r.unregister(10_000)              # never registered, beyond the table: nothing happens
+        assert r.handler_count() == 0
+        for s in (b, c, d):
+            s.close()
+    finally:
+        r.close()

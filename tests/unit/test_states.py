@@ -33,7 +33,7 @@ def test_tables_are_plain(states, table):
 
 
 def test_connection_phase():
-    ctx = SimpleNamespace(reactor=SimpleNamespace(now=0.0))
+    ctx = SimpleNamespace(reactor=SimpleNamespace(now=0.0), admission=SimpleNamespace(grant=lambda: None))
     listener = SimpleNamespace(proxy_protocol="none")
     conn = Connection(ctx, listener, SimpleNamespace(fileno=lambda: 5), ("127.0.0.1", 1))
     assert conn.phase is phases.Phase.SNIFFING
