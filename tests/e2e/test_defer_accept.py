@@ -20,7 +20,7 @@ import time
 import pytest
 
 from support.daemon import make_config
-from support.net import connect, echo, free_port, wait_until
+from support.net import connect, echo, free_port, read_line, wait_until
 
 
 def named(name: str):
@@ -29,16 +29,6 @@ def named(name: str):
         sock.sendall(name.encode() + b"\n")
         echo(sock)
     return handle
-
-
-def read_line(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def stats(d) -> str:

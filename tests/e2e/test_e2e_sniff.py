@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from support.net import connect, echo, free_port, recv_all
+from support.net import connect, echo, free_port, read_line, recv_all
 from support.daemon import make_config, tree_cpu_seconds, tree_pids
 from support.peers import need, openvpn_keys, text_server_block, tls_server_block
 
@@ -81,16 +81,6 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     while len(data) < n:
         chunk = sock.recv(n - len(data))
         assert chunk, f"closed after {data!r}"
-        data += chunk
-    return data
-
-
-def read_line(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
         data += chunk
     return data
 

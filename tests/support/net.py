@@ -94,6 +94,18 @@ def recv_upto(sock: socket.socket, n: int) -> bytes:
     return got
 
 
+def read_line(sock: socket.socket) -> bytes:
+    """Bytes up to and including the first newline (fewer at EOF), read one byte at a time so nothing
+    after the line is taken from the socket."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def assert_echoes(sock: socket.socket, payload: bytes) -> None:
     """Send payload down an echo path and read it back whole (an EOF before that fails)."""
     sock.sendall(payload)
