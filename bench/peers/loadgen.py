@@ -59,16 +59,36 @@ def wrk(port: int, seconds: float, connections: int, close: bool, scheme: str = 
     return parse_wrk(out.stdout + out.stderr)
 
 
-def iperf3(port: int, seconds: float, streams: int) -> dict:
-    argv = ["iperf3", "-c", HOST, "-p", str(port), "-t", str(max(1, round(seconds))), "-P", str(streams),
-            "-J", "--connect-timeout", "3000"]
-    out = run(argv, timeout=seconds + 20)
+def _iperf3_json(argv: list[str], timeout: float) -> dict:
+    """iperf3 -J's document, or {"error": ...} with what it said when it failed."""
+    out = run(argv, timeout=timeout)
     try:
         doc = json.loads(out.stdout)
     except json.JSONDecodeError:
         return {"error": (out.stderr or out.stdout).strip()[-300:] or f"exit {out.returncode}"}
+    return {"error": doc["error"]} if "error" in doc else doc
+
+
+def iperf3(port: int, seconds: float, streams: int) -> dict:
+    argv = ["iperf3", "-c", HOST, "-p", str(port), "-t", str(max(1, round(seconds))), "-P", str(streams),
+            "-J", "--connect-timeout", "3000"]
+    doc = _iperf3_json(argv, seconds + 20)
     if "error" in doc:
-        return {"error": doc["error"]}
+        return doc
     recv = doc["end"]["sum_received"]
     return {"bits_per_second": recv["bits_per_second"], "bytes": recv["bytes"],
             "seconds": recv["seconds"]}
+
+
+def iperf3_udp(port: int, rate: str, size: int, seconds: float) -> dict:
+    """One UDP flow at a fixed rate (iperf3 -u -b): Gbit/s received, datagrams sent and lost."""
+    argv = ["iperf3", "-c", HOST, "-p", str(port), "-u", "-b", rate, "-l", str(size), "-t",
+            str(max(1, round(seconds))), "-J", "--connect-timeout", "3000"]
+    doc = _iperf3_json(argv, seconds + 30)
+    if "error" in doc:
+        return doc
+    s = doc["end"].get("sum_received") or doc["end"]["sum"]
+    packets = s.get("packets") or doc["end"]["sum"].get("packets", 0)
+    lost = s.get("lost_packets", doc["end"]["sum"].get("lost_packets", 0))
+    return {"gbps": s["bits_per_second"] / 1e9, "packets": packets, "lost": lost,
+            "loss": lost / packets if packets else None, "seconds": s.get("seconds", seconds)}

@@ -22,7 +22,7 @@ import sys
 import time
 
 from bench.harness.procs import HOST, CpuGroup, Proc, memory_kb
-from bench.peers import subjects
+from bench.peers import loadgen, subjects
 
 REPO = subjects.REPO
 SUBJECTS = ["direct", "epollmux", "socat"]
@@ -93,23 +93,6 @@ class Relay:
             p.stop()
 
 
-def iperf3_udp(port: int, rate: str, seconds: float) -> dict:
-    argv = ["iperf3", "-c", HOST, "-p", str(port), "-u", "-b", rate, "-l", str(SIZE), "-t",
-            str(max(1, round(seconds))), "-J", "--connect-timeout", "3000"]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
-    try:
-        doc = json.loads(out.stdout)
-    except json.JSONDecodeError:
-        return {"error": (out.stderr or out.stdout).strip()[-300:] or f"exit {out.returncode}"}
-    if "error" in doc:
-        return {"error": doc["error"]}
-    s = doc["end"].get("sum_received") or doc["end"]["sum"]
-    packets = s.get("packets") or doc["end"]["sum"].get("packets", 0)
-    lost = s.get("lost_packets", doc["end"]["sum"].get("lost_packets", 0))
-    return {"gbps": s["bits_per_second"] / 1e9, "packets": packets, "lost": lost,
-            "loss": lost / packets if packets else None, "seconds": s.get("seconds", seconds)}
-
-
 def many_flows(port: int, flows: int, rate: float, seconds: float) -> dict:
     out = subprocess.run([sys.executable, "-m", "bench.peers.udpload", "flows", HOST, str(port), str(flows),
                           str(rate), str(SIZE), str(seconds)], capture_output=True, text=True, cwd=REPO,
@@ -170,7 +153,7 @@ def run_section(ctx) -> dict:
                     relay = Relay(name, ctx.tmpdir, ctx.ports.take(), iperf_port, iperf_port).start()
                     try:
                         c0 = relay.cpu()
-                        res = iperf3_udp(relay.port, rate, seconds)
+                        res = loadgen.iperf3_udp(relay.port, rate, SIZE, seconds)
                         res["cpu_s"] = relay.cpu() - c0
                     finally:
                         relay.stop()
