@@ -22,6 +22,8 @@ from epollmux.process.generation import Generation, terminate
 from epollmux.process.prepare import Refused, prepare
 from epollmux.process.states import State
 
+CLOSE_WAIT = 5.0        # seconds a reload waits for the old workers to say they stopped accepting
+
 log = logging.getLogger("epollmux.supervisor")
 
 
@@ -85,13 +87,37 @@ class Reloading:
         self.notifier.ready(self._status_text() + "; last reload refused")
 
     def _switch(self, gen: Generation) -> None:
-        """The reload's generation accepts on every worker: the old one stops accepting and drains."""
+        """The reload's generation accepts on every worker: the old one is told to stop accepting and
+        drain. The reload is announced once every old worker has said it closed its listeners (or is
+        gone): a client that connects after "ok" never meets the old configuration."""
         old, self.current, self.pending = self.current, gen, None
-        self._set_state(State.RUNNING)
         if old is not None:
             self.retired.append(old)
             for proc in old.workers.values():
                 terminate(proc, workerproc.RETIRE)
+        self.switching = (gen, old)
+        self.switch_timer = self.reactor.call_later(CLOSE_WAIT, self._announce_switch, True)
+        self._old_worker_closed()
+
+    def _old_worker_closed(self) -> None:
+        """A worker said it closed its listeners, or exited: announce a switch waiting for that."""
+        if self.switching is None:
+            return
+        old = self.switching[1]
+        if old is None or all(proc.closed for proc in old.workers.values()):
+            self._announce_switch(False)
+
+    def _announce_switch(self, late: bool) -> None:
+        if self.switching is None:
+            return
+        gen, old = self.switching
+        self.switching = None
+        self.switch_timer.cancel()
+        if late and old is not None:
+            log.warning("reload: generation %d's workers did not confirm within %.0f s that they stopped "
+                        "accepting", old.number, CLOSE_WAIT)
+        if self.state is State.RELOADING:       # (a stop may have come meanwhile: it keeps its state)
+            self._set_state(State.RUNNING)
         log.info("reloaded: generation %d accepting, generation %d draining",
                  gen.number, old.number if old else 0)
         self.reloads["ok"] += 1

@@ -60,6 +60,8 @@ class Supervisor(Reloading):
         self.current: Generation | None = None
         self.pending: Generation | None = None      # a reload's new generation, until it accepts
         self.retired: list[Generation] = []          # draining after a reload
+        self.switching: tuple | None = None          # (new, old) generations until the old ones stop accepting
+        self.switch_timer = None
         self.generations = 0
         self.reload_queued = False
         self.leaving = False                         # a stop is announced (stop_delay): /healthz says 503
@@ -179,6 +181,8 @@ class Supervisor(Reloading):
         for kind, qid, payload in messages:
             if kind == "ready":
                 self._worker_ready(proc)
+            elif kind == "closed":
+                self._old_worker_closed()
             elif qid:
                 self.collector.reply(proc, kind, qid, payload)
         if ended:
@@ -232,6 +236,7 @@ class Supervisor(Reloading):
         else:
             self._worker_died(proc, gen, how, status)
         self._forget_idle_generations()
+        self._old_worker_closed()
         if self.state is State.STOPPING and not self._live():
             self.reactor.stop()
 

@@ -8,6 +8,7 @@ SOCK_SEQPACKET socketpair: each message is one datagram (one line), delivered wh
 MAX_MESSAGE bytes, so a snapshot of any size below that is never torn; a message that finds the
 channel full is dropped and replaced by the next one. Worker to supervisor:
   "ready"                          its listeners are in its epoll set
+  "closed"                         told to retire or stop, it has closed its listeners: it accepts no more
   "stats <accepted> <open> <flows>"   every interval (flows: UDP flows held)
   "snap <id> <json>"               its metrics snapshot (metrics.encode): every SNAPSHOT_EVERY intervals
                                    and at exit with id 0, or in answer to "snap <id>"
@@ -91,6 +92,14 @@ class ManagedWorker(Worker):
         self._send("ready\n")
         self._report()
 
+    def retire(self) -> None:
+        super().retire()
+        self._send("closed\n")          # the supervisor announces a reload only once old workers say this
+
+    def stop(self) -> None:
+        super().stop()
+        self._send("closed\n")
+
     def _report(self) -> None:
         self._send(f"stats {self.ctx.stats.accepted} {len(self.ctx.connections)} {len(self.ctx.flows)}\n")
         self.reports += 1
@@ -158,6 +167,7 @@ class WorkerProc:
     report_fd: int
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
+    closed: bool = False            # it said it closed its listeners (told to retire or stop)
     stopping: bool = False          # the supervisor told it to end: its exit is expected
     told: int = 0                   # the last of RETIRE, STOP, HARD_STOP sent to it
     accepted: int = 0
@@ -177,6 +187,9 @@ class WorkerProc:
         kind, _, rest = line.partition(" ")
         if kind == "ready":
             self.ready = True
+            return kind, 0, ""
+        if kind == "closed":
+            self.closed = True
             return kind, 0, ""
         if kind == "stats":
             words = rest.split()

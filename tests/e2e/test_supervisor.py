@@ -301,3 +301,31 @@ def test_daemon_mode_writes_pidfile_and_stops_cleanly(tmp_path, daemon, backends
         time.sleep(0.05)
     assert _gone(pid)
     assert not pidfile.exists()
+
+
+def test_reload_is_announced_only_once_old_workers_stopped_accepting(tmp_path, daemon, backends):
+    """An old worker that has not yet handled its retirement still accepts on the shared listening socket:
+    "reloaded" (and `--reload`'s "ok") waits until every old worker said it closed its listeners, so a client
+    that connects after it reaches the new configuration. The old worker is held with SIGSTOP to make the
+    window as long as the test needs."""
+    a, b = backends(b"A"), backends(b"B")
+    port = free_port()
+    d = start(daemon, config(port, a.port))
+    old = d.wait_workers(2)
+    assert exchange(port) == b"A"
+    d.write_config(config(port, b.port))
+    os.kill(old[0], signal.SIGSTOP)
+    try:
+        d.signal(signal.SIGHUP)
+        d.wait_log("generation 2: starting")
+        d.wait_workers(2, exclude=set(old))
+        deadline = time.monotonic() + 1.5      # the new workers are up; the old one cannot answer
+        while time.monotonic() < deadline:
+            assert "reloaded: generation 2" not in d.log_text(), "announced while an old worker may accept"
+            time.sleep(0.05)
+    finally:
+        os.kill(old[0], signal.SIGCONT)
+    d.wait_log("reloaded: generation 2")
+    assert [exchange(port) for _ in range(20)] == [b"B"] * 20
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 0
