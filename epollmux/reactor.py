@@ -119,6 +119,10 @@ class Reactor:
     def handler_count(self) -> int:
         return self._registered
 
+    def handlers(self) -> list[tuple[int, Handler]]:
+        """The registered fds with their handlers, in fd order (a snapshot: safe to unregister while walking it)."""
+        return [(fd, h) for fd, h in enumerate(self._handlers) if h is not None]
+
     # --- time ----------------------------------------------------------------------------
     def call_later(self, delay: float, callback: Callable[..., None], *args) -> Timer:
         """Run callback(*args) once, `delay` seconds from now (bound methods and args: no closure per call)."""

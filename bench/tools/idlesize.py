@@ -132,7 +132,7 @@ def table(conn, ctx) -> list[tuple[str, int]]:
         by_local = getattr(own, "by_local", own)    # older trees: local address -> {target: [sockets]}
     for label, container, per, count in (
             (f"reactor._handlers {type(handlers).__name__} (share)", handlers, 2, registered),
-            ("ctx.connections set (share)", ctx.connections, 1, len(ctx.connections)),
+            (f"ctx.connections {type(ctx.connections).__name__} (share)", ctx.connections, 1, len(ctx.connections)),
             ("own_backends dict (share)", by_local, 1, len(by_local))):
         if count:
             out.append((label, round(sys.getsizeof(container) * per / count)))

@@ -29,15 +29,16 @@ log = logging.getLogger("epollmux.access")
 def record(conn, route: str, reason: str, up: int, down: int, spliced: int) -> dict:
     """The record of a closing connection (serve/connection.py's), `route` as logs name it."""
     connected = conn.backend is not None
+    setup = conn.setup        # serve/setupstate.py: the verdict, names, TLS facts and detail of the connection
     out = {"client": conn.peer, "listener": conn.listener.name, "route": route,
            "backend": conn.route.backend.text if connected else None, "up": up, "down": down,
            "spliced": spliced, "duration": round(conn.ctx.reactor.clock() - conn.started, 6),
-           "reason": reason, "verdict": conn.verdict}
-    if conn.names:
-        out.update(conn.names.fields())
-    if conn.tls:
-        out.update(conn.tls)
-    out["detail"] = conn.detail
+           "reason": reason, "verdict": setup.verdict}
+    if setup.names:
+        out.update(setup.names.fields())
+    if setup.tls:
+        out.update(setup.tls)
+    out["detail"] = setup.detail
     return out
 
 

@@ -27,6 +27,7 @@ from epollmux.reactor import ERR, HUP, OUT, RDHUP
 from epollmux.relay.endpoints import TLSEndpoint
 from epollmux.serve import backend, sniffing
 from epollmux.serve.relaying import Relaying
+from epollmux.serve.setupstate import SetupState
 from epollmux.states import TransitionError
 from epollmux.serve.phases import (BACKEND_OUT, CLIENT_OUT, EVENTS, NEXT, QUIET, READABLE, TCP_FAMILIES, Phase,
                                    client_events)
@@ -52,14 +53,12 @@ def _expired(reason: str) -> str:
 
 
 class Connection(Relaying):
-    __slots__ = ("ctx", "listener", "client", "cfd", "src", "dst", "backend", "bfd", "route", "outer",
-                 "phase", "timer", "cend", "bend", "up", "down", "started", "last_active", "_peek_len", "_soon",
-                 "_inner", "detail", "tls", "grant", "peeked", "names", "verdict")
-    __slots__ += ("connect_started",)     # metrics: when the backend connect began
+    __slots__ = ("ctx", "listener", "client", "cfd", "src", "backend", "bfd", "route",
+                 "phase", "timer", "cend", "bend", "up", "down", "started", "last_active", "_soon")
     __slots__ += ("kernel",)              # True: ctx.kernel relays this connection, not Directions
     __slots__ += ("writable",)            # fds registered with OUT: CLIENT_OUT | BACKEND_OUT
-    __slots__ += ("edges", "reader")      # readable edges spent deciding; the ClientHello read so far
     __slots__ += ("local",)               # the backend socket's local port, while in ctx.own_backends
+    __slots__ += ("setup",)               # a SetupState: sniffing, PROXY, TLS, connect; SETTLED once relaying if plain
 
     def __init__(self, ctx: Context, listener: Listener, client: socket.socket, sockaddr, events: int = EVENTS):
         self.ctx = ctx
@@ -67,33 +66,21 @@ class Connection(Relaying):
         self.client = client
         self.cfd = client.fileno()
         self.src = sockaddr        # the client's (ip, port, ...): from a PROXY header when one is taken; None: ask the socket
-        self.dst = None            # the address the client connected to, looked up when needed
         self.backend: socket.socket | None = None
         self.bfd = -1
         self.route = None          # the route whose backend we use
-        self.outer = None          # the terminating route, when the route was chosen inside TLS
         self.phase = Phase.PROXY_HEADER if listener.proxy_protocol != "none" else Phase.SNIFFING
         self.timer = None
         self.cend = None           # the client's endpoint when TLS starts (a TLSEndpoint); None for a plain socket
         self.bend = None
         self.up = self.down = None
         self.started = ctx.reactor.now
-        self.last_active = self.started
-        self._peek_len = 0
+        self.last_active = None    # with an idle_timeout, the last turn that moved bytes (relaying.py)
         self._soon = False
-        self._inner = b""          # decrypted bytes read while sniffing inside TLS
-        self.detail = None         # what a TLS engine said about an error, for the log line
-        self.tls = None            # version, cipher, ALPN, client CN of a terminated handshake, for the access log
-        self.names = None          # sniff.Names of the peeked bytes: the access log, an outgoing PROXY v2 header
-        self.verdict = "none"      # how the route was chosen: match, timeout
-        self.grant = ctx.admission.grant()      # what admission granted, undone at close
-        self.peeked = None         # the last bytes peeked while sniffing, until a route is chosen
-        self.connect_started = 0.0
         self.kernel = False
         self.writable = events      # start() registers the client with these events
-        self.edges = 0              # readable edges before the route was decided (max_probe_edges)
-        self.reader = None          # a clienthello.HelloReader while a TLS first flight is being sniffed
         self.local = None
+        self.setup = SetupState(ctx.admission.grant())
 
     @property
     def peer(self) -> str:
@@ -140,9 +127,10 @@ class Connection(Relaying):
             self.dispatch(self._relay_event, fd, events)
         elif fd == self.cfd:
             if phase in SNIFFING_PHASES and events & READABLE:
-                self.edges += 1
+                setup = self.setup
+                setup.edges += 1
                 self.ctx.stats.count("sniff_wakeups")
-                if self.edges > self.ctx.settings.max_probe_edges:
+                if setup.edges > self.ctx.settings.max_probe_edges:
                     self.dispatch(_expired, Reason.SNIFF_BUDGET)
                     return
             if phase is Phase.SNIFFING and events & READABLE:
@@ -166,8 +154,9 @@ class Connection(Relaying):
         """The route as logs and `show conns` name it: outer>inner when chosen inside TLS; `unknown`
         while none is chosen."""
         route = self.route.name if self.route is not None else unknown
-        if self.outer is not None and self.route is not self.outer:
-            return f"{self.outer.name}>{route}"
+        outer = self.setup.outer
+        if outer is not None and self.route is not outer:
+            return f"{outer.name}>{route}"
         return route
 
     def dispatch(self, handler, *args) -> None:
@@ -178,7 +167,8 @@ class Connection(Relaying):
         try:
             reason = handler(*args)
         except errors.Closed as exc:
-            reason, self.detail = exc.reason, exc.detail
+            reason = exc.reason
+            self.setup = self.setup.noted(exc.detail)
         except OSError as exc:
             if not (errors.is_peer_gone(exc) or errors.is_exhausted(exc)):
                 log.exception("%s: unexpected error", self.peer)
@@ -207,12 +197,12 @@ class Connection(Relaying):
         reason, result = sniffing.take_proxy_header(self.client, self.listener.proxy_protocol, peer_done)
         if reason:
             if result is not None:
-                self.detail = result.reason.replace(" ", "_")
+                self.setup.detail = result.reason.replace(" ", "_")
             return reason
         if result is None:
             return None
         if result.src is not None and result.src.port is not None:    # UNIX addresses: keep the socket's
-            self.src, self.dst = (result.src.host, result.src.port), (result.dst.host, result.dst.port)
+            self.src, self.setup.dst = (result.src.host, result.src.port), (result.dst.host, result.dst.port)
         self._set_phase(Phase.SNIFFING)
         return self._admit()
 
@@ -220,7 +210,7 @@ class Connection(Relaying):
     def _admit(self) -> str | None:
         """Admission, then sniffing begins."""
         ctx = self.ctx
-        reason = ctx.admission.enter(self.grant, self.listener, self.src[0], ctx.reactor.now, len(ctx.connections))
+        reason = ctx.admission.enter(self.setup.grant, self.listener, self.src[0], ctx.reactor.now, len(ctx.connections))
         if reason:
             return reason
         routes = self.listener.routes
@@ -249,15 +239,16 @@ class Connection(Relaying):
             return None
         if not data:
             return Reason.CLIENT_EOF
-        if len(data) == self._peek_len and not peer_done:
+        setup = self.setup
+        if len(data) == setup.peek_len and not peer_done:
             return None        # nothing new (a spurious wake-up); the next edge brings more bytes
-        reader = self.reader
+        reader = setup.reader
         if reader is None and data[0] == 0x16:
-            reader = self.reader = clienthello.HelloReader()
+            reader = setup.reader = clienthello.HelloReader()
         if reader is not None:      # the new bytes only: sniffing a drip-fed hello stays O(bytes)
-            clienthello.remember(data, reader.feed(data[self._peek_len:]))
-        self._peek_len = len(data)
-        self.peeked = data
+            clienthello.remember(data, reader.feed(data[setup.peek_len:]))
+        setup.peek_len = len(data)
+        setup.peeked = data
         return self._decide(data, self.listener.routes, self.listener.probe_table,
                             peer_done or len(data) >= limit)
 
@@ -271,34 +262,36 @@ class Connection(Relaying):
         return self._choose(routes[decision.route])
 
     def _probe_timeout(self) -> str | None:
-        route = self.outer.inner_on_timeout if self.outer else self.listener.on_timeout
+        outer = self.setup.outer
+        route = outer.inner_on_timeout if outer else self.listener.on_timeout
         if route is None:
             return Reason.PROBE_TIMEOUT
         self.ctx.stats.count("probe_timeouts", route.name)
-        self.verdict = "timeout"
+        self.setup.verdict = "timeout"
         return self._choose(route)
 
     def _choose(self, route: Route) -> str | None:
-        if self.verdict == "none":
-            self.verdict = "match"
+        setup = self.setup
+        if setup.verdict == "none":
+            setup.verdict = "match"
         self.route = route
-        self.reader = None
+        setup.reader = None
         ctx = self.ctx
-        ctx.stats.routed(self.listener.name, route.name, ctx.reactor.clock() - self.started, self.outer is not None)
+        ctx.stats.routed(self.listener.name, route.name, ctx.reactor.clock() - self.started, setup.outer is not None)
         admission = ctx.admission
-        if route.server_context is None and self.grant.sniffing:    # a TLS handshake still counts as sniffing
-            admission.sniffed(self.grant)
-        reason = admission.route(self.grant, route, self.src[0])
+        if route.server_context is None and setup.grant.sniffing:    # a TLS handshake still counts as sniffing
+            admission.sniffed(setup.grant)
+        reason = admission.route(setup.grant, route, self.src[0])
         if reason:
             return reason
-        if self.peeked is not None:
-            if self.names is None:
-                self.names = sniff.names(self.peeked)
-            self.peeked = None
+        if setup.peeked is not None:
+            if setup.names is None:
+                setup.names = sniff.names(setup.peeked)
+            setup.peeked = None
         if route.server_context is not None:
             return self._start_tls(route)
-        if self.outer is not None:
-            self.cend.pushback = self._inner
+        if setup.outer is not None:
+            self.cend.pushback = setup.inner
         return self._connect()
 
     # --- terminating TLS -------------------------------------------------------------------
@@ -313,30 +306,32 @@ class Connection(Relaying):
         if result is not Event.HANDSHAKE_DONE:
             if result is None:
                 return None
-            self.detail = end.engine.detail
+            self.setup.detail = end.engine.detail
             return result.on("")
         if self.ctx.access.enabled():     # only the log line needs them; after a TLS close they cannot be asked
             engine = self.cend.engine
-            self.tls = {"tls": engine.version(), "cipher": engine.cipher(), "alpn": engine.alpn(),
-                        "client_cn": engine.peer_cn()}
+            self.setup.tls = {"tls": engine.version(), "cipher": engine.cipher(), "alpn": engine.alpn(),
+                              "client_cn": engine.peer_cn()}
         self.ctx.stats.tls_handshake(self.route.name, "client")
-        if self.grant.sniffing:
-            self.ctx.admission.sniffed(self.grant)
+        if self.setup.grant.sniffing:
+            self.ctx.admission.sniffed(self.setup.grant)
         route = self.route
         if route.inner_routes:
-            self.outer = route
+            self.setup.outer = route
             self._set_phase(Phase.INNER_SNIFFING, self.ctx.settings.probe_timeout, self._probe_timeout)
             return self._inner_sniff()
         return self._connect()
 
     def _inner_sniff(self) -> str | None:
         """Read decrypted bytes (kept, to be sent first) and decide among the inner routes."""
-        outer = self.outer
+        setup = self.setup
+        outer = setup.outer
         limit = self.ctx.settings.max_probe_bytes
-        self._inner, peer_done = sniffing.read_inner(self.cend, self._inner, limit)
-        if not self._inner:
+        inner, peer_done = sniffing.read_inner(self.cend, setup.inner, limit)
+        setup.inner = inner
+        if not inner:
             return Reason.CLIENT_EOF if peer_done else None
-        return self._decide(self._inner, outer.inner_routes, outer.inner_table, peer_done or len(self._inner) >= limit)
+        return self._decide(inner, outer.inner_routes, outer.inner_table, peer_done or len(inner) >= limit)
 
     # --- connecting ------------------------------------------------------------------------
     def _connect(self) -> str | None:
@@ -345,7 +340,7 @@ class Connection(Relaying):
         first writable edge."""
         self._set_phase(Phase.CONNECTING)
         ctx = self.ctx
-        self.connect_started = ctx.reactor.clock()
+        self.setup.connect_started = ctx.reactor.clock()
         sock, reason, done = backend.connect(self.route, self.src[0])
         self.backend = sock
         self.bfd = sock.fileno()
@@ -377,8 +372,7 @@ class Connection(Relaying):
             return errors.connect_reason(err or errno.ECONNREFUSED)
         if not events & OUT:
             return None
-        self.ctx.stats.connected(self.route.name, self.ctx.reactor.clock() - self.connect_started)
-        self.connect_started = 0.0       # a float less on an idle connection
+        self.ctx.stats.connected(self.route.name, self.ctx.reactor.clock() - self.setup.connect_started)
         route = self.route
         if route.send_proxy:
             header = proxyout.header(route.send_proxy, self._facts(), crc=route.send_proxy_crc)
@@ -400,7 +394,7 @@ class Connection(Relaying):
             return self._relay()
         if result is None:
             return None
-        self.detail = end.engine.detail
+        self.setup.detail = end.engine.detail
         return result.on("backend-")
 
     def _relay(self, pump_down: bool = True) -> str | None:
@@ -408,13 +402,15 @@ class Connection(Relaying):
         line needs it (backend.peer_address; a PROXY header's, or a unix socket's, stays)."""
         if self.listener.proxy_protocol == "none" and self.client.family in TCP_FAMILIES:
             self.src = None
+        self.setup = self.setup.settle()
         return self._start_relay(pump_down)
 
     def _facts(self) -> proxyout.Facts:
-        if self.dst is None:
-            self.dst = self.client.getsockname()
+        setup = self.setup
+        if setup.dst is None:
+            setup.dst = self.client.getsockname()
         engine = self.cend.engine if isinstance(self.cend, TLSEndpoint) else None
-        return backend.facts(self.src, self.dst, self.ctx.unique_id(), engine, self.names)
+        return backend.facts(self.src, setup.dst, self.ctx.unique_id(), engine, setup.names)
 
     # --- the one place where a connection ends ----------------------------------------------
     def close(self, reason: str) -> None:
@@ -424,7 +420,7 @@ class Connection(Relaying):
         self._set_phase(Phase.CLOSED)
         ctx = self.ctx
         ctx.connections.discard(self)
-        ctx.admission.leave(self.grant)
+        ctx.admission.leave(self.setup.grant)
         if self.src is None and (ctx.access.enabled() or reason == Reason.EXHAUSTED):
             self.src = backend.peer_address(self.client)      # while the socket is open
         if self.local is not None:
@@ -447,8 +443,9 @@ class Connection(Relaying):
             up, down, spliced = self.relay_counts()
         route = self.route.name if self.route else "-"
         ctx.stats.closed(self.listener.name, route, phase, reason, up, down)   # a StrEnum is its own label
-        if self.outer is not None and self.route is not self.outer:    # routed counted it: so does closed
-            ctx.stats.closed_outer(self.listener.name, self.outer.name, reason)
+        outer = self.setup.outer
+        if outer is not None and self.route is not outer:    # routed counted it: so does closed
+            ctx.stats.closed_outer(self.listener.name, outer.name, reason)
         if reason == Reason.EXHAUSTED:
             ctx.exhausted(f"{self.peer}: out of file descriptors or memory")
         if ctx.access.enabled():

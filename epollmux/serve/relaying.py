@@ -3,8 +3,8 @@
 Owns: starting the relay (Directions over the two endpoints, or the kernel relay for passthrough
 between two TCP sockets), turning socket edges into pumps, asking for writable edges only while a
 direction waits for its destination to drain, the busy-direction resume, the end of both directions,
-and the idle deadline. A Direction exists only while it has something to hold (bytes in flight, a
-pending EOF, a stream going by splice), and so do the PlainEndpoints of plain sockets (cend/bend are None
+and the idle deadline (`last_active`: None without an idle_timeout, a float less per connection). A
+Direction exists only while it has something to hold (bytes in flight, a pending EOF, a stream going by splice), and so do the PlainEndpoints of plain sockets (cend/bend are None
 for them): one that waits for its source with nothing held (`Direction.idle`) is dropped after its pump, its byte counts kept in `sent_up`/`sent_down`/`spliced`, and made again at the
 next readable edge, so an idle connection holds no relay object. A small exchange on a clean edge needs no Direction
 at all: relay.direction.copy_once between plain sockets (relay = adaptive), ends_once where an end is TLS (its
@@ -32,7 +32,8 @@ class Relaying:
 
     def touch(self, now: float) -> None:
         """Bytes moved (seen by a collaborator: the kernel relay): the idle deadline starts again."""
-        self.last_active = now
+        if self.last_active is not None:
+            self.last_active = now
 
     def moved(self) -> tuple[int, int] | None:
         """Bytes relayed so far by the process (client->backend, backend->client); None before the
@@ -61,13 +62,12 @@ class Relaying:
         self.sent_up = self.sent_down = self.spliced = 0
         self._set_phase(Phase.RELAYING)
         ctx = self.ctx
+        if ctx.settings.idle_timeout:     # else no float is kept for it: last_active stays None
+            self.last_active = self.started
+            self._arm(ctx.settings.idle_timeout, self._idle_check)
         if ctx.kernel is not None and self._kernel_relayable() and ctx.kernel.take(self, self.client, self.backend):
             self.kernel = True
-            if ctx.settings.idle_timeout:
-                self._arm(ctx.settings.idle_timeout, self._idle_check)
             return None
-        if ctx.settings.idle_timeout:
-            self._arm(ctx.settings.idle_timeout, self._idle_check)
         return (self._pump(self._direction(True)) or (pump_down and self._pump(self._direction(False)))
                 or self._after_pump())
 
@@ -152,7 +152,8 @@ class Relaying:
     def _copy_once(self, up: bool) -> str | None:
         """An idle source, on a clean edge: relay.direction.copy_once (relay = adaptive, plain sockets) or ends_once
         (a TLS end, whatever the relay: its bytes are copied anyway), a Direction only if needed."""
-        self.last_active = self.ctx.reactor.now
+        if self.last_active is not None:
+            self.last_active = self.ctx.reactor.now
         cend, bend = self.cend, self.bend
         plain = cend is None and bend is None
         try:
@@ -164,7 +165,7 @@ class Relaying:
         except OSError as exc:
             return errors.relay_reason(exc)
         except errors.Closed as exc:
-            self.detail = exc.detail
+            self.setup = self.setup.noted(exc.detail)
             return exc.reason
         if n:
             self.ctx.pool.copied += n
@@ -184,11 +185,12 @@ class Relaying:
         return self._pump(direction)
 
     def _pump(self, direction: Direction, clean: bool = False) -> str | None:
-        self.last_active = self.ctx.reactor.now
+        if self.last_active is not None:
+            self.last_active = self.ctx.reactor.now
         reason = direction.pump(clean)
         if reason:
             if direction.detail:
-                self.detail = direction.detail
+                self.setup = self.setup.noted(direction.detail)
             return reason
         state = direction.state
         if state is WAIT_DST:

@@ -23,6 +23,8 @@ from epollmux.observe import accesslog
 from epollmux.serve import keepalive
 from epollmux.serve.admission import Admission
 from epollmux.serve.backend import OwnBackends
+from epollmux.serve.connection import Connection
+from epollmux.serve.openconns import OpenConnections
 from epollmux.relay.channels import ChannelPool
 from epollmux.config import Config, Listener
 from epollmux.relay.kernel import KernelRelay
@@ -56,7 +58,7 @@ class Context:
         self.pool = ChannelPool(kind, config.settings.pipe_size, config.settings.max_pipes)
         self.kernel = KernelRelay(reactor, relay) if relay in ("sockmap", "auto") else None   # loads on first use
         self.stats = Stats()
-        self.connections: set = set()
+        self.connections = OpenConnections(reactor, Connection)    # len() and iteration, as a set would
         self.own_backends = OwnBackends()  # this worker's TCP backend sockets by local port
         self.loop_warned = False
         self.reserve = Reserve()
