@@ -19,7 +19,7 @@ from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_value
 from validate import Validator
 
 from epollmux import acl, addr
-from epollmux.configproblems import Problems, syntax_problems, value_message
+from epollmux.configproblems import Problems, spec_keys, syntax_problems, value_message
 from epollmux.wire import probes, udpprobes, udpsniff
 from epollmux.tls import checks as tlschecks
 from epollmux.tls import contexts as tlsctx
@@ -162,15 +162,7 @@ def _build(source: str, data) -> Config:
             problems.add(sections, key, "is required")
         else:
             problems.add(sections, key, value_message(cfg, sections, key, error))
-    for sections, name in get_extra_values(cfg):
-        where = cfg
-        for s in sections:
-            where = where[s]
-        if not sections:
-            problems.add_top(name, isinstance(where[name], dict))
-            continue
-        kind = "section" if isinstance(where[name], dict) else "key"
-        problems.add(sections, name, f"unknown {kind}")
+    problems.add_unknown(cfg, get_extra_values(cfg))
     try:
         config = _typed(source, cfg, problems)
     except (KeyError, TypeError, ValueError, AttributeError):
@@ -242,6 +234,12 @@ def _settings(section, problems: Problems) -> Settings:
     return Settings(**values)
 
 
+def _written(section) -> dict:
+    """A route's keys as written: no defaults, probe, backend, or keys the spec lacks (reported as unknown)."""
+    known = set(spec_keys(section)) - set(section.defaults) - {"probe", "backend"}
+    return {k: v for k, v in section.items() if k in known}
+
+
 def _all_udp(addresses) -> bool:
     return bool(addresses) and all(a.strip().startswith("udp:") for a in addresses)
 
@@ -256,7 +254,7 @@ def _route(name: str, section, problems: Problems, udp_named: bool) -> Route | N
     if spec is None:
         problems.add(where, "probe", f"unknown probe '{probe}' (known: {', '.join(sorted(probes.PROBES))})")
         return None
-    written = {k: v for k, v in section.items() if k not in section.defaults and k not in ("probe", "backend")}
+    written = _written(section)
     allowed = spec.keys | ROUTE_KEYS | BACKEND_TLS_KEYS | (TERMINATING_KEYS if probe in TERMINATING_PROBES else frozenset())
     for key in sorted(set(written) - allowed):
         what = "applies to UDP routes only" if key in UDP_ROUTE_KEYS else f"does not apply to probe '{probe}'"
@@ -314,7 +312,7 @@ def _udp_route(name: str, section, problems: Problems) -> Route | None:
         problems.add(where, "probe", f"'{probe}' is a TCP probe, and this is a UDP route ({why}): "
                                      f"UDP routes take {', '.join(sorted(udpprobes.UDP_PROBES))}")
         return None
-    written = {k: v for k, v in section.items() if k not in section.defaults and k not in ("probe", "backend")}
+    written = _written(section)
     allowed = spec.keys | UDP_ROUTE_KEYS | UDP_COMMON_KEYS
     for key in sorted(set(written) - allowed):
         problems.add(where, key, f"does not apply to a UDP route (probe '{probe}')")

@@ -1,7 +1,7 @@
 """The words of the configuration's error messages: "FILE: [section] key: message".
 
 Owns: configobj's syntax errors in that form (the section a line is in, its key, its number),
-validate's range errors with the allowed range, unknown top-level sections with a close match, and
+validate's range errors with the allowed range, unknown sections and keys with a close match, and
 the problem list `config.py` fills. Takes configobj's exception and spec objects as given; does not
 import configobj (config.py is the one module that does).
 Must not import anything of epollmux.
@@ -17,6 +17,12 @@ SYNTAX_WORDS = {"Duplicate keyword name": "key given twice in this section",
                 "Duplicate section name": "section given twice",
                 "Section too nested": "section nested too deep (at most [[name]] inside a section)",
                 "Parse error in value": "cannot parse the value (an unclosed quote?)"}
+
+
+def spec_keys(section) -> list[str]:
+    """The keys the configspec knows for a section of the file."""
+    spec = getattr(section, "configspec", None)
+    return [k for k in (spec.scalars if spec is not None else ()) if k != "__many__"]
 
 
 def syntax_problems(source: str, exc, lines: list[str]) -> list[str]:
@@ -87,6 +93,31 @@ class Problems:
         section = ".".join(sections) if sections else "global"
         where = f"[{section}] {key}" if key else f"[{section}]"
         self.items.append(f"{self.source}: {where}: {message}")
+
+    def add_unknown(self, cfg, extras) -> None:
+        """Every section and key configobj's get_extra_values found that the spec does not know."""
+        for sections, name in extras:
+            where = cfg
+            for s in sections:
+                where = where[s]
+            if not sections:
+                self.add_top(name, isinstance(where[name], dict))
+            elif isinstance(where[name], dict):
+                self.add(sections, name, "unknown section")
+            else:
+                self.add_unknown_key(sections, name, spec_keys(where), spec_keys(cfg["global"]))
+
+    def add_unknown_key(self, sections, key: str, known, global_known) -> None:
+        """A key the section does not know, with the known key it is closest to: of this section, or of
+        [global] when that one is closer (a global-only key written in a route)."""
+        def best(keys):
+            scored = [(difflib.SequenceMatcher(None, key, k).ratio(), k) for k in keys]
+            return max(scored, default=(0.0, ""))
+        here, there = best(known), best(global_known if list(sections) != ["global"] else ())
+        hint = ""
+        if max(here[0], there[0]) >= 0.6:
+            hint = f"; did you mean {here[1]}?" if here[0] >= there[0] else f"; did you mean {there[1]}? (a [global] key)"
+        self.add(sections, key, f"unknown key{hint}")
 
     def add_top(self, name: str, is_section: bool) -> None:
         """Something at the top of the file that is not one of the known sections."""

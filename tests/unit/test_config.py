@@ -193,3 +193,21 @@ def test_check_warns_when_transparent_lacks_capabilities(tmp_path):
     assert "warning: [routes] transparent: ssh need CAP_NET_ADMIN or CAP_NET_RAW" in r.stderr
     r = run_cli("-c", str(path), "--check")          # root has them: no warning
     assert r.returncode == 0 and "warning" not in r.stderr
+
+
+@pytest.mark.parametrize("change, expected", [
+    (("probe_timeout = 1.5", "probe_timeout = 1.5\nprobe_timout = 3"),
+     "[global] probe_timout: unknown key; did you mean probe_timeout?"),
+    (("backend = 127.0.0.1:22", "backend = 127.0.0.1:22\n  max_conections = 3"),
+     "[routes.ssh] max_conections: unknown key; did you mean max_connections?"),
+    (("backend = 127.0.0.1:22", "backend = 127.0.0.1:22\n  conect_timeout = 3"),
+     "[routes.ssh] conect_timeout: unknown key; did you mean connect_timeout? (a [global] key)"),
+])
+def test_a_misspelt_key_is_reported_once_with_the_key_meant(tmp_path, change, expected):
+    """A typo gets one line naming the key it is close to (and where that key lives), not a second
+    line saying the unknown key "does not apply to probe ..."."""
+    text = GOOD.replace(*change, 1)
+    found = problems(tmp_path, text)
+    key = expected.split("]")[1].split(":")[0].strip()
+    mine = [p for p in found if f"] {key}:" in p]
+    assert mine == [f"{tmp_path / 'c.conf'}: {expected}"], found
