@@ -109,14 +109,12 @@ class Problems:
 
     def add_unknown_key(self, sections, key: str, known, global_known) -> None:
         """A key the section does not know, with the known key it is closest to: of this section, or of
-        [global] when that one is closer (a global-only key written in a route)."""
-        def best(keys):
-            scored = [(difflib.SequenceMatcher(None, key, k).ratio(), k) for k in keys]
-            return max(scored, default=(0.0, ""))
-        here, there = best(known), best(global_known if list(sections) != ["global"] else ())
+        [global] (a global-only key written in a route)."""
+        known = list(known)
+        close = difflib.get_close_matches(key, known + [k for k in global_known if k not in known], n=1)
         hint = ""
-        if max(here[0], there[0]) >= 0.6:
-            hint = f"; did you mean {here[1]}?" if here[0] >= there[0] else f"; did you mean {there[1]}? (a [global] key)"
+        if close:
+            hint = f"; did you mean {close[0]}?" + ("" if close[0] in known else " (a [global] key)")
         self.add(sections, key, f"unknown key{hint}")
 
     def add_top(self, name: str, is_section: bool) -> None:

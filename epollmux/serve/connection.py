@@ -197,7 +197,7 @@ class Connection(Relaying):
         reason, result = sniffing.take_proxy_header(self.client, self.listener.proxy_protocol, peer_done)
         if reason:
             if result is not None:
-                self.setup.detail = result.reason.replace(" ", "_")
+                self.setup = self.setup.noted(result.reason.replace(" ", "_"))
             return reason
         if result is None:
             return None
@@ -306,7 +306,7 @@ class Connection(Relaying):
         if result is not Event.HANDSHAKE_DONE:
             if result is None:
                 return None
-            self.setup.detail = end.engine.detail
+            self.setup = self.setup.noted(end.engine.detail)
             return result.on("")
         if self.ctx.access.enabled():     # only the log line needs them; after a TLS close they cannot be asked
             engine = self.cend.engine
@@ -394,7 +394,7 @@ class Connection(Relaying):
             return self._relay()
         if result is None:
             return None
-        self.setup.detail = end.engine.detail
+        self.setup = self.setup.noted(end.engine.detail)
         return result.on("backend-")
 
     def _relay(self, pump_down: bool = True) -> str | None:
